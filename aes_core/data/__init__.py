@@ -1,0 +1,1 @@
+"""Essay tables: reading with validation, text normalization, PERSUADE join, folds."""

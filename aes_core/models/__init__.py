@@ -1,0 +1,1 @@
+"""Backbones (local Hugging Face folders), pooling heads (registry) and the essay regressor."""

@@ -1,0 +1,104 @@
+"""Backbone + head -> one logit per essay; a pure function of its spec and weights.
+
+A saved regressor is a self-contained folder::
+
+    aes_model.json       RegressorSpec (head, head config, loss, max_length, ...)
+    backbone/            HF config + tokenizer files (no weights)
+    model.safetensors    the full state dict (backbone + head)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from aes_core.config import HeadSection
+from aes_core.models.heads import build_head
+
+SPEC_FILE = "aes_model.json"
+WEIGHTS_FILE = "model.safetensors"
+BACKBONE_DIR = "backbone"
+
+
+class RegressorSpec(BaseModel):
+    head: str
+    heads_cfg: HeadSection = HeadSection()
+    loss: str = "bce"
+    max_length: int = 512
+    add_newline_tokens: bool = False
+    backbone_name: str = "minilm"
+
+
+def logits_to_scores(logits: torch.Tensor | float, loss: str):
+    """Map model output to the 1..6 score scale (targets are (score - 1) / 5)."""
+    x = torch.sigmoid(logits) if loss == "bce" else logits
+    return 1.0 + 5.0 * x
+
+
+def scores_to_targets(scores: torch.Tensor) -> torch.Tensor:
+    return (scores.float() - 1.0) / 5.0
+
+
+class EssayRegressor(nn.Module):
+    def __init__(self, encoder: nn.Module, spec: RegressorSpec):
+        super().__init__()
+        self.spec = spec
+        self.encoder = encoder
+        self.head = build_head(spec.head, encoder.config.hidden_size, spec.heads_cfg)
+
+    @classmethod
+    def from_backbone(cls, backbone_path: str | Path, spec: RegressorSpec,
+                      vocab_size: int | None = None) -> EssayRegressor:
+        """Start from pretrained encoder weights in a local HF folder."""
+        from transformers import AutoModel
+
+        enc = AutoModel.from_pretrained(str(backbone_path), local_files_only=True)
+        if vocab_size and vocab_size != enc.get_input_embeddings().num_embeddings:
+            enc.resize_token_embeddings(vocab_size)
+        return cls(enc, spec)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                           output_hidden_states=True, return_dict=True)
+        return self.head(out.hidden_states, attention_mask)
+
+    def save_pretrained(self, folder: str | Path, tokenizer=None) -> Path:
+        folder = Path(folder)
+        (folder / BACKBONE_DIR).mkdir(parents=True, exist_ok=True)
+        self.encoder.config.save_pretrained(folder / BACKBONE_DIR)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder / BACKBONE_DIR)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(folder / WEIGHTS_FILE))
+        (folder / SPEC_FILE).write_text(self.spec.model_dump_json(indent=2))
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, map_location: str = "cpu") -> EssayRegressor:
+        from transformers import AutoConfig, AutoModel
+
+        folder = Path(folder)
+        if not (folder / SPEC_FILE).exists():
+            raise FileNotFoundError(f"{folder} is not a saved regressor (no {SPEC_FILE})")
+        spec = RegressorSpec.model_validate(json.loads((folder / SPEC_FILE).read_text()))
+        enc_cfg = AutoConfig.from_pretrained(str(folder / BACKBONE_DIR), local_files_only=True)
+        model = cls(AutoModel.from_config(enc_cfg), spec)
+        state = load_file(str(folder / WEIGHTS_FILE), device=map_location)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        # tied/buffer keys (e.g. position_ids) may legitimately be absent
+        real_missing = [k for k in missing if not k.endswith("position_ids")]
+        if real_missing or unexpected:
+            raise RuntimeError(f"{folder}: weights do not match the spec: missing={real_missing} "
+                               f"unexpected={unexpected}")
+        return model.eval()
+
+
+def load_regressor_tokenizer(folder: str | Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(Path(folder) / BACKBONE_DIR), local_files_only=True)

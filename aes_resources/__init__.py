@@ -1,0 +1,1 @@
+"""Configurable Dagster resources: pipeline settings, storage, MLflow, GPU, Triton."""
