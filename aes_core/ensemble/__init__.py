@@ -1,0 +1,1 @@
+"""Ensembling: Nelder-Mead blend weights, QWK thresholds, the GBDT member."""

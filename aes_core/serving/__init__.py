@@ -1,0 +1,1 @@
+"""Scoring new essays: one interface, an in-process ONNX Runtime and a Triton implementation."""

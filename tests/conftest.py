@@ -1,0 +1,93 @@
+"""Shared fixtures: a tiny random BERT backbone built offline, and per-test profiles.
+
+Tests run real components (Dagster instance, MLflow SQLite store, ONNX Runtime, Triton) on
+small data: slices of the bundled sample and models with a few thousand parameters.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from aes_core.config import SAMPLE_DIR, deep_merge  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def build_tiny_bert(folder: Path, hidden: int = 32, layers: int = 2) -> Path:
+    """A randomly initialised BERT with the packaged MiniLM tokenizer (real vocabulary)."""
+    from transformers import BertConfig, BertModel
+
+    from aes_core.models.backbone import load_tokenizer, packaged_minilm_path
+
+    tok = load_tokenizer(packaged_minilm_path())
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                     num_attention_heads=2, intermediate_size=2 * hidden,
+                     max_position_embeddings=512)
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+def tiny_overrides(tmp: Path, backbone: Path) -> dict[str, Any]:
+    """A profile that materializes the whole graph in seconds on 2 cores."""
+    return {
+        "storage_root": str(tmp / "storage"),
+        "mlflow_tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
+        "data": {"max_train_essays": 120},
+        "folds": {"n_folds": 2, "flag_rule": "fraction", "flag_fraction": 0.4},
+        "backbones": [{"name": "tiny", "path": str(backbone), "max_length": 64}],
+        "mlm": {"enabled": True, "block_size": 32, "max_texts": 40, "batch_size": 8},
+        "heads": {"heads": ["mean", "attention"], "lstm_hidden": 8, "attention_hidden": 8},
+        "train": {"stage1_epochs": 1, "stage2_epochs": 1, "batch_size": 8, "freeze_layers": 0,
+                  "lr": 1e-3, "max_train_essays": 60},
+        "gbdt": {"n_estimators": 30, "word_max_features": 500, "char_max_features": 500},
+        "ensemble": {"restarts": 2, "max_iter": 200},
+        "export": {"parity_essays": 4},
+        "serving": {"triton_repo": str(tmp / "triton_repo"), "inbox_dir": str(tmp / "inbox"),
+                    "outbox_dir": str(tmp / "outbox"), "rejected_dir": str(tmp / "rejected"),
+                    "use_triton": False},
+    }
+
+
+def write_profile(tmp: Path, overrides: dict[str, Any], name: str = "test") -> Path:
+    base = yaml.safe_load((Path(__file__).resolve().parents[1] / "profiles" /
+                           "cpu-small.yaml").read_text())
+    merged = deep_merge(base, overrides)
+    merged["profile"] = name
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(merged))
+    return path
+
+
+@pytest.fixture
+def tiny_profile(tmp_path, tiny_backbone) -> Path:
+    return write_profile(tmp_path, tiny_overrides(tmp_path, tiny_backbone))
+
+
+@pytest.fixture
+def sample_dir() -> Path:
+    return SAMPLE_DIR
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not (SHARED_DATA / "aes2" / "train.csv.gz").exists():
+        pytest.skip(f"shared data not at {SHARED_DATA}")
+    return SHARED_DATA
