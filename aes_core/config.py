@@ -199,6 +199,23 @@ class ServingSection(Section):
     rescore_cron: str = Field("0 2 * * *", description="nightly re-score of the inbox history")
 
 
+class WebSection(Section):
+    """The teachers' scoring page (``python -m web``): limits and where kept uploads go."""
+
+    host: str = Field("127.0.0.1", description="bind address; 127.0.0.1 = this machine only")
+    port: int = Field(8080, ge=1, le=65535, description="HTTP port of the page")
+    max_essay_chars: int = Field(30000, ge=100, description="longest essay accepted (chars)")
+    max_upload_bytes: int = Field(5_000_000, ge=1000, description="largest CSV upload (bytes)")
+    max_rows: int = Field(2000, ge=1, description="most essays in one uploaded CSV")
+    batch_rows: int = Field(16, ge=1, description="essays scored per progress step of a CSV")
+    keep_dir: str = Field(str(PROJECT_ROOT / "var" / "web_uploads"),
+                          description="where 'keep a copy' saves uploads (generated names)")
+    typical_low_q: float = Field(0.1, ge=0, lt=0.5, description="lower quantile of typical range")
+    typical_high_q: float = Field(0.9, gt=0.5, le=1, description="upper quantile of typical range")
+    prefer_triton: bool = Field(True, description="score through Triton when a server answers")
+    triton_url: str | None = Field(None, description="host:port of Triton; None = serving.http_port")
+
+
 class AesConfig(Section):
     """The whole pipeline."""
 
@@ -218,6 +235,7 @@ class AesConfig(Section):
     ensemble: EnsembleSection = Field(default_factory=EnsembleSection)
     export: ExportSection = Field(default_factory=ExportSection)
     serving: ServingSection = Field(default_factory=ServingSection)
+    web: WebSection = Field(default_factory=WebSection)
 
     @model_validator(mode="after")
     def _unique_backbones(self) -> AesConfig:
@@ -270,6 +288,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     for sect, keys in {
         "data": ("train_path", "test_path", "test_labels_path", "persuade_path", "unlabelled_path"),
         "serving": ("triton_repo", "inbox_dir", "outbox_dir", "rejected_dir"),
+        "web": ("keep_dir",),
     }.items():
         if isinstance(data.get(sect), dict):
             for k in keys:
