@@ -155,6 +155,17 @@ class GbdtSection(Section):
     min_child_samples: int = Field(20, ge=1)
     colsample_bytree: float = Field(0.3, gt=0, le=1)
     early_stopping_rounds: int = Field(50, ge=1)
+    early_stopping_holdout: float = Field(
+        0.1, ge=0, lt=0.5,
+        description="share of each fold's training part held out for early stopping "
+        "(0 = no early stopping: all n_estimators); the validation fold is never used",
+    )
+    min_df: int = Field(2, ge=1, description="TF-IDF: ignore n-grams in fewer essays")
+    word_ngram_min: int = Field(1, ge=1, le=4)
+    reg_lambda: float = Field(1.0, ge=0, description="LightGBM L2 regularisation")
+    subsample: float = Field(0.8, gt=0, le=1, description="LightGBM row bagging fraction")
+    num_threads: int = Field(0, ge=0, description="LightGBM threads (0 = all cores)")
+    spelling: bool = Field(True, description="spelling-error rate from pyspellchecker's list")
     seed: int = 42
 
 
@@ -164,6 +175,21 @@ class EnsembleSection(Section):
     restarts: int = Field(8, ge=1, description="Nelder-Mead random restarts")
     max_iter: int = Field(2000, ge=10)
     threshold_max_iter: int = Field(2000, ge=10)
+    members: list[str] | None = Field(
+        None, description="required members; None = every backbone x head, plus gbdt if enabled"
+    )
+    rmse_tiebreak: float = Field(
+        0.01, ge=0, description="weight of RMSE added to -QWK so Nelder-Mead sees no plateaus"
+    )
+    threshold_step: float = Field(0.01, gt=0, le=0.25, description="grid step of threshold search")
+    threshold_passes: int = Field(10, ge=1, description="coordinate-search sweeps over 5 cuts")
+    threshold_min_gap: float = Field(0.05, ge=0, lt=1, description="minimum gap between cuts")
+    nested_cv: bool = Field(
+        True, description="also fit weights+thresholds on K-1 folds, score the held-out fold"
+    )
+    min_gain_over_best: float = Field(
+        0.0, description="asset check: blend QWK - best member QWK must be >= this"
+    )
     seed: int = 42
 
 
