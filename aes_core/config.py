@@ -203,6 +203,12 @@ class ExportSection(Section):
     trt_workspace_mb: int = Field(4096, ge=64)
     trt_opt_quantile: float = Field(0.5, gt=0, lt=1, description="profile opt length quantile")
     trt_max_batch: int = Field(64, ge=1)
+    trt_min_quantile: float = Field(
+        0.0, ge=0, lt=1, description="profile min length quantile (0 = shortest essay)"
+    )
+    trt_profile_essays: int = Field(
+        512, ge=1, description="essays tokenized to derive TensorRT sequence-length profiles"
+    )
 
 
 class ServingSection(Section):
@@ -223,6 +229,20 @@ class ServingSection(Section):
     rejected_dir: str = Field(str(PROJECT_ROOT / "var" / "rejected"))
     sensor_interval_s: int = Field(30, ge=5)
     rescore_cron: str = Field("0 2 * * *", description="nightly re-score of the inbox history")
+    rescore_on_new_ensemble: bool = Field(
+        True, description="re-score the inbox history when ensemble_weights is materialized"
+    )
+    triton_variant: Literal["python", "native"] = Field(
+        "python", description="python: Python-backend models running ONNX Runtime (pytriton "
+        "binary); native: onnxruntime_onnx / tensorrt_plan backends (NVIDIA container)"
+    )
+    ort_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0 = all cores)")
+    triton_url: str | None = Field(
+        None, description="an already running Triton (host:port); None = start one per run"
+    )
+    triton_binary: str | None = Field(
+        None, description="tritonserver executable; None = the one shipped in nvidia-pytriton"
+    )
 
 
 class WebSection(Section):
