@@ -136,7 +136,28 @@ class TrainSection(Section):
     gradient_clip_val: float = Field(1.0, ge=0)
     num_workers: int = Field(0, ge=0, description="DataLoader workers")
     max_train_essays: int | None = Field(None, ge=8, description="cap per stage (None = all)")
+    log_every_n_steps: int = Field(10, ge=1, description="Lightning logging interval (steps)")
+    min_val_essays_per_stage: int = Field(
+        1, ge=1, description="fewer validation essays than this: the stage is skipped/falls back"
+    )
     seed: int = 42
+
+
+class GpuSection(Section):
+    """Where Lightning trains: CPU, one GPU, or several GPUs through DDP."""
+
+    accelerator: Literal["auto", "cpu", "gpu"] = Field("auto", description="auto: GPU if present")
+    devices: int = Field(1, ge=1, description="devices per partition; >1 trains it with DDP")
+    precision: str = Field(
+        "auto", description="Lightning precision: auto (bf16-mixed on GPU, else 32-true), "
+        "32-true, bf16-mixed, 16-mixed"
+    )
+    strategy: str = Field("auto", description="auto (DDP spawn when devices>1), ddp, ddp_spawn…")
+    find_unused_parameters: bool = Field(False, description="DDP flag for partial graphs")
+    assign_by: Literal["none", "partition", "tag"] = Field(
+        "partition", description="which GPU a single-device partition uses: none = first, "
+        "partition = hash of the partition key, tag = run tag aes/gpu"
+    )
 
 
 class GbdtSection(Section):
@@ -277,6 +298,7 @@ class AesConfig(Section):
     mlm: MlmSection = Field(default_factory=MlmSection)
     heads: HeadSection = Field(default_factory=HeadSection)
     train: TrainSection = Field(default_factory=TrainSection)
+    gpu: GpuSection = Field(default_factory=GpuSection)
     gbdt: GbdtSection = Field(default_factory=GbdtSection)
     ensemble: EnsembleSection = Field(default_factory=EnsembleSection)
     export: ExportSection = Field(default_factory=ExportSection)
