@@ -1,0 +1,1 @@
+"""Leaving PyTorch: ONNX export + parity, TensorRT engines, the Triton model repository."""

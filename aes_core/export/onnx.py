@@ -1,0 +1,148 @@
+"""Export a saved EssayRegressor to ONNX and check parity with PyTorch on real essays.
+
+An exported member folder is self-contained (what the ONNX Runtime scorer, the Triton
+repository and the teachers' page read)::
+
+    model.onnx        inputs input_ids / attention_mask [batch, seq] int64 -> logits [batch]
+    aes_model.json    the RegressorSpec (head, loss, max_length, newline tokens)
+    backbone/         tokenizer + HF config (no weights)
+
+The TorchScript exporter (``dynamo=False``) is used: it handles all registered heads,
+including the BiLSTM with a dynamic sequence axis, and needs no ``onnxscript``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aes_core.models.regressor import (
+    BACKBONE_DIR,
+    SPEC_FILE,
+    EssayRegressor,
+    RegressorSpec,
+    load_regressor_tokenizer,
+    logits_to_scores,
+)
+
+ONNX_FILE = "model.onnx"
+INPUT_NAMES = ["input_ids", "attention_mask"]
+OUTPUT_NAME = "logits"
+
+
+class ExportError(RuntimeError):
+    """An export or parity check failed; the message names the model folder."""
+
+
+class _LogitsOnly(torch.nn.Module):
+    def __init__(self, model: EssayRegressor):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids, attention_mask)
+
+
+def load_spec(folder: str | Path) -> RegressorSpec:
+    """The RegressorSpec stored in a regressor or exported member folder."""
+    path = Path(folder) / SPEC_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{folder}: no {SPEC_FILE} (not a regressor/member folder)")
+    return RegressorSpec.model_validate(json.loads(path.read_text()))
+
+
+def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = 17) -> Path:
+    """Export ``model_dir`` (EssayRegressor folder) to ``out_dir/model.onnx`` + tokenizer/spec.
+
+    Batch and sequence axes are dynamic. Returns the ONNX file path.
+    """
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = EssayRegressor.from_pretrained(model_dir)
+    wrapper = _LogitsOnly(model).eval()
+    ids = torch.randint(low=1000, high=2000, size=(2, 16), dtype=torch.long)
+    mask = torch.ones_like(ids)
+    mask[1, 10:] = 0
+    onnx_path = out_dir / ONNX_FILE
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper, (ids, mask), str(onnx_path), input_names=INPUT_NAMES,
+            output_names=[OUTPUT_NAME], opset_version=opset, dynamo=False,
+            dynamic_axes={"input_ids": {0: "batch", 1: "seq"},
+                          "attention_mask": {0: "batch", 1: "seq"}, OUTPUT_NAME: {0: "batch"}},
+        )
+    if not onnx_path.exists():
+        raise ExportError(f"{model_dir}: torch.onnx.export wrote no file at {onnx_path}")
+    shutil.copy2(model_dir / SPEC_FILE, out_dir / SPEC_FILE)
+    if (out_dir / BACKBONE_DIR).exists():
+        shutil.rmtree(out_dir / BACKBONE_DIR)
+    shutil.copytree(model_dir / BACKBONE_DIR, out_dir / BACKBONE_DIR)
+    return onnx_path
+
+
+@dataclass
+class ParityReport:
+    """Max |onnx − torch| over real essays, and whether final scores agree exactly."""
+
+    n_essays: int
+    max_abs_diff: float
+    score_max_abs_diff: float
+    rounded_scores_equal: bool
+    atol: float
+    mismatched_rows: list[int] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= self.atol and self.rounded_scores_equal
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+
+def check_parity(model_dir: str | Path, onnx_path: str | Path, texts: list[str],
+                 atol: float = 1e-3, batch_size: int = 8) -> ParityReport:
+    """Run PyTorch and ONNX Runtime on the same tokenized essays (padded batches).
+
+    Final scores are compared after rounding to the 1..6 integer scale (the thresholds of
+    the ensemble are applied later to the blend; identical rounded member scores and a
+    tiny max difference together guarantee identical served scores in practice).
+    """
+    import onnxruntime as ort
+
+    from aes_core.models.backbone import encode_newlines
+
+    if not texts:
+        raise ExportError(f"{model_dir}: parity needs at least one essay")
+    model = EssayRegressor.from_pretrained(model_dir)
+    spec = model.spec
+    tok = load_regressor_tokenizer(model_dir)
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    torch_logits, onnx_logits = [], []
+    for i in range(0, len(texts), batch_size):
+        chunk = [encode_newlines(t, spec.add_newline_tokens) for t in texts[i:i + batch_size]]
+        enc = tok(chunk, truncation=True, max_length=spec.max_length, padding=True,
+                  return_tensors="np")
+        ids = enc["input_ids"].astype(np.int64)
+        mask = enc["attention_mask"].astype(np.int64)
+        with torch.no_grad():
+            torch_logits.append(model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy())
+        onnx_logits.append(sess.run([OUTPUT_NAME], {"input_ids": ids,
+                                                    "attention_mask": mask})[0])
+    t = np.concatenate(torch_logits).astype(np.float64)
+    o = np.concatenate(onnx_logits).astype(np.float64)
+    ts = logits_to_scores(torch.from_numpy(t), spec.loss).numpy()
+    os_ = logits_to_scores(torch.from_numpy(o), spec.loss).numpy()
+    rt, ro = np.clip(np.rint(ts), 1, 6), np.clip(np.rint(os_), 1, 6)
+    mismatched = [int(i) for i in np.flatnonzero(rt != ro)]
+    return ParityReport(
+        n_essays=len(texts), max_abs_diff=float(np.max(np.abs(t - o))),
+        score_max_abs_diff=float(np.max(np.abs(ts - os_))),
+        rounded_scores_equal=not mismatched, atol=atol, mismatched_rows=mismatched,
+    )
