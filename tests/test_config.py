@@ -1,0 +1,76 @@
+"""The typed configuration tree and its profiles."""
+
+from pathlib import Path
+
+import pytest
+
+from aes_core.config import AesConfig, ConfigError, apply_run_overrides, load_config
+from tests.conftest import write_profile
+
+
+@pytest.mark.parametrize("name", ["cpu-small", "gpu-full"])
+def test_named_profiles_load(name):
+    cfg = load_config(name)
+    assert isinstance(cfg, AesConfig)
+    assert cfg.profile == name
+    assert cfg.backbones and cfg.heads.heads
+
+
+def test_default_profile_uses_bundled_sample():
+    cfg = load_config()
+    assert Path(cfg.data.train_path).exists()
+    assert "data/sample" in cfg.data.train_path
+
+
+def test_unknown_key_names_the_field(tmp_path):
+    path = write_profile(tmp_path, {"train": {"learning_rate": 1e-4}})
+    with pytest.raises(ConfigError) as e:
+        load_config(str(path))
+    assert "train.learning_rate" in str(e.value)
+    assert "Extra inputs are not permitted" in str(e.value)
+    assert str(path) in str(e.value)
+
+
+def test_bad_value_names_the_field(tmp_path):
+    path = write_profile(tmp_path, {"folds": {"n_folds": 1}})
+    with pytest.raises(ConfigError, match=r"folds\.n_folds"):
+        load_config(str(path))
+
+
+def test_bad_literal_names_the_field(tmp_path):
+    path = write_profile(tmp_path, {"train": {"loss": "hinge"}})
+    with pytest.raises(ConfigError, match=r"train\.loss"):
+        load_config(str(path))
+
+
+def test_duplicate_backbones_rejected(tmp_path):
+    path = write_profile(tmp_path, {"backbones": [{"name": "a"}, {"name": "a"}]})
+    with pytest.raises(ConfigError, match="duplicate"):
+        load_config(str(path))
+
+
+def test_missing_profile_lists_known():
+    with pytest.raises(ConfigError, match="cpu-small"):
+        load_config("no-such-profile")
+
+
+def test_not_yaml_mapping(tmp_path):
+    p = tmp_path / "x.yaml"
+    p.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(str(p))
+
+
+def test_overrides_merge_deeply():
+    cfg = load_config("cpu-small", {"train": {"lr": 3e-5}})
+    assert cfg.train.lr == 3e-5
+    assert cfg.train.batch_size == load_config("cpu-small").train.batch_size
+
+
+def test_run_overrides_only_change_non_default_fields():
+    profile = load_config("gpu-full").folds
+    run = type(profile)()  # every field at its built-in default: nothing overrides
+    assert apply_run_overrides(profile, run) == profile
+    run = type(profile)(seed=123)
+    merged = apply_run_overrides(profile, run)
+    assert merged.seed == 123 and merged.n_folds == profile.n_folds == 5
