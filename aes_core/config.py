@@ -280,7 +280,7 @@ class WebSection(Section):
     typical_low_q: float = Field(0.1, ge=0, lt=0.5, description="lower quantile of typical range")
     typical_high_q: float = Field(0.9, gt=0.5, le=1, description="upper quantile of typical range")
     prefer_triton: bool = Field(True, description="score through Triton when a server answers")
-    triton_url: str | None = Field(None, description="host:port of Triton; None = serving.http_port")
+    triton_url: str | None = Field(None, description="Triton host:port; None = serving's")
 
 
 class AesConfig(Section):

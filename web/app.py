@@ -1,0 +1,449 @@
+"""The teachers' scoring page: paste or upload essays, see scores, spread, members and statistics.
+
+``create_app(cfg, scorer_factory)`` builds the FastAPI app. Scoring goes through
+:func:`aes_core.serving.base.score_frame` with the same scorer as the ``submission`` asset
+(by default :func:`aes_core.serving.loader.load_scorer`: Triton when a server answers, else
+in-process ONNX Runtime on the latest materialized ensemble).
+
+Safety: request bodies are capped before they are read, uploads are parsed in memory, no
+path from a request is ever used on the filesystem (static files are read once at start-up),
+and an upload is written to disk only when the user ticks "keep a copy" (into
+``cfg.web.keep_dir`` under a generated name).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import threading
+import uuid
+import zlib
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from aes_core.config import AesConfig, load_config
+from aes_core.data.io import DataError, load_essays
+from aes_core.essay_stats import (
+    STAT_LABELS,
+    STAT_NAMES,
+    compare_to_range,
+    essay_stats,
+    load_typical_ranges,
+)
+from aes_core.serving.base import ScoredEssays, Scorer, score_frame
+
+ScorerFactory = Callable[[], Scorer]
+PASTED_ID = "pasted-essay"
+STATIC_FILES = {"app.js": "application/javascript", "style.css": "text/css"}
+MULTIPART_OVERHEAD = 64 * 1024  # form boundaries and small fields on top of the file itself
+
+
+class ScorerUnavailable(RuntimeError):
+    """No scorer could be loaded (pipeline not run yet, loader missing, ...)."""
+
+
+class PasteRequest(BaseModel):
+    text: str = Field(description="the essay text")
+    essay_id: str | None = Field(None, max_length=200, description="optional id for the result")
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+class BodyLimit:
+    """Reject request bodies over ``limit`` bytes early: by Content-Length, else while streaming."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        too_big = (f"The request is too large; the limit is {self.limit:,} bytes "
+                   f"({self.limit / 1e6:.1f} MB).")
+        if declared is not None:
+            if not declared.isdigit():
+                await _error(400, "Bad Content-Length header.")(scope, receive, send)
+                return
+            if int(declared) > self.limit:
+                await _error(413, too_big)(scope, receive, send)
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    raise HTTPException(413, too_big)
+            return msg
+
+        await self.app(scope, limited, send)
+
+
+class _InMemoryMultiPart(MultiPartParser):
+    """Multipart parsing that never spools to a temporary file (bodies are already capped)."""
+
+    spool_max_size = 1 << 40
+
+
+def _read_static(name: str) -> bytes:
+    return resources.files("web").joinpath("static", name).read_bytes()
+
+
+def _safe_label(name: str | None) -> str:
+    """A display label for an uploaded file name (never used as a path)."""
+    base = re.split(r"[\\/]", name or "")[-1]
+    base = re.sub(r"[^\w.\- ]", "_", base).strip()[:80]
+    return base or "upload.csv"
+
+
+def _decode_row(raw: bytes, pos: int) -> int:
+    """1-based data row (header not counted) holding byte ``pos`` of a CSV."""
+    prefix = raw[:pos].decode("utf-8", errors="replace")
+    records = list(csv.reader(io.StringIO(prefix)))
+    if prefix.endswith("\n") or not records:
+        return max(len(records), 1)
+    return max(len(records) - 1, 1)
+
+
+def _unpack_upload(raw: bytes, label: str, limit: int) -> bytes:
+    """Gunzip (bounded), drop a UTF-8 byte-order mark, and check UTF-8 naming the bad row."""
+    if raw[:2] == b"\x1f\x8b":
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            out = d.decompress(raw, limit * 10 + 1)
+        except zlib.error as e:
+            raise DataError(label, f"corrupt gzip file: {e}") from e
+        if len(out) > limit * 10:
+            raise DataError(label, f"the unpacked file is larger than {limit * 10:,} bytes")
+        raw = out
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        row = _decode_row(raw, e.start)
+        raise DataError(
+            label,
+            f"the file is not UTF-8 text (bad byte {raw[e.start:e.start + 1]!r} at byte "
+            f"{e.start}); save it as 'CSV UTF-8' and upload again",
+            rows=[row],
+        ) from e
+    return raw
+
+
+class ScoringService:
+    """Holds the scorer (loaded lazily, retried until it loads) and the typical ranges."""
+
+    def __init__(self, cfg: AesConfig, factory: ScorerFactory):
+        self.cfg = cfg
+        self._factory = factory
+        self._scorer: Scorer | None = None
+        self._ranges: dict | None = None
+        self._ranges_error: str | None = None
+        self._lock = threading.Lock()
+
+    def scorer(self) -> Scorer:
+        with self._lock:
+            if self._scorer is None:
+                try:
+                    self._scorer = self._factory()
+                except ScorerUnavailable:
+                    raise
+                except Exception as e:  # loader errors are shown to the user verbatim
+                    raise ScorerUnavailable(f"{type(e).__name__}: {e}") from e
+            return self._scorer
+
+    def ranges(self) -> dict | None:
+        if self._ranges is None and self._ranges_error is None:
+            w = self.cfg.web
+            try:
+                self._ranges = load_typical_ranges(self.cfg.storage_root, self.cfg.data.train_path,
+                                                   w.typical_low_q, w.typical_high_q)
+            except Exception as e:  # the page works without ranges; it says why
+                self._ranges_error = f"{type(e).__name__}: {e}"
+        return self._ranges
+
+    def score(self, essays: pd.DataFrame) -> ScoredEssays:
+        scorer = self.scorer()
+        with self._lock:
+            return score_frame(scorer, essays)
+
+    def describe(self, scored: ScoredEssays, i: int, text: str) -> dict[str, Any]:
+        """One essay's full result: score, spread, members, statistics vs typical range."""
+        ens = self.scorer().ensemble
+        stats = essay_stats(text).as_dict()
+        score = int(scored.score[i])
+        ranges = (self.ranges() or {}).get("ranges", {}).get(str(score), {})
+        return {
+            "essay_id": scored.essay_id[i],
+            "score": score,
+            "blended": round(float(scored.blended[i]), 4),
+            "spread": [round(float(p), 4) for p in scored.spread[i]],
+            "members": [
+                {"name": m, "weight": round(float(w), 4),
+                 "prediction": round(float(scored.member_preds[i, j]), 4)}
+                for j, (m, w) in enumerate(zip(scored.members, ens.weights, strict=True))
+            ],
+            "stats": [
+                {"name": n, "label": STAT_LABELS[n], "value": stats[n],
+                 "typical": ranges.get(n), "status": compare_to_range(stats[n], ranges.get(n))}
+                for n in STAT_NAMES
+            ],
+        }
+
+    def info(self) -> dict[str, Any]:
+        w = self.cfg.web
+        out: dict[str, Any] = {
+            "profile": self.cfg.profile,
+            "limits": {"max_essay_chars": w.max_essay_chars,
+                       "max_upload_bytes": w.max_upload_bytes, "max_rows": w.max_rows},
+            "ready": False,
+        }
+        try:
+            ens = self.scorer().ensemble
+            out.update(ready=True, members=list(ens.members), weights=list(ens.weights),
+                       thresholds=list(ens.thresholds), oof_qwk=dict(ens.oof_qwk))
+        except ScorerUnavailable as e:
+            out["error"] = str(e)
+        rng = self.ranges()
+        out["typical_ranges"] = (
+            {k: rng[k] for k in ("source_kind", "n_essays", "low_q", "high_q")} if rng
+            else {"error": self._ranges_error}
+        )
+        return out
+
+
+def scored_table(scored: ScoredEssays, texts: list[str]) -> pd.DataFrame:
+    """The downloadable table: id, score, blended, spread per score, members, statistics."""
+    df = scored.to_frame(with_members=True)
+    for col in ["blended", *scored.members]:
+        df[col] = df[col].astype(float).round(4)
+    for k in range(6):
+        df[f"p_score_{k + 1}"] = np.round(scored.spread[:, k], 4) if len(df) else []
+    stats = pd.DataFrame([essay_stats(t).as_dict() for t in texts], columns=list(STAT_NAMES)
+                         + ["sentences"])
+    for n in STAT_NAMES:
+        df[n] = stats[n].to_numpy()
+    return df
+
+
+def default_scorer_factory(cfg: AesConfig) -> ScorerFactory:
+    """The scorer of the ``submission`` asset: Triton when it answers, else ONNX Runtime."""
+
+    def make() -> Scorer:
+        try:
+            from aes_core.serving.loader import load_scorer
+        except ImportError as e:
+            raise ScorerUnavailable(f"the serving loader is not available ({e})") from e
+        try:
+            return load_scorer(cfg, prefer_triton=cfg.web.prefer_triton,
+                               triton_url=cfg.web.triton_url)
+        except FileNotFoundError as e:
+            raise ScorerUnavailable(
+                f"no trained ensemble found ({e}). Run the default pipeline first "
+                f"(see README), then reload this page."
+            ) from e
+
+    return make
+
+
+def create_app(cfg: AesConfig | None = None,
+               scorer_factory: ScorerFactory | None = None) -> FastAPI:
+    """The FastAPI app; ``scorer_factory`` defaults to the pipeline's latest ensemble."""
+    cfg = cfg or load_config()
+    w = cfg.web
+    service = ScoringService(cfg, scorer_factory or default_scorer_factory(cfg))
+    static = {name: _read_static(name) for name in STATIC_FILES}
+    index_html = _read_static("index.html")
+
+    app = FastAPI(title="aes: essay scoring for teachers", docs_url="/api/docs",
+                  redoc_url=None, openapi_url="/api/openapi.json")
+    app.state.service = service
+    app.add_middleware(BodyLimit, limit=w.max_upload_bytes + MULTIPART_OVERHEAD)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for e in exc.errors():
+            loc = ".".join(str(p) for p in e["loc"] if p != "body") or "body"
+            parts.append(f"{loc}: {e['msg']}")
+        return _error(422, "Invalid request: " + "; ".join(parts))
+
+    @app.exception_handler(DataError)
+    async def _data_error(_: Request, exc: DataError) -> JSONResponse:
+        return _error(400, str(exc), rows=exc.rows, field=exc.field or None)
+
+    @app.exception_handler(ScorerUnavailable)
+    async def _no_scorer(_: Request, exc: ScorerUnavailable) -> JSONResponse:
+        return _error(503, f"The scoring model is not available: {exc}")
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> Response:
+        return Response(index_html, media_type="text/html; charset=utf-8")
+
+    @app.get("/static/{name}")
+    def static_file(name: str) -> Response:
+        if name not in static:  # a fixed set read at start-up: request paths never hit disk
+            raise HTTPException(404, f"no static file {name!r}")
+        return Response(static[name], media_type=STATIC_FILES[name],
+                        headers={"Cache-Control": "no-cache"})
+
+    @app.get("/api/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok"}
+
+    @app.get("/api/info")
+    def info() -> dict[str, Any]:
+        return service.info()
+
+    @app.post("/api/score")
+    def score_one(req: PasteRequest) -> dict[str, Any]:
+        text = req.text
+        if not text.strip():
+            raise HTTPException(400, "The essay is empty: paste the essay text first.")
+        if len(text) > w.max_essay_chars:
+            raise HTTPException(413, f"The essay has {len(text):,} characters; the limit is "
+                                     f"{w.max_essay_chars:,}.")
+        if "\x00" in text:
+            raise HTTPException(400, "The essay contains a NUL character; paste plain text.")
+        essay_id = (req.essay_id or PASTED_ID).strip() or PASTED_ID
+        scored = service.score(pd.DataFrame({"essay_id": [essay_id], "full_text": [text]}))
+        return service.describe(scored, 0, text)
+
+    async def _read_upload(request: Request, name: str | None) -> tuple[bytes, str]:
+        ctype = request.headers.get("content-type", "")
+        if ctype.startswith("multipart/form-data"):
+            parser = _InMemoryMultiPart(request.headers, request.stream(), max_files=1,
+                                        max_fields=10)
+            try:
+                form = await parser.parse()
+            except MultiPartException as e:
+                raise HTTPException(400, f"Bad form upload: {e.message}") from e
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise HTTPException(400, "No file in the form: send the CSV as field 'file'.")
+            raw = await upload.read()
+            label = _safe_label(name or upload.filename)
+            await upload.close()
+        else:
+            raw = await request.body()
+            label = _safe_label(name)
+        if len(raw) > w.max_upload_bytes:
+            raise HTTPException(413, f"The file has {len(raw):,} bytes; the limit is "
+                                     f"{w.max_upload_bytes:,} bytes.")
+        if not raw.strip():
+            raise HTTPException(400, f"{label}: the file is empty.")
+        return raw, label
+
+    def _validate(raw: bytes, label: str) -> pd.DataFrame:
+        data = _unpack_upload(raw, label, w.max_upload_bytes)
+        essays = load_essays(data, name=label)
+        if essays.empty:
+            raise DataError(label, "the file has a header but no essays")
+        if len(essays) > w.max_rows:
+            raise DataError(label, f"the file has {len(essays):,} essays; the limit is "
+                                   f"{w.max_rows:,} per upload (split the file)")
+        lengths = essays["full_text"].str.len()
+        too_long = (lengths > w.max_essay_chars).to_numpy().nonzero()[0]
+        if len(too_long):
+            raise DataError(label, f"essay longer than {w.max_essay_chars:,} characters "
+                                   f"({int(lengths.iloc[too_long[0]]):,})",
+                            rows=[int(i) + 1 for i in too_long], field="full_text")
+        essays["essay_id"] = essays["essay_id"].str.strip()
+        return essays
+
+    def _keep(raw: bytes, table: pd.DataFrame | None) -> str:
+        """Save an upload (and its scores) under a generated name; never a requested path."""
+        folder = Path(w.keep_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = f"upload-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+        suffix = ".csv.gz" if raw[:2] == b"\x1f\x8b" else ".csv"
+        (folder / f"{stem}{suffix}").write_bytes(raw)
+        if table is not None:
+            table.to_csv(folder / f"{stem}-scored.csv", index=False)
+        return stem
+
+    def _rows_json(table: pd.DataFrame) -> list[dict[str, Any]]:
+        return json.loads(table.to_json(orient="records", double_precision=4))
+
+    @app.post("/api/score-csv")
+    async def score_csv(
+        request: Request,
+        name: str | None = Query(None, max_length=300, description="file name to show"),
+        keep: bool = Query(False, description="save the upload and scores in web.keep_dir"),
+        format: str = Query("ndjson", pattern="^(ndjson|json|csv)$",
+                            description="ndjson: progress stream; json; csv: scored file"),
+    ) -> Response:
+        """Score an uploaded CSV (essay_id, full_text): raw body or multipart field ``file``."""
+        raw, label = await _read_upload(request, name)
+        essays = _validate(raw, label)
+        service.scorer()  # 503 before anything streams when no model is there
+        ids, texts = essays["essay_id"].tolist(), essays["full_text"].tolist()
+        step = w.batch_rows
+
+        def score_all() -> Iterator[pd.DataFrame]:
+            for start in range(0, len(essays), step):
+                part = essays.iloc[start:start + step]
+                yield scored_table(service.score(part), texts[start:start + step])
+
+        if format != "ndjson":
+            table = pd.concat(list(score_all()), ignore_index=True)
+            kept = _keep(raw, table) if keep else None
+            if format == "csv":
+                out_name = "scored_" + re.sub(r"(\.csv)?(\.gz)?$", "", label) + ".csv"
+                headers = {"Content-Disposition": f'attachment; filename="{out_name}"'}
+                if kept:
+                    headers["X-Kept-As"] = kept
+                return Response(table.to_csv(index=False), media_type="text/csv",
+                                headers=headers)
+            return JSONResponse({"name": label, "total": len(table), "kept_as": kept,
+                                 "rows": _rows_json(table)})
+
+        def stream() -> Iterator[str]:
+            yield json.dumps({"type": "start", "name": label, "total": len(ids)}) + "\n"
+            parts = []
+            try:
+                for part in score_all():
+                    parts.append(part)
+                    done = sum(len(p) for p in parts)
+                    yield json.dumps({"type": "rows", "done": done, "total": len(ids),
+                                      "rows": _rows_json(part)}) + "\n"
+                kept = _keep(raw, pd.concat(parts, ignore_index=True)) if keep else None
+            except Exception as e:  # the stream has started: report in-band
+                yield json.dumps({"type": "error", "error": f"Scoring failed: {e}"}) + "\n"
+                return
+            yield json.dumps({"type": "done", "total": len(ids), "kept_as": kept}) + "\n"
+
+        return StreamingResponse(stream(), media_type="application/x-ndjson",
+                                 headers={"Cache-Control": "no-store"})
+
+    return app
+
+
+__all__ = ["create_app", "default_scorer_factory", "ScorerUnavailable", "scored_table"]
