@@ -23,6 +23,10 @@ class EnsembleArtifact(BaseModel):
     fold_qwk: dict[str, list[float]] = Field(default_factory=dict)
     n_folds: int = 0
     notes: str = ""
+    oof_qwk_rounded: dict[str, float] = Field(
+        default_factory=dict, description="member/blend -> QWK with plain rounding (1.5..5.5)"
+    )
+    selected: str = Field("", description="optimized | equal_blend | <member> (best on OOF)")
 
     @model_validator(mode="after")
     def _consistent(self) -> EnsembleArtifact:

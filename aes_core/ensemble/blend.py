@@ -1,0 +1,269 @@
+"""Nelder-Mead blend weights and QWK thresholds over the OOF table, with overfitting guards.
+
+The OOF table has one row per training essay (``essay_id, fold, score, ...``) and one float
+column per member on the 1..6 scale. :func:`fit_ensemble`:
+
+1. per member, and for the equal-weight blend: QWK rounded and with its own fitted thresholds;
+2. weights by Nelder-Mead on ``w = |z| / sum|z|`` (so w >= 0, sum 1), minimizing
+   ``-QWK(rounded blend) + rmse_tiebreak * RMSE`` (the RMSE term removes the plateaus of QWK),
+   started from equal weights, from each single member and from seeded Dirichlet draws;
+3. QWK-optimal thresholds on the blended OOF (:mod:`aes_core.ensemble.thresholds`);
+4. the final scorer is the best of {optimized, equal blend, best single member} by OOF QWK
+   with thresholds (so it is never worse than the best member on OOF);
+5. guards: QWK per fold of the final scorer (the spread), and a nested estimate where weights
+   and thresholds are fitted on K-1 folds and scored on the held-out fold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize
+from tqdm.auto import tqdm
+
+from aes_core.config import AesConfig, EnsembleSection
+from aes_core.ensemble.artifact import EnsembleArtifact, member_name
+from aes_core.ensemble.thresholds import (
+    DEFAULT_THRESHOLDS,
+    cut,
+    fast_qwk,
+    fit_thresholds,
+)
+
+META_COLUMNS = ("essay_id", "fold", "score", "prompt_name", "flag", "in_persuade")
+REQUIRED_COLUMNS = ("essay_id", "fold", "score")
+PRED_RANGE = (0.5, 6.5)
+EQUAL, BLEND = "equal_blend", "blend"
+
+
+class OofError(ValueError):
+    """The OOF table cannot be blended; the message names the members / rows at fault."""
+
+
+def expected_members(cfg: AesConfig) -> list[str]:
+    """``ensemble.members`` if set, else every ``{backbone}__{head}`` plus ``gbdt`` if enabled."""
+    if cfg.ensemble.members:
+        return list(cfg.ensemble.members)
+    names = [member_name(b.name, h) for b in cfg.backbones for h in cfg.heads.heads]
+    return names + (["gbdt"] if cfg.gbdt.enabled else [])
+
+
+def member_columns(df: pd.DataFrame) -> list[str]:
+    """Every column that is not an id/label/meta column is a member."""
+    return [c for c in df.columns if c not in META_COLUMNS]
+
+
+def _ids(df: pd.DataFrame, mask: np.ndarray, n: int = 5) -> str:
+    ids = df.loc[mask, "essay_id"].astype(str).tolist()
+    more = f" (+{len(ids) - n} more)" if len(ids) > n else ""
+    return f"{ids[:n]}{more}"
+
+
+def assemble_oof(oof_predictions: pd.DataFrame, gbdt_oof: pd.DataFrame | None = None,
+                 expected: Sequence[str] | None = None) -> pd.DataFrame:
+    """Join the transformer OOF table with the GBDT OOF and validate it.
+
+    Rows with the same ``essay_id`` are averaged (fold-averaged predictions). Raises
+    :class:`OofError` naming missing members, members with NaN (and the essays), and values
+    off the 1..6 scale.
+    """
+    missing_cols = [c for c in REQUIRED_COLUMNS if c not in oof_predictions.columns]
+    if missing_cols:
+        raise OofError(f"oof_predictions: missing column(s) {missing_cols}; "
+                       f"found {list(oof_predictions.columns)}")
+    df = oof_predictions.copy()
+    df["essay_id"] = df["essay_id"].astype(str)
+    members = member_columns(df)
+    if df["essay_id"].duplicated().any():
+        meta = [c for c in df.columns if c in META_COLUMNS and c != "essay_id"]
+        agg = {**{c: "first" for c in meta}, **{m: "mean" for m in members}}
+        df = df.groupby("essay_id", sort=False, as_index=False).agg(agg)
+    if gbdt_oof is not None and len(gbdt_oof):
+        if "essay_id" not in gbdt_oof.columns or "gbdt" not in gbdt_oof.columns:
+            raise OofError(f"gbdt_oof: expected columns essay_id, gbdt; "
+                           f"found {list(gbdt_oof.columns)}")
+        if "gbdt" in df.columns:
+            raise OofError("oof_predictions already has a 'gbdt' column and gbdt_oof was given")
+        g = gbdt_oof[["essay_id", "gbdt"]].assign(essay_id=lambda d: d["essay_id"].astype(str))
+        g = g.groupby("essay_id", as_index=False)["gbdt"].mean()
+        df = df.merge(g, on="essay_id", how="left")
+        members = member_columns(df)
+    present = [m for m in members if df[m].notna().any()]
+    if expected is not None:
+        absent = [m for m in expected if m not in present]
+        if absent:
+            raise OofError(
+                f"OOF table is missing member(s) {absent}: expected {list(expected)}, "
+                f"found {present}. Materialize their fold x head partitions (or the GBDT "
+                f"member), or set ensemble.members to the members you want to blend.")
+    if not members:
+        raise OofError(f"OOF table has no member columns (all of {list(df.columns)} are meta)")
+    for m in members:
+        col = pd.to_numeric(df[m], errors="coerce")
+        nan = col.isna().to_numpy()
+        if nan.any():
+            raise OofError(f"member {m!r}: {int(nan.sum())} of {len(df)} essays have no OOF "
+                           f"prediction (NaN), e.g. essay_id {_ids(df, nan)}; is a fold "
+                           f"partition missing?")
+        off = ((col < PRED_RANGE[0]) | (col > PRED_RANGE[1])).to_numpy()
+        if off.any():
+            raise OofError(f"member {m!r}: {int(off.sum())} predictions outside the 1..6 scale "
+                           f"(e.g. {float(col[off].iloc[0]):.3f} for essay_id "
+                           f"{_ids(df, off, 1)})")
+        df[m] = col.astype(np.float64)
+    score = pd.to_numeric(df["score"], errors="coerce")
+    bad = (score.isna() | ~score.isin(range(1, 7))).to_numpy()
+    if bad.any():
+        raise OofError(f"oof score must be an integer 1..6; bad for essay_id {_ids(df, bad)}")
+    df["score"] = score.astype(int)
+    df["fold"] = pd.to_numeric(df["fold"], errors="raise").astype(int)
+    return df
+
+
+def normalize_weights(z: np.ndarray) -> np.ndarray:
+    """Unconstrained parameters -> weights >= 0 that sum to one (``|z| / sum|z|``)."""
+    a = np.abs(np.asarray(z, dtype=np.float64))
+    s = a.sum()
+    return np.full_like(a, 1.0 / len(a)) if s <= 1e-12 else a / s
+
+
+def blend_objective(preds: np.ndarray, y: np.ndarray, tiebreak: float):
+    """Return f(z) = -QWK(rounded blend) + tiebreak * RMSE(blend, y)."""
+    cuts = np.asarray(DEFAULT_THRESHOLDS)
+
+    def f(z: np.ndarray) -> float:
+        b = preds @ normalize_weights(z)
+        rmse = float(np.sqrt(np.mean((b - y) ** 2)))
+        return -fast_qwk(y, cut(b, cuts)) + tiebreak * rmse
+    return f
+
+
+def optimize_weights(preds: np.ndarray, y: np.ndarray,
+                     cfg: EnsembleSection | None = None) -> np.ndarray:
+    """Nelder-Mead weights (>= 0, sum 1) over [N, M] member predictions, several restarts."""
+    cfg = cfg or EnsembleSection()
+    preds = np.asarray(preds, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    n_members = preds.shape[1]
+    if n_members == 1:
+        return np.ones(1)
+    f = blend_objective(preds, y, cfg.rmse_tiebreak)
+    rng = np.random.default_rng(cfg.seed)
+    starts = [np.full(n_members, 1.0 / n_members)]
+    starts += [np.eye(n_members)[j] * 0.9 + 0.1 / n_members for j in range(n_members)]
+    starts += [rng.dirichlet(np.ones(n_members)) for _ in range(cfg.restarts)]
+    best_z, best_f = starts[0], f(starts[0])
+    for z0 in starts:
+        res = minimize(f, z0, method="Nelder-Mead",
+                       options={"maxiter": cfg.max_iter, "xatol": 1e-4, "fatol": 1e-7,
+                                "adaptive": n_members > 3})
+        if res.fun < best_f - 1e-12:
+            best_z, best_f = res.x, float(res.fun)
+    w = normalize_weights(best_z)
+    w[w < 1e-4] = 0.0  # drop dust so the artifact reads cleanly
+    return w / w.sum()
+
+
+@dataclass
+class Candidate:
+    name: str
+    weights: np.ndarray
+    thresholds: list[float]
+    qwk: float
+
+
+def fit_weights_and_thresholds(preds: np.ndarray, y: np.ndarray, members: Sequence[str],
+                               cfg: EnsembleSection) -> tuple[Candidate, dict[str, Candidate]]:
+    """Optimized, equal and single-member candidates, each with fitted thresholds; best first."""
+    m = len(members)
+    cands: dict[str, Candidate] = {}
+    for name, w in [("optimized", optimize_weights(preds, y, cfg)), (EQUAL, np.full(m, 1 / m)),
+                    *[(mem, np.eye(m)[j]) for j, mem in enumerate(members)]]:
+        t, q = fit_thresholds(preds @ w, y, cfg)
+        cands[name] = Candidate(name, w, t, q)
+    order = ["optimized", EQUAL, *members]  # ties go to the optimized blend
+    best = max(order, key=lambda k: (cands[k].qwk, -order.index(k)))
+    return cands[best], cands
+
+
+@dataclass
+class EnsembleFit:
+    """The artifact plus what the report needs: blended OOF values and final scores."""
+
+    artifact: EnsembleArtifact
+    table: pd.DataFrame                       # OOF table + blended, pred_score
+    candidates: dict[str, Candidate] = field(default_factory=dict)
+    nested_fold_qwk: list[float] = field(default_factory=list)
+
+    @property
+    def best_member(self) -> tuple[str, float]:
+        q = {m: self.artifact.oof_qwk[m] for m in self.artifact.members}
+        name = max(q, key=q.get)
+        return name, q[name]
+
+
+def fit_ensemble(table: pd.DataFrame, cfg: EnsembleSection | None = None,
+                 progress: bool = False) -> EnsembleFit:
+    """Fit weights + thresholds on a validated OOF table (see :func:`assemble_oof`)."""
+    cfg = cfg or EnsembleSection()
+    members = member_columns(table)
+    preds = table[members].to_numpy(dtype=np.float64)
+    y = table["score"].to_numpy(dtype=np.int64)
+    folds = table["fold"].to_numpy(dtype=int)
+    fold_ids = sorted(np.unique(folds).tolist())
+
+    best, cands = fit_weights_and_thresholds(preds, y, members, cfg)
+    blended = preds @ best.weights
+    final = cut(blended, best.thresholds)
+
+    oof_qwk: dict[str, float] = {}
+    rounded: dict[str, float] = {}
+    fold_qwk: dict[str, list[float]] = {}
+    for name, c in [*((mem, cands[mem]) for mem in members), (EQUAL, cands[EQUAL]),
+                    ("optimized", cands["optimized"])]:
+        b = preds @ c.weights
+        oof_qwk[name] = round(c.qwk, 6)
+        rounded[name] = round(fast_qwk(y, cut(b, DEFAULT_THRESHOLDS)), 6)
+        fold_qwk[name] = [round(fast_qwk(y[folds == k], cut(b[folds == k], c.thresholds)), 6)
+                          for k in fold_ids]
+    oof_qwk[BLEND] = round(best.qwk, 6)
+    rounded[BLEND] = round(fast_qwk(y, cut(blended, DEFAULT_THRESHOLDS)), 6)
+    fold_qwk[BLEND] = [round(fast_qwk(y[folds == k], final[folds == k]), 6) for k in fold_ids]
+
+    nested: list[float] = []
+    if cfg.nested_cv and len(fold_ids) >= 2:
+        held = np.zeros(len(y), dtype=int)
+        for k in tqdm(fold_ids, desc="nested ensemble CV", disable=not progress):
+            tr, va = folds != k, folds == k
+            c, _ = fit_weights_and_thresholds(preds[tr], y[tr], members, cfg)
+            held[va] = cut(preds[va] @ c.weights, c.thresholds)
+            nested.append(round(fast_qwk(y[va], held[va]), 6))
+        oof_qwk["blend_nested"] = round(fast_qwk(y, held), 6)
+        fold_qwk["blend_nested"] = nested
+
+    spread = np.asarray(fold_qwk[BLEND])
+    notes = (f"selected: {best.name}; fitted on OOF only ({len(y)} essays, {len(fold_ids)} "
+             f"folds); blend fold QWK mean {spread.mean():.4f} +/- {spread.std():.4f} "
+             f"(min {spread.min():.4f}, max {spread.max():.4f})")
+    if nested:
+        notes += (f"; nested CV (weights+thresholds fit on K-1 folds) QWK "
+                  f"{oof_qwk['blend_nested']:.4f} vs in-sample {best.qwk:.4f}")
+    artifact = EnsembleArtifact(
+        members=members, weights=[float(w) for w in best.weights],
+        thresholds=best.thresholds, oof_qwk=oof_qwk, oof_qwk_rounded=rounded,
+        fold_qwk=fold_qwk, n_folds=len(fold_ids), notes=notes, selected=best.name,
+    )
+    out = table.copy()
+    out["blended"] = blended
+    out["pred_score"] = final
+    return EnsembleFit(artifact=artifact, table=out, candidates=cands, nested_fold_qwk=nested)
+
+
+def check_members(artifact: EnsembleArtifact, required: Iterable[str]) -> None:
+    """Raise if a required member is absent from the artifact (serving-side sanity check)."""
+    absent = [m for m in required if m not in artifact.members]
+    if absent:
+        raise OofError(f"ensemble lacks member(s) {absent}; it has {artifact.members}")
