@@ -211,6 +211,9 @@ class EnsembleSection(Section):
     min_gain_over_best: float = Field(
         0.0, description="asset check: blend QWK - best member QWK must be >= this"
     )
+    max_overfit_gap: float = Field(
+        0.03, ge=0, description="asset check (warn): in-sample blend QWK - nested-CV QWK limit"
+    )
     seed: int = 42
 
 
