@@ -1,7 +1,10 @@
 """In-process ONNX Runtime scorer: exported members (folds × heads) + optional GBDT member.
 
-Texts are tokenized once per tokenizer setting, sorted by length and cut into batches padded
-only to the longest essay of each batch (dynamic padding), so short essays cost little.
+Essays are sorted by length (characters, longest first) and cut into batches of
+``batch_size`` padded only to the longest essay of each batch (dynamic padding). The Triton
+client sends exactly these batches as requests and the Triton scorer runs each request as one
+padded batch, so both paths see identical inputs: this matters for the BiLSTM head, whose
+backward pass runs over the padding.
 """
 
 from __future__ import annotations
@@ -45,10 +48,15 @@ def pad_batch(seqs: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarra
     return ids, mask
 
 
-def length_sorted_batches(lengths: list[int], batch_size: int) -> list[np.ndarray]:
-    """Indices grouped into batches of similar length (longest first)."""
-    order = np.argsort(-np.asarray(lengths), kind="stable")
+def length_sorted_batches(texts: list[str], batch_size: int) -> list[np.ndarray]:
+    """Indices grouped into batches of similar character length (longest first, stable)."""
+    order = np.argsort(-np.asarray([len(t) for t in texts], dtype=np.int64), kind="stable")
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def fold_average(fold_logits: list[np.ndarray], loss: str) -> np.ndarray:
+    """[F] arrays of logits [B] -> [B] mean score over folds (1..6 scale, float64)."""
+    return np.mean(np.stack([logits_to_scores_np(x, loss) for x in fold_logits]), axis=0)
 
 
 @dataclass
@@ -116,32 +124,30 @@ class OnnxScorer:
                                                                   local_files_only=True)
         return self._tokenizers[key]
 
-    def predict_member(self, name: str, texts: list[str]) -> np.ndarray:
-        """[N] fold-averaged scores (1..6 scale, float64) of one transformer member."""
+    def predict_batch(self, name: str, texts: list[str]) -> np.ndarray:
+        """[B] fold-averaged scores of one member for one batch (padded together)."""
         folds = self.members[name]
         tok = self._tokenizer(folds[0].folder)
-        spec = folds[0].spec
-        seqs = tokenize(tok, texts, spec)
-        out = np.zeros((len(folds), len(texts)), dtype=np.float64)
-        batches = length_sorted_batches([len(s) for s in seqs], self.batch_size)
-        it = batches
+        seqs = tokenize(tok, texts, folds[0].spec)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        ids, mask = pad_batch(seqs, pad)
+        return fold_average([m.logits(ids, mask) for m in folds], folds[0].spec.loss)
+
+    def predict_members(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), len(self.ensemble.members)), dtype=np.float64)
+        if not texts:
+            return out
+        batches = length_sorted_batches(texts, self.batch_size)
         if self.show_progress:
             from tqdm.auto import tqdm
 
-            it = tqdm(batches, desc=f"onnx {name}", leave=False)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        for idx in it:
-            ids, mask = pad_batch([seqs[i] for i in idx], pad)
-            for f, member in enumerate(folds):
-                out[f, idx] = logits_to_scores_np(member.logits(ids, mask), member.spec.loss)
-        return out.mean(axis=0)
-
-    def predict_members(self, texts: list[str]) -> np.ndarray:
-        cols = []
-        for m in self.ensemble.members:
-            if m == GBDT_MEMBER:
-                cols.append(np.asarray(self.gbdt.predict(texts), dtype=np.float64).reshape(-1))
-            else:
-                cols.append(self.predict_member(m, texts))
-        return np.stack(cols, axis=1) if cols else np.zeros((len(texts), 0))
-
+            batches = tqdm(batches, desc="onnx scoring", leave=False)
+        for idx in batches:
+            chunk = [texts[i] for i in idx]
+            for j, m in enumerate(self.ensemble.members):
+                if m != GBDT_MEMBER:
+                    out[idx, j] = self.predict_batch(m, chunk)
+        if self.gbdt is not None:
+            j = self.ensemble.members.index(GBDT_MEMBER)
+            out[:, j] = np.asarray(self.gbdt.predict(texts), dtype=np.float64).reshape(-1)
+        return out

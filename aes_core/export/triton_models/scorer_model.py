@@ -1,0 +1,121 @@
+"""Triton Python-backend BLS model ``scorer``: essay TEXT in, SCORE / BLENDED / MEMBERS out.
+
+For each request (one batch of essays): tokenize per member exactly like training, call the
+member fold models (``<backbone>__<head>__f<fold>``) through BLS, average folds, add the GBDT
+member in-process, then blend and threshold with ``EnsembleArtifact`` — the same library
+code the in-process scorer uses. ``scorer.json`` next to this file names the members, their
+tokenizer folders (copied into the repository) and where the ``aes_core`` package lives.
+"""
+
+import os
+import sys
+
+
+def _extend_path():
+    """The stub ignores PYTHONPATH: prepend the project's paths before numpy is imported."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    paths = [p for p in os.environ.get("AES_PYTHONPATH", "").split(os.pathsep) if p]
+    listed = os.path.join(here, "python_paths.txt")
+    if os.path.exists(listed):
+        with open(listed) as f:
+            paths += [p for p in f.read().splitlines() if p]
+    for p in reversed(list(dict.fromkeys(paths))):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+
+
+_extend_path()
+
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+
+class ScoringError(Exception):
+    """A request could not be scored; the message goes back to the client."""
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        here = os.path.join(args["model_repository"], args["model_version"])
+        with open(os.path.join(here, "scorer.json")) as f:
+            meta = json.load(f)
+        root = meta.get("aes_root")
+        if root and root not in sys.path:
+            sys.path.insert(0, root)
+        from transformers import AutoTokenizer
+
+        from aes_core.ensemble.artifact import EnsembleArtifact
+        from aes_core.models.regressor import RegressorSpec
+        from aes_core.serving import onnx_scorer
+
+        self.lib = onnx_scorer
+        self.ensemble = EnsembleArtifact.load(os.path.join(here, meta["ensemble"]))
+        self.members = []
+        for name in self.ensemble.members:
+            if name == onnx_scorer.GBDT_MEMBER:
+                from aes_core.ensemble.gbdt import GbdtMember
+
+                self.members.append((name, GbdtMember.load(os.path.join(here, meta["gbdt_dir"])),
+                                     None, None))
+                continue
+            m = meta["members"][name]
+            tok = AutoTokenizer.from_pretrained(os.path.join(here, m["tokenizer"]),
+                                                local_files_only=True)
+            spec = RegressorSpec.model_validate(m["spec"])
+            self.members.append((name, tok, spec, list(m["models"])))
+
+    def _fold_logits(self, model_name, ids, mask):
+        req = pb_utils.InferenceRequest(
+            model_name=model_name, requested_output_names=["logits"],
+            inputs=[pb_utils.Tensor("input_ids", ids), pb_utils.Tensor("attention_mask", mask)])
+        resp = req.exec()
+        if resp.has_error():
+            raise ScoringError(f"member model {model_name}: {resp.error().message()}")
+        return pb_utils.get_output_tensor_by_name(resp, "logits").as_numpy().reshape(-1)
+
+    def _score(self, request):
+        t = pb_utils.get_input_tensor_by_name(request, "TEXT")
+        if t is None:
+            raise ScoringError("input TEXT is required")
+        arr = t.as_numpy()
+        if arr.size == 0:
+            raise ScoringError("empty batch: send at least one essay")
+        texts = []
+        for i, x in enumerate(arr.reshape(-1)):
+            try:
+                texts.append(x.decode("utf-8") if isinstance(x, bytes) else str(x))
+            except UnicodeDecodeError as e:
+                raise ScoringError(f"TEXT row {i} is not valid UTF-8: {e}") from e
+        preds = np.zeros((len(texts), len(self.members)), dtype=np.float64)
+        for j, (_name, tok, spec, models) in enumerate(self.members):
+            if spec is None:  # GBDT member, in-process
+                preds[:, j] = np.asarray(tok.predict(texts), dtype=np.float64).reshape(-1)
+                continue
+            seqs = self.lib.tokenize(tok, texts, spec)
+            pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+            ids, mask = self.lib.pad_batch(seqs, pad)
+            preds[:, j] = self.lib.fold_average(
+                [self._fold_logits(m, ids, mask) for m in models], spec.loss)
+        blended = self.ensemble.blend(preds)
+        scores = self.ensemble.to_scores(blended)
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor("SCORE", scores.astype(np.int32).reshape(-1, 1)),
+            pb_utils.Tensor("BLENDED", blended.astype(np.float64).reshape(-1, 1)),
+            pb_utils.Tensor("MEMBERS", preds),
+        ])
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                responses.append(self._score(request))
+            except ScoringError as e:
+                responses.append(pb_utils.InferenceResponse(
+                    output_tensors=[], error=pb_utils.TritonError(f"scorer: {e}")))
+            except Exception as e:  # noqa: BLE001 - never take the server down
+                responses.append(pb_utils.InferenceResponse(
+                    output_tensors=[],
+                    error=pb_utils.TritonError(f"scorer: {type(e).__name__}: {e}")))
+        return responses
