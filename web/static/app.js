@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { limits: null, rows: [], fileName: "", busy: false };
+const state = { limits: null, middle: null, rows: [], fileName: "", busy: false };
 
 function esc(s) {
   return String(s).replace(/[&<>"']/g, (c) => ({
@@ -33,6 +33,8 @@ async function loadInfo() {
     const resp = await fetch("/api/info");
     const info = await resp.json();
     state.limits = info.limits;
+    const tr = info.typical_ranges || {};
+    state.middle = tr.high_q ? Math.round((tr.high_q - tr.low_q) * 100) : null;
     const lim = info.limits;
     $("csv-limits").textContent = `${fmt(lim.max_rows)} essays, ` +
       `${fmt(lim.max_upload_bytes / 1e6, 1)} MB, ${fmt(lim.max_essay_chars)} characters per essay`;
@@ -90,9 +92,9 @@ function updateCount() {
   $("char-count").style.color = max && n > max ? "#a61b1b" : "";
 }
 
-function rangeText(t) {
+function rangeText(t, digits) {
   if (!t) return "n/a";
-  return `${fmt(t.low, 1)} – ${fmt(t.high, 1)}`;
+  return `${fmt(t.low, digits)} – ${fmt(t.high, digits)}`;
 }
 
 function renderResult(r) {
@@ -108,12 +110,13 @@ function renderResult(r) {
     const status = s.status === "unknown" ? "no data" : s.status;
     return `<tr data-stat="${esc(s.name)}"><td>${esc(s.label)}</td>` +
       `<td class="num stat-value">${fmt(s.value, digits)}</td>` +
-      `<td class="num">${esc(rangeText(s.typical))}</td>` +
+      `<td class="num">${esc(rangeText(s.typical, digits))}</td>` +
       `<td><span class="badge ${esc(s.status)}">${esc(status)}</span></td></tr>`;
   }).join("");
   const anyRange = r.stats.some((s) => s.typical);
   $("typical-note").textContent = anyRange
-    ? "Typical range: the middle 80% of training essays that received this score."
+    ? `Typical range: the middle ${state.middle || 80}% of training essays that received ` +
+      "this score."
     : "No typical range is available (training data not found).";
   const memBody = $("members-table").querySelector("tbody");
   memBody.innerHTML = r.members.map((m) =>

@@ -1,0 +1,203 @@
+"""End-to-end: the real server (``python -m web``) driven by headless Chromium through Selenium.
+
+Pastes an essay and reads the score off the page, shows the error for an empty essay,
+uploads a CSV, watches the table fill, downloads the scored CSV and rejects a bad CSV.
+Set ``AES_WEB_SCREENSHOT=<png path>`` to also save a screenshot of the scored page.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from aes_core.serving.base import score_frame
+from aes_core.serving.loader import load_scorer
+from tests.conftest import write_profile
+from tests.web_support import build_storage, sample_essays, web_config, web_overrides
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+PROJECT = Path(__file__).resolve().parents[1]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                       reason=f"{CHROMIUM} is absent: apt-get install chromium chromium-driver"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, tiny_backbone):
+    """Start ``python -m web`` on a free port with a profile pointing at a tiny ensemble."""
+    tmp = tmp_path_factory.mktemp("web_browser")
+    storage = build_storage(tmp / "storage", tiny_backbone)
+    profile = write_profile(tmp, web_overrides(tmp, storage), name="webtest")
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(PROJECT)}
+    log = open(tmp / "server.log", "w")  # noqa: SIM115 - closed in the teardown below
+    proc = subprocess.Popen([sys.executable, "-m", "web", "--profile", str(profile),
+                             "--port", str(port), "--no-triton"], cwd=PROJECT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/api/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"web server did not start:\n{(tmp / 'server.log').read_text()}")
+            time.sleep(0.3)
+        yield {"url": url, "tmp": tmp, "cfg": web_config(tmp, storage)}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(site):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    downloads = site["tmp"] / "downloads"
+    downloads.mkdir()
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--window-size=1200,1500",
+                 f"--user-data-dir={site['tmp'] / 'chrome-profile'}"):
+        opts.add_argument(flag)
+    opts.add_experimental_option("prefs", {
+        "download.default_directory": str(downloads), "download.prompt_for_download": False,
+    })
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(30)
+    driver.downloads = downloads
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait(driver, cond, timeout: float = 30):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout).until(cond)
+
+
+def _visible_text(driver, element_id: str) -> str:
+    el = driver.find_element("id", element_id)
+    return el.text if el.is_displayed() else ""
+
+
+def test_paste_an_essay_and_read_the_score(site, browser):
+    essay = sample_essays(3).iloc[2]
+    ref = score_frame(load_scorer(site["cfg"]),
+                      pd.DataFrame({"essay_id": ["x"], "full_text": [essay["full_text"]]}))
+    browser.get(site["url"] + "/")
+    _wait(browser, lambda d: "ensemble of 2" in d.find_element("id", "model-info").text)
+
+    # an empty essay shows a clear error and no score
+    browser.find_element("id", "score-btn").click()
+    assert "empty" in _wait(browser, lambda d: _visible_text(d, "paste-error"))
+    assert not browser.find_element("id", "result").is_displayed()
+
+    box = browser.find_element("id", "essay-text")
+    browser.execute_script("arguments[0].value = arguments[1];"
+                           "arguments[0].dispatchEvent(new Event('input'));",
+                           box, essay["full_text"][:-40])
+    box.send_keys(essay["full_text"][-40:])  # real typing for the last characters
+    assert f"{len(essay['full_text']):,} characters" in browser.find_element(
+        "id", "char-count").text
+    browser.find_element("id", "score-btn").click()
+    _wait(browser, lambda d: d.find_element("id", "result").is_displayed())
+    assert not browser.find_element("id", "paste-error").is_displayed()
+    assert browser.find_element("id", "score-value").text == str(int(ref.score[0]))
+    bars = browser.find_elements("css selector", "#spread-chart rect.bar")
+    assert len(bars) == 6
+    heights = [float(b.get_attribute("height")) for b in bars]
+    assert int(max(range(6), key=heights.__getitem__)) == int(ref.spread[0].argmax())
+    preds = [float(e.text) for e in browser.find_elements("css selector", ".member-pred")]
+    assert preds == pytest.approx(ref.member_preds[0].round(2).tolist(), abs=0.011)
+    words = browser.find_element("css selector", '[data-stat="words"] .stat-value').text
+    assert int(words.replace(",", "")) > 50
+    shot = os.environ.get("AES_WEB_SCREENSHOT")
+    if shot:
+        _save_screenshot(browser, Path(shot))
+
+
+def _save_screenshot(driver, path: Path) -> None:
+    """The whole page as a compact palette PNG (for the README)."""
+    import io
+
+    from PIL import Image
+
+    driver.execute_script("document.getElementById('essay-text').scrollTop = 0")
+    height, chrome = driver.execute_script(
+        "return [document.body.scrollHeight, window.outerHeight - window.innerHeight]")
+    driver.set_window_size(1200, height + chrome)
+    driver.execute_script("window.scrollTo(0, 0)")
+    img = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
+    img.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+
+
+def test_upload_a_csv_and_download_scores(site, browser):
+    essays = sample_essays(9)
+    path = site["tmp"] / "my class.csv"
+    essays[["essay_id", "full_text"]].to_csv(path, index=False)
+    ref = score_frame(load_scorer(site["cfg"]), essays)
+
+    browser.get(site["url"] + "/")
+    browser.find_element("id", "tab-csv").click()
+    browser.find_element("id", "csv-file").send_keys(str(path))
+    browser.find_element("id", "csv-btn").click()
+    _wait(browser, lambda d: d.find_element("id", "csv-status").text.startswith("Done"))
+    assert browser.find_element("id", "csv-progress").get_attribute("aria-valuenow") == "100"
+    ids = [e.text for e in browser.find_elements("css selector", "#csv-table .essay-id")]
+    scores = [int(e.text) for e in browser.find_elements("css selector", "#csv-table .row-score")]
+    assert ids == essays["essay_id"].tolist()
+    assert scores == ref.score.tolist()
+    assert f"{len(essays)} essays scored" in browser.find_element("id", "csv-summary").text
+
+    browser.find_element("id", "download-btn").click()
+    target = browser.downloads / "scored_my class.csv"
+    _wait(browser, lambda d: target.exists() and target.stat().st_size > 0, timeout=20)
+    table = pd.read_csv(target, dtype={"essay_id": str})
+    assert table["essay_id"].tolist() == ids and table["score"].tolist() == scores
+    assert not Path(site["cfg"].web.keep_dir).exists()  # nothing kept unless asked
+
+
+def test_bad_csv_shows_the_row(site, browser):
+    bad = site["tmp"] / "bad.csv"
+    bad.write_bytes(b"essay_id,full_text\na,fine essay\nb,caf\xe9\n")
+    browser.get(site["url"] + "/")
+    browser.find_element("id", "tab-csv").click()
+    browser.find_element("id", "csv-file").send_keys(str(bad))
+    browser.find_element("id", "csv-btn").click()
+    msg = _wait(browser, lambda d: _visible_text(d, "csv-error"))
+    assert "bad.csv, row 2" in msg and "UTF-8" in msg
+    assert not browser.find_element("id", "csv-result").is_displayed()
