@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from aes_assets.assets import data
+from aes_assets.assets import data, ensemble
 from aes_assets.checks import DATA_CHECKS
 from aes_assets.resources import build_resources
 from aes_core.config import load_config
@@ -14,12 +14,13 @@ from aes_resources.settings import active_profile
 def build_definitions(profile: str | None = None) -> dg.Definitions:
     profile = profile or active_profile()
     cfg = load_config(profile)
-    assets = dg.load_assets_from_modules([data])
+    assets = dg.load_assets_from_modules([data, ensemble])
+    assets = [*assets, *ensemble.missing_upstream_specs(assets)]
     all_job = dg.define_asset_job("aes_pipeline", selection=dg.AssetSelection.all(),
                                   description="Every asset of the pipeline, data to submission.")
     return dg.Definitions(
         assets=assets,
-        asset_checks=DATA_CHECKS,
+        asset_checks=[*DATA_CHECKS, *ensemble.ENSEMBLE_CHECKS],
         jobs=[all_job],
         resources=build_resources(cfg, profile),
     )
