@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from aes_assets.assets import data, ensemble
+from aes_assets.assets.training import training_assets
 from aes_assets.checks import DATA_CHECKS
 from aes_assets.resources import build_resources
 from aes_core.config import load_config
@@ -15,6 +16,7 @@ def build_definitions(profile: str | None = None) -> dg.Definitions:
     profile = profile or active_profile()
     cfg = load_config(profile)
     assets = dg.load_assets_from_modules([data, ensemble])
+    assets = [*assets, *training_assets(cfg)]  # per-backbone factory + oof_predictions
     assets = [*assets, *ensemble.missing_upstream_specs(assets)]
     all_job = dg.define_asset_job("aes_pipeline", selection=dg.AssetSelection.all(),
                                   description="Every asset of the pipeline, data to submission.")

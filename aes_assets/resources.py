@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from aes_core.config import AesConfig
+from aes_resources.gpu import GpuResource
 from aes_resources.mlflow import MlflowTracker
 from aes_resources.settings import PipelineSettings
 from aes_resources.storage import ArtifactStore, TableIOManager
@@ -19,4 +20,5 @@ def build_resources(cfg: AesConfig, profile: str) -> dict[str, Any]:
         "artifacts": ArtifactStore(root=str(root / "artifacts")),
         "mlflow": MlflowTracker(tracking_uri=cfg.mlflow_tracking_uri,
                                 experiment=cfg.mlflow_experiment),
+        "gpu": GpuResource.from_section(cfg.gpu),
     }

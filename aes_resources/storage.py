@@ -23,6 +23,10 @@ class ArtifactStore(dg.ConfigurableResource):
 
     root: str
 
+    def path(self, asset_key: dg.AssetKey, partition: str | None = None) -> Path:
+        """Where an asset's (partition's) folder lives, without creating it."""
+        return _key_path(Path(self.root), asset_key, partition)
+
     def folder(self, asset_key: dg.AssetKey, partition: str | None = None,
                fresh: bool = False) -> Path:
         p = _key_path(Path(self.root), asset_key, partition)

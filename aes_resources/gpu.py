@@ -1,0 +1,141 @@
+"""Where Lightning trains: CPU in tests, one GPU, or several GPUs through DDP.
+
+``GpuResource.trainer_kwargs()`` builds the accelerator / devices / precision / strategy part
+of a ``lightning.Trainer``. With ``devices > 1`` one partition trains with DDP (spawned
+processes, so it works inside a Dagster run; gloo on CPU, NCCL on GPU). With one device per
+partition, ``assign_device`` picks which GPU a partition uses so that several partitions can
+run concurrently, one per GPU (by a hash of the partition key, or by the run tag ``aes/gpu``).
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+import dagster as dg
+
+GPU_TAG = "aes/gpu"
+
+
+def visible_gpus(n_cuda: int | None = None, env: Mapping[str, str] | None = None) -> list[int]:
+    """Indices usable by this process (CUDA renumbers CUDA_VISIBLE_DEVICES from 0)."""
+    env = os.environ if env is None else env
+    if n_cuda is None:
+        import torch
+
+        n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    listed = env.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        n_listed = len([x for x in listed.split(",") if x.strip() and x.strip() != "-1"])
+        n_cuda = min(n_cuda, n_listed) if n_cuda else n_listed
+    return list(range(n_cuda))
+
+
+def assign_device(n_gpus: int, partition_key: str | None = None,
+                  tags: Mapping[str, str] | None = None, assign_by: str = "partition") -> int:
+    """The GPU index for a single-device partition.
+
+    ``tag``: the run tag ``aes/gpu`` (an int, taken modulo ``n_gpus``); ``partition``: a
+    stable hash (crc32) of the partition key, so a backfill spreads partitions over GPUs and
+    a re-run of a partition lands on the same GPU; ``none`` (or no key): GPU 0.
+    """
+    if n_gpus < 1:
+        raise ValueError("assign_device: no GPU visible")
+    tags = tags or {}
+    if assign_by == "tag" and GPU_TAG in tags:
+        try:
+            return int(tags[GPU_TAG]) % n_gpus
+        except ValueError as e:
+            raise ValueError(f"run tag {GPU_TAG}={tags[GPU_TAG]!r} is not an integer") from e
+    if assign_by in ("partition", "tag") and partition_key:
+        return zlib.crc32(partition_key.encode()) % n_gpus
+    return 0
+
+
+class GpuResource(dg.ConfigurableResource):
+    """Accelerator, devices, precision and strategy for every Lightning Trainer of a run."""
+
+    accelerator: str = "auto"       # auto | cpu | gpu
+    devices: int = 1
+    precision: str = "auto"         # auto | 32-true | bf16-mixed | 16-mixed | ...
+    strategy: str = "auto"          # auto | ddp | ddp_spawn | ...
+    find_unused_parameters: bool = False
+    assign_by: str = "partition"    # none | partition | tag
+
+    def use_gpu(self) -> bool:
+        import torch
+
+        if self.accelerator == "cpu":
+            return False
+        ok = torch.cuda.is_available()
+        if self.accelerator == "gpu" and not ok:
+            raise RuntimeError("gpu.accelerator = gpu but CUDA is not available on this machine")
+        return ok
+
+    def resolved_precision(self) -> str:
+        if self.precision != "auto":
+            return self.precision
+        if self.use_gpu():
+            import torch
+
+            return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        return "32-true"
+
+    def amp_dtype(self):
+        """The autocast dtype matching the precision (None for full precision)."""
+        import torch
+
+        p = self.resolved_precision()
+        if p.startswith("bf16"):
+            return torch.bfloat16 if self.use_gpu() else None
+        if p.startswith("16"):
+            return torch.float16 if self.use_gpu() else None
+        return None
+
+    def trainer_kwargs(self, partition_key: str | None = None,
+                       tags: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """``accelerator``, ``devices``, ``precision``, ``strategy`` for ``lightning.Trainer``."""
+        gpu = self.use_gpu()
+        kw: dict[str, Any] = {"accelerator": "gpu" if gpu else "cpu",
+                              "precision": self.resolved_precision()}
+        if self.devices > 1:
+            kw["devices"] = self.devices
+            kw["strategy"] = self._ddp_strategy(gpu)
+            return kw
+        if gpu:
+            n = len(visible_gpus())
+            kw["devices"] = [assign_device(n, partition_key, tags, self.assign_by)]
+        else:
+            kw["devices"] = 1
+        kw["strategy"] = self.strategy if self.strategy not in ("auto", "ddp", "ddp_spawn") \
+            else "auto"
+        return kw
+
+    def _ddp_strategy(self, gpu: bool):
+        from lightning.pytorch.strategies import DDPStrategy
+
+        backend = "nccl" if gpu else "gloo"
+        if self.strategy in ("auto", "ddp_spawn"):
+            # spawned workers: safe inside a Dagster run (plain "ddp" re-executes sys.argv)
+            return DDPStrategy(start_method="spawn", process_group_backend=backend,
+                               find_unused_parameters=self.find_unused_parameters)
+        if self.strategy == "ddp":
+            return DDPStrategy(process_group_backend=backend,
+                               find_unused_parameters=self.find_unused_parameters)
+        return self.strategy
+
+    def inference_device(self, partition_key: str | None = None,
+                         tags: Mapping[str, str] | None = None) -> str:
+        """Where the post-training predictions run (the partition's GPU, or CPU)."""
+        if not self.use_gpu():
+            return "cpu"
+        kw = self.trainer_kwargs(partition_key, tags)
+        dev = kw["devices"]
+        return f"cuda:{dev[0]}" if isinstance(dev, list) else "cuda:0"
+
+    @classmethod
+    def from_section(cls, section) -> GpuResource:
+        """Build from ``AesConfig.gpu``."""
+        return cls(**section.model_dump())
