@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from aes_core.ensemble.artifact import EnsembleArtifact
 from aes_core.essay_stats import essay_stats, load_typical_ranges, typical_ranges
 from aes_core.models.regressor import EssayRegressor, load_regressor_tokenizer, logits_to_scores
 from aes_core.serving.base import score_frame
@@ -389,3 +391,42 @@ def test_typical_ranges_prefer_folded_table_and_cache(tmp_path, essays):
     assert load_typical_ranges(tmp_path, tmp_path / "missing.csv", 0.2, 0.8) == got
     with pytest.raises(FileNotFoundError, match="missing.csv"):
         load_typical_ranges(tmp_path / "nowhere", tmp_path / "missing.csv")
+
+
+# ---- model reloads ------------------------------------------------------------------------------
+
+def test_new_ensemble_is_picked_up_without_restart(tmp_path, tiny_backbone, essays):
+    """A re-materialized ensemble_weights table changes the page's scores on the next request."""
+    storage = build_storage(tmp_path / "storage", tiny_backbone)
+    cfg = web_config(tmp_path, storage)
+    text = essays["full_text"].iloc[0]
+    with TestClient(create_app(cfg)) as c:
+        before = c.post("/api/score", json={"text": text}).json()
+        path = storage / "tables" / "ensemble_weights.json"
+        ens = EnsembleArtifact.load(path)
+        new = ens.model_copy(update={"weights": [0.0, 1.0]})
+        new.save(path)
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+        assert c.get("/api/info").json()["weights"] == [0.0, 1.0]
+        after = c.post("/api/score", json={"text": text}).json()
+    second = after["members"][1]["prediction"]
+    assert after["blended"] == pytest.approx(second, abs=1e-3)
+    assert after["score"] == int(new.to_scores(np.array([second]))[0])
+    assert [m["prediction"] for m in after["members"]] == pytest.approx(
+        [m["prediction"] for m in before["members"]], abs=1e-4)
+
+
+def test_custom_scorer_factory_is_used_once(tmp_path, storage, essays):
+    cfg = web_config(tmp_path, storage)
+    calls = []
+
+    def factory():
+        calls.append(1)
+        return load_scorer(cfg)
+
+    with TestClient(create_app(cfg, scorer_factory=factory)) as c:
+        for text in essays["full_text"].head(2):
+            assert c.post("/api/score", json={"text": text}).status_code == 200
+        assert c.get("/api/info").json()["ready"] is True
+    assert len(calls) == 1

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import re
 import threading
 import uuid
@@ -47,6 +48,7 @@ from aes_core.essay_stats import (
 from aes_core.serving.base import ScoredEssays, Scorer, score_frame
 
 ScorerFactory = Callable[[], Scorer]
+log = logging.getLogger(__name__)
 PASTED_ID = "pasted-essay"
 STATIC_FILES = {"app.js": "application/javascript", "style.css": "text/css"}
 MULTIPART_OVERHEAD = 64 * 1024  # form boundaries and small fields on top of the file itself
@@ -154,30 +156,46 @@ def _unpack_upload(raw: bytes, label: str, limit: int) -> bytes:
 
 
 class ScoringService:
-    """Holds the scorer (loaded lazily, retried until it loads) and the typical ranges."""
+    """Holds the scorer and the typical ranges, reloading them when the pipeline rewrites them.
 
-    def __init__(self, cfg: AesConfig, factory: ScorerFactory):
+    The scorer is loaded on first use, retried while loading fails (the pipeline may still be
+    running) and reloaded when ``version()`` changes (a newer materialized ensemble).
+    """
+
+    def __init__(self, cfg: AesConfig, factory: ScorerFactory,
+                 version: Callable[[], object] | None = None):
         self.cfg = cfg
         self._factory = factory
+        self._version = version or (lambda: None)
         self._scorer: Scorer | None = None
+        self._loaded_version: object = None
         self._ranges: dict | None = None
+        self._ranges_key: object = None
         self._ranges_error: str | None = None
         self._lock = threading.Lock()
 
     def scorer(self) -> Scorer:
         with self._lock:
-            if self._scorer is None:
+            current = self._version()
+            if self._scorer is None or current != self._loaded_version:
                 try:
-                    self._scorer = self._factory()
-                except ScorerUnavailable:
-                    raise
+                    scorer = self._factory()
                 except Exception as e:  # loader errors are shown to the user verbatim
+                    if self._scorer is not None:  # mid-rewrite: keep serving the old model
+                        log.warning("reloading the scorer failed (%s); keeping the loaded one", e)
+                        return self._scorer
+                    if isinstance(e, ScorerUnavailable):
+                        raise
                     raise ScorerUnavailable(f"{type(e).__name__}: {e}") from e
+                self._scorer, self._loaded_version = scorer, current
             return self._scorer
 
     def ranges(self) -> dict | None:
-        if self._ranges is None and self._ranges_error is None:
-            w = self.cfg.web
+        w = self.cfg.web
+        key = (_mtime(Path(self.cfg.storage_root) / "tables" / "folded_essays.parquet"),
+               _mtime(Path(self.cfg.data.train_path)))
+        if key != self._ranges_key:
+            self._ranges_key, self._ranges, self._ranges_error = key, None, None
             try:
                 self._ranges = load_typical_ranges(self.cfg.storage_root, self.cfg.data.train_path,
                                                    w.typical_low_q, w.typical_high_q)
@@ -249,6 +267,19 @@ def scored_table(scored: ScoredEssays, texts: list[str]) -> pd.DataFrame:
     return df
 
 
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def ensemble_version(cfg: AesConfig) -> Callable[[], object]:
+    """Changes whenever the pipeline writes a new ``ensemble_weights`` table."""
+    path = Path(cfg.storage_root) / "tables" / "ensemble_weights.json"
+    return lambda: _mtime(path)
+
+
 def default_scorer_factory(cfg: AesConfig) -> ScorerFactory:
     """The scorer of the ``submission`` asset: Triton when it answers, else ONNX Runtime."""
 
@@ -271,10 +302,17 @@ def default_scorer_factory(cfg: AesConfig) -> ScorerFactory:
 
 def create_app(cfg: AesConfig | None = None,
                scorer_factory: ScorerFactory | None = None) -> FastAPI:
-    """The FastAPI app; ``scorer_factory`` defaults to the pipeline's latest ensemble."""
+    """The FastAPI app; ``scorer_factory`` defaults to the pipeline's latest ensemble.
+
+    With the default factory a newly materialized ensemble is picked up without a restart;
+    a custom factory is called once (and again only after it failed).
+    """
     cfg = cfg or load_config()
     w = cfg.web
-    service = ScoringService(cfg, scorer_factory or default_scorer_factory(cfg))
+    if scorer_factory is None:
+        service = ScoringService(cfg, default_scorer_factory(cfg), ensemble_version(cfg))
+    else:
+        service = ScoringService(cfg, scorer_factory)
     static = {name: _read_static(name) for name in STATIC_FILES}
     index_html = _read_static("index.html")
 
