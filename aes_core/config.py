@@ -251,6 +251,13 @@ class ServingSection(Section):
     inbox_dir: str = Field(str(PROJECT_ROOT / "var" / "inbox"))
     outbox_dir: str = Field(str(PROJECT_ROOT / "var" / "outbox"))
     rejected_dir: str = Field(str(PROJECT_ROOT / "var" / "rejected"))
+    history_dir: str = Field(
+        str(PROJECT_ROOT / "var" / "inbox_history"),
+        description="processed inbox files (good rows), re-scored by the rescore schedule",
+    )
+    inbox_settle_s: float = Field(
+        2.0, ge=0, description="ignore inbox files modified more recently (still being copied)"
+    )
     sensor_interval_s: int = Field(30, ge=5)
     rescore_cron: str = Field("0 2 * * *", description="nightly re-score of the inbox history")
     rescore_on_new_ensemble: bool = Field(
@@ -358,7 +365,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
             data[key] = fix(data[key])
     for sect, keys in {
         "data": ("train_path", "test_path", "test_labels_path", "persuade_path", "unlabelled_path"),
-        "serving": ("triton_repo", "inbox_dir", "outbox_dir", "rejected_dir"),
+        "serving": ("triton_repo", "inbox_dir", "outbox_dir", "rejected_dir", "history_dir"),
         "web": ("keep_dir",),
     }.items():
         if isinstance(data.get(sect), dict):
