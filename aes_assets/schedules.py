@@ -1,0 +1,71 @@
+"""Re-scoring the inbox history: nightly (serving.rescore_cron) and on a new ensemble.
+
+Each run scores every archived inbox file (serving.history_dir) with the current ensemble into
+``<outbox>/rescored/<ensemble hash>/``; files already there for that ensemble are skipped, so
+repeated triggers cost nothing and a new ensemble gets a fresh folder.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+import dagster as dg
+
+from aes_assets.sensors import serving_scorer
+from aes_core.config import AesConfig
+from aes_core.serving.inbox import rescore_history
+from aes_core.serving.loader import load_ensemble
+from aes_resources.settings import PipelineSettings
+
+RESCORE_JOB = "rescore_inbox_history_job"
+RESCORED = "rescored"
+
+
+def ensemble_tag(cfg: AesConfig) -> str:
+    """A short content hash of the current ensemble (names its re-score folder)."""
+    ens, _ = load_ensemble(cfg)
+    return hashlib.sha256(ens.model_dump_json().encode()).hexdigest()[:12]
+
+
+@dg.op(description="Re-score every archived inbox file with the current ensemble.")
+def rescore_inbox_history(context: dg.OpExecutionContext, settings: PipelineSettings) -> dict:
+    cfg = settings.load()
+    tag = ensemble_tag(cfg)
+    out_dir = Path(cfg.serving.outbox_dir) / RESCORED / tag
+    if not any(Path(cfg.serving.history_dir).glob("*.essays.csv")):
+        context.log.info(f"no inbox history in {cfg.serving.history_dir}")
+        return {"ensemble": tag, "files": []}
+    done = rescore_history(cfg.serving.history_dir, serving_scorer(cfg, context.log), out_dir)
+    context.add_output_metadata({
+        "ensemble": tag, "out_dir": dg.MetadataValue.path(str(out_dir)),
+        "files": len(done), "rescored_rows": sum(d["rows"] for d in done),
+        "detail": dg.MetadataValue.json(done)})
+    return {"ensemble": tag, "files": done}
+
+
+@dg.job(name=RESCORE_JOB, description="Re-score the inbox history with the current ensemble.")
+def rescore_inbox_history_job():
+    rescore_inbox_history()
+
+
+def build_rescore_schedule(cfg: AesConfig) -> dg.ScheduleDefinition:
+    return dg.ScheduleDefinition(
+        name="nightly_rescore", job=rescore_inbox_history_job,
+        cron_schedule=cfg.serving.rescore_cron, default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"Re-score the inbox history ({cfg.serving.rescore_cron}).")
+
+
+def build_new_ensemble_sensor(cfg: AesConfig) -> dg.SensorDefinition:
+    status = (dg.DefaultSensorStatus.RUNNING if cfg.serving.rescore_on_new_ensemble
+              else dg.DefaultSensorStatus.STOPPED)
+
+    @dg.asset_sensor(asset_key=dg.AssetKey("ensemble_weights"), job=rescore_inbox_history_job,
+                     name="rescore_on_new_ensemble", default_status=status,
+                     description="Re-score the inbox history when ensemble_weights is "
+                                 "materialized (serving.rescore_on_new_ensemble).")
+    def rescore_on_new_ensemble(context: dg.SensorEvaluationContext, asset_event):
+        yield dg.RunRequest(run_key=f"ensemble-{asset_event.storage_id}",
+                            tags={"aes/trigger": "ensemble_weights",
+                                  "aes/event": json.dumps(asset_event.storage_id)})
+
+    return rescore_on_new_ensemble

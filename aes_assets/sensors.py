@@ -1,0 +1,95 @@
+"""The inbox sensor: one ``score_inbox_file`` run per new essay CSV dropped in serving.inbox_dir.
+
+``run_key`` is the file's content hash and the cursor keeps every hash already requested, so
+a file is scored once even across daemon restarts (Dagster also refuses a repeated run_key);
+the op itself is idempotent (an existing scored output is never recomputed). Outputs go to
+serving.outbox_dir, bad rows to a report in serving.rejected_dir, good rows to the history.
+"""
+
+import json
+
+import dagster as dg
+
+from aes_core.config import AesConfig
+from aes_core.serving.inbox import list_inbox, process_inbox_file
+from aes_resources.settings import PipelineSettings
+
+INBOX_JOB = "score_inbox_file_job"
+INBOX_SENSOR = "inbox_sensor"
+CURSOR_KEEP = "hashes"
+
+
+class InboxFileConfig(dg.Config):
+    """Which inbox file a run scores."""
+
+    path: str
+    content_hash: str
+
+
+def serving_scorer(cfg: AesConfig, log=None):
+    """The scorer for sensor/schedule runs: a configured Triton URL if it answers, else ORT."""
+    from aes_core.serving.loader import load_scorer
+
+    scorer = load_scorer(cfg, prefer_triton=bool(cfg.serving.use_triton and
+                                                 cfg.serving.triton_url),
+                         triton_url=cfg.serving.triton_url)
+    if log is not None:
+        log.info(f"scoring with {type(scorer).__name__}")
+    return scorer
+
+
+@dg.op(description="Validate and score one inbox CSV; write outbox / rejected / history files.")
+def score_inbox_file(context: dg.OpExecutionContext, config: InboxFileConfig,
+                     settings: PipelineSettings) -> dict:
+    cfg = settings.load()
+    s = cfg.serving
+    scorer = serving_scorer(cfg, context.log)
+    res = process_inbox_file(config.path, config.content_hash, scorer, s.outbox_dir,
+                             s.rejected_dir, s.history_dir)
+    if res.bad_rows or res.reason:
+        context.log.warning(f"{res.file}: {res.bad_rows} bad row(s) {res.reason}; report in "
+                            f"{s.rejected_dir}")
+    context.add_output_metadata({"file": res.file, "scored": res.scored,
+                                 "bad_rows": res.bad_rows, "skipped": res.skipped,
+                                 "outputs": dg.MetadataValue.json(res.outputs)})
+    return res.to_dict()
+
+
+@dg.job(name=INBOX_JOB, description="Score one essay CSV from the inbox (run by inbox_sensor).")
+def score_inbox_file_job():
+    score_inbox_file()
+
+
+def load_cursor(cursor: str | None) -> set[str]:
+    if not cursor:
+        return set()
+    return set(json.loads(cursor).get(CURSOR_KEEP, []))
+
+
+def build_inbox_sensor(cfg: AesConfig) -> dg.SensorDefinition:
+    s = cfg.serving
+
+    @dg.sensor(name=INBOX_SENSOR, job=score_inbox_file_job,
+               minimum_interval_seconds=s.sensor_interval_s,
+               default_status=dg.DefaultSensorStatus.RUNNING,
+               description=f"One run per new CSV in {s.inbox_dir} (run_key = content hash).")
+    def inbox_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        seen = load_cursor(context.cursor)
+        requests, skipped = [], []
+        for path, digest in list_inbox(s.inbox_dir, s.inbox_settle_s):
+            if digest in seen:
+                skipped.append(path.name)
+                continue
+            seen.add(digest)
+            requests.append(dg.RunRequest(
+                run_key=digest,
+                run_config={"ops": {"score_inbox_file": {"config": {
+                    "path": str(path), "content_hash": digest}}}},
+                tags={"aes/inbox_file": path.name, "aes/content_hash": digest[:12]}))
+        cursor = json.dumps({CURSOR_KEEP: sorted(seen)})
+        if not requests:
+            why = f"already requested: {skipped}" if skipped else f"no new CSV in {s.inbox_dir}"
+            return dg.SensorResult(skip_reason=why, cursor=cursor)
+        return dg.SensorResult(run_requests=requests, cursor=cursor)
+
+    return inbox_sensor

@@ -1,0 +1,205 @@
+"""Inbox rescoring: validate a dropped essay CSV, score its good rows, report the bad ones.
+
+Each file is identified by the SHA-256 of its content. Processing is idempotent and
+crash-safe: outputs are written atomically first (``<outbox>/<stem>.<hash12>.scored.csv``),
+then the file's good rows are archived in the history folder and the original leaves the
+inbox. A file whose scored output already exists is never scored again.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from aes_core.serving.base import Scorer, score_frame
+
+REQUIRED = ("essay_id", "full_text")
+HASH_LEN = 12
+
+
+def content_hash(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def list_inbox(inbox_dir: str | Path, settle_s: float = 0.0) -> list[tuple[Path, str]]:
+    """(path, content hash) of the CSV files directly in the inbox, oldest first.
+
+    Files modified within the last ``settle_s`` seconds are left for a later pass.
+    """
+    inbox = Path(inbox_dir)
+    if not inbox.is_dir():
+        return []
+    now = time.time()
+    files = [p for p in inbox.iterdir()
+             if p.is_file() and p.suffix.lower() == ".csv" and not p.name.startswith(".")
+             and now - p.stat().st_mtime >= settle_s]
+    files.sort(key=lambda p: (p.stat().st_mtime, p.name))
+    return [(p, content_hash(p)) for p in files]
+
+
+@dataclass
+class BadRow:
+    line: int            # 1-based line in the file (header is line 1)
+    essay_id: str
+    reason: str
+
+
+@dataclass
+class ParsedFile:
+    good: pd.DataFrame   # essay_id, full_text
+    bad: list[BadRow] = field(default_factory=list)
+    fatal: str | None = None   # the whole file is unusable (e.g. a missing column)
+
+
+def parse_essay_csv(path: str | Path) -> ParsedFile:
+    """Read ``essay_id, full_text`` rows; every bad row is reported with its line and reason.
+
+    Bad rows: wrong number of fields, empty essay_id, empty full_text, an essay_id seen
+    earlier in the same file. Unknown extra columns are ignored.
+    """
+    path = Path(path)
+    empty = pd.DataFrame({"essay_id": pd.Series(dtype=str), "full_text": pd.Series(dtype=str)})
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        return ParsedFile(empty, fatal=f"{path.name}: not UTF-8 text ({e})")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        return ParsedFile(empty, fatal=f"{path.name}: empty file (no header)")
+    except csv.Error as e:
+        return ParsedFile(empty, fatal=f"{path.name}: unreadable CSV header ({e})")
+    missing = [c for c in REQUIRED if c not in header]
+    if missing:
+        return ParsedFile(empty, fatal=f"{path.name}: missing column(s) {missing}; "
+                                       f"header is {header}")
+    i_id, i_text = header.index("essay_id"), header.index("full_text")
+    good_ids, good_texts, bad, seen = [], [], [], set()
+    line = 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            bad.append(BadRow(reader.line_num, "", f"malformed CSV: {e}"))
+            break
+        line = reader.line_num
+        if not any(c.strip() for c in row):
+            continue  # blank line
+        essay_id = row[i_id].strip() if len(row) > i_id else ""
+        if len(row) != len(header):
+            bad.append(BadRow(line, essay_id, f"{len(row)} fields, expected {len(header)}"))
+        elif not essay_id:
+            bad.append(BadRow(line, essay_id, "empty essay_id"))
+        elif not row[i_text].strip():
+            bad.append(BadRow(line, essay_id, "empty full_text"))
+        elif essay_id in seen:
+            bad.append(BadRow(line, essay_id, "duplicate essay_id in this file"))
+        else:
+            seen.add(essay_id)
+            good_ids.append(essay_id)
+            good_texts.append(row[i_text])
+    return ParsedFile(pd.DataFrame({"essay_id": good_ids, "full_text": good_texts}), bad)
+
+
+@dataclass
+class InboxResult:
+    file: str
+    content_hash: str
+    scored: int
+    bad_rows: int
+    skipped: bool
+    outputs: list[str]
+    reason: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+def output_name(stem: str, digest: str, kind: str) -> str:
+    return f"{stem}.{digest[:HASH_LEN]}.{kind}.csv"
+
+
+def process_inbox_file(path: str | Path, digest: str, scorer: Scorer, outbox: str | Path,
+                       rejected: str | Path, history: str | Path) -> InboxResult:
+    """Score one inbox file into the outbox; bad rows go to a report in ``rejected``."""
+    path, outbox, rejected, history = Path(path), Path(outbox), Path(rejected), Path(history)
+    stem = path.stem
+    scored_path = outbox / output_name(stem, digest, "scored")
+    archived = history / output_name(stem, digest, "essays")
+    if scored_path.exists():  # scored before (e.g. crash before archiving): never twice
+        _archive_original(path, digest)
+        return InboxResult(path.name, digest, 0, 0, True, [str(scored_path)],
+                           "already scored")
+    if not path.exists():
+        raise FileNotFoundError(f"inbox file {path} is gone and no output {scored_path} exists")
+    if content_hash(path) != digest:
+        raise ValueError(f"inbox file {path} changed since it was seen (hash {digest[:12]}): "
+                         "the sensor will pick up the new content as a new file")
+    parsed = parse_essay_csv(path)
+    outputs = []
+    if parsed.fatal or parsed.bad:
+        rejected.mkdir(parents=True, exist_ok=True)
+        report = rejected / f"{stem}.{digest[:HASH_LEN]}.report.txt"
+        lines = [f"file: {path.name}", f"sha256: {digest}"]
+        if parsed.fatal:
+            lines.append(f"rejected: {parsed.fatal}")
+        else:
+            lines.append(f"{len(parsed.bad)} bad row(s); {len(parsed.good)} good row(s) scored "
+                         f"into {scored_path.name}")
+            lines += [f"line {b.line}: essay_id={b.essay_id!r}: {b.reason}" for b in parsed.bad]
+        report.write_text("\n".join(lines) + "\n")
+        shutil.copy2(path, rejected / f"{stem}.{digest[:HASH_LEN]}.csv")
+        outputs.append(str(report))
+    scored = score_frame(scorer, parsed.good).to_frame(with_members=True)
+    _atomic_csv(archive_frame(parsed.good), archived)
+    _atomic_csv(scored, scored_path)
+    outputs.append(str(scored_path))
+    _archive_original(path, digest)
+    return InboxResult(path.name, digest, len(scored), len(parsed.bad), False, outputs,
+                       parsed.fatal or "")
+
+
+def archive_frame(good: pd.DataFrame) -> pd.DataFrame:
+    return good[["essay_id", "full_text"]].reset_index(drop=True)
+
+
+def _archive_original(path: Path, digest: str) -> None:
+    """Remove the original from the inbox once its outputs and history copy exist."""
+    if path.exists() and content_hash(path) == digest:
+        path.unlink()
+
+
+def rescore_history(history: str | Path, scorer: Scorer, out_dir: str | Path) -> list[dict]:
+    """Score every archived inbox file into ``out_dir`` (skips files already there)."""
+    history, out_dir = Path(history), Path(out_dir)
+    done = []
+    for f in sorted(history.glob("*.essays.csv")):
+        target = out_dir / f.name.replace(".essays.csv", ".scored.csv")
+        if target.exists():
+            done.append({"file": f.name, "skipped": True, "rows": 0})
+            continue
+        df = pd.read_csv(f, dtype={"essay_id": str, "full_text": str}, keep_default_na=False)
+        _atomic_csv(score_frame(scorer, df).to_frame(with_members=True), target)
+        done.append({"file": f.name, "skipped": False, "rows": len(df)})
+    return done
