@@ -33,6 +33,7 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -440,8 +441,8 @@ def create_app(cfg: AesConfig | None = None,
     ) -> Response:
         """Score an uploaded CSV (essay_id, full_text): raw body or multipart field ``file``."""
         raw, label = await _read_upload(request, name)
-        essays = _validate(raw, label)
-        service.scorer()  # 503 before anything streams when no model is there
+        essays = await run_in_threadpool(_validate, raw, label)
+        await run_in_threadpool(service.scorer)  # 503 before anything streams without a model
         ids, texts = essays["essay_id"].tolist(), essays["full_text"].tolist()
         step = w.batch_rows
 
@@ -451,8 +452,9 @@ def create_app(cfg: AesConfig | None = None,
                 yield scored_table(service.score(part), texts[start:start + step])
 
         if format != "ndjson":
-            table = pd.concat(list(score_all()), ignore_index=True)
-            kept = _keep(raw, table) if keep else None
+            table = pd.concat(await run_in_threadpool(lambda: list(score_all())),
+                              ignore_index=True)
+            kept = await run_in_threadpool(_keep, raw, table) if keep else None
             if format == "csv":
                 out_name = "scored_" + re.sub(r"(\.csv)?(\.gz)?$", "", label) + ".csv"
                 headers = {"Content-Disposition": f'attachment; filename="{out_name}"'}

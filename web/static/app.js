@@ -9,10 +9,10 @@ function esc(s) {
     "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;",
   }[c]));
 }
-function fmt(x, digits) {
+function fmt(x, digits, fixed) {
   if (x === null || x === undefined || Number.isNaN(x)) return "";
   return Number(x).toLocaleString("en-US", { maximumFractionDigits: digits,
-    minimumFractionDigits: 0 });
+    minimumFractionDigits: fixed ? digits : 0 });
 }
 function showError(el, msg) {
   el.textContent = msg;
@@ -121,7 +121,7 @@ function renderResult(r) {
   const memBody = $("members-table").querySelector("tbody");
   memBody.innerHTML = r.members.map((m) =>
     `<tr><td>${esc(m.name)}</td><td class="num">${fmt(m.weight, 3)}</td>` +
-    `<td class="num member-pred">${fmt(m.prediction, 2)}</td></tr>`).join("");
+    `<td class="num member-pred">${fmt(m.prediction, 2, true)}</td></tr>`).join("");
   $("result").hidden = false;
 }
 
@@ -159,6 +159,7 @@ async function scoreEssay() {
 
 // ---- CSV --------------------------------------------------------------------------------
 const HIDDEN_COLS = /^p_score_/;
+const COL_DIGITS = { words: 0, paragraphs: 0, mean_sentence_words: 1 };
 
 function renderTableHead(cols) {
   $("csv-table").querySelector("thead").innerHTML = "<tr>" + cols.map((c) =>
@@ -170,8 +171,8 @@ function appendRows(rows, cols) {
   const html = rows.map((r) => "<tr>" + cols.map((c) => {
     if (c === "essay_id") return `<td class="essay-id">${esc(r[c])}</td>`;
     if (c === "score") return `<td class="num"><span class="score-pill row-score">${r[c]}</span></td>`;
-    const digits = Number.isInteger(r[c]) ? 0 : 2;
-    return `<td class="num">${fmt(r[c], digits)}</td>`;
+    const digits = COL_DIGITS[c] ?? 2;
+    return `<td class="num">${fmt(r[c], digits, true)}</td>`;
   }).join("") + "</tr>").join("");
   body.insertAdjacentHTML("beforeend", html);
 }
