@@ -140,7 +140,7 @@ def run_mlm(backbone_path: str | Path, out_dir: str | Path, texts: Sequence[str]
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")

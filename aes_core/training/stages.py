@@ -138,6 +138,11 @@ class EpochLog(Callback):
     def __init__(self, stage: str, log_fn: Callable[[str], None]):
         self.stage, self.log_fn = stage, log_fn
 
+    def __getstate__(self) -> dict:
+        # DDP spawn pickles the trainer: run loggers (e.g. Dagster's) may not pickle, so the
+        # spawned ranks write to Python logging instead
+        return {"stage": self.stage, "log_fn": log.info}
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return

@@ -1,0 +1,203 @@
+"""Two-stage recipe: data selection per stage, target smoothing, resume, re-materialize."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from aes_core.config import load_config
+from aes_core.data import io
+from aes_core.data.folds import build_folded
+from aes_core.models.regressor import EssayRegressor
+from aes_core.training.datamodule import EssayDataset, PadCollate, predict_logits
+from aes_core.training.module import lr_lambda, param_groups
+from aes_core.training.stages import (
+    FoldHeadJob,
+    build_regressor,
+    smooth_targets,
+    stage1_split,
+    stage2_split,
+    train_fold_head,
+)
+from tests.conftest import tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def folded() -> pd.DataFrame:
+    cfg = load_config("cpu-small")
+    raw = io.load_train(cfg.data.train_path)
+    df, _ = build_folded(raw, io.load_persuade(cfg.data.persuade_path), cfg.folds)
+    return df
+
+
+def test_stage_data_never_trains_on_its_validation_essays(folded):
+    n_folds = int(folded["fold"].max()) + 1
+    assert folded["flag"].nunique() == 2
+    for i in range(n_folds):
+        s1, s2 = stage1_split(folded, i), stage2_split(folded, i)
+        assert not s1.notes and s2.skipped is None
+        # stage 1: train = folds != i, val = fold i and flag 1
+        assert set(s1.train["fold"]) == set(range(n_folds)) - {i}
+        assert (s1.val["fold"] == i).all() and (s1.val["flag"] == 1).all()
+        assert len(s1.val) == int(((folded.fold == i) & (folded.flag == 1)).sum())
+        # stage 2: train = folds != i and flag 1, val = fold i and flag 0
+        assert (s2.train["fold"] != i).all() and (s2.train["flag"] == 1).all()
+        assert len(s2.train) == int(((folded.fold != i) & (folded.flag == 1)).sum())
+        assert (s2.val["fold"] == i).all() and (s2.val["flag"] == 0).all()
+        for s in (s1, s2):
+            assert not set(s.train["essay_id"]) & set(s.val["essay_id"])
+            # no essay of fold i (the OOF fold) is ever trained on
+            assert not set(s.train["essay_id"]) & set(folded.loc[folded.fold == i, "essay_id"])
+
+
+def test_empty_flag_sets_are_reported(folded):
+    no_flag1 = folded.assign(flag=0)
+    s1 = stage1_split(no_flag1, 0)
+    assert "validating on all" in s1.notes[0] and (s1.val["fold"] == 0).all()
+    assert len(s1.val) == int((folded.fold == 0).sum())
+    s2 = stage2_split(no_flag1, 0)
+    assert s2.skipped and "no flag-1 essays" in s2.skipped
+    s2b = stage2_split(folded.assign(flag=1), 0)
+    assert s2b.skipped and "flag-0 essays" in s2b.skipped
+    with pytest.raises(ValueError, match="fold 9 has no essays"):
+        stage1_split(folded, 9)
+
+
+def test_smooth_targets():
+    scores = np.array([1, 3, 6])
+    p = np.array([0.2, 0.4, 0.9])
+    got = smooth_targets(scores, p, 0.5)
+    np.testing.assert_allclose(got, 0.5 * (scores - 1) / 5 + 0.5 * p, rtol=1e-6)
+    np.testing.assert_allclose(smooth_targets(scores, p, 0.0), (scores - 1) / 5, rtol=1e-6)
+    np.testing.assert_allclose(smooth_targets(scores, p, 1.0), p, rtol=1e-6)
+
+
+def test_schedules_and_param_groups(tiny_backbone, tmp_path):
+    f = lr_lambda("linear", 10, 110)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.5) and f(110) == pytest.approx(0.0)
+    c = lr_lambda("cosine", 0, 100)
+    assert c(0) == pytest.approx(1.0) and c(50) == pytest.approx(0.5) and c(100) < 1e-9
+    cfg = load_config(overrides={**tiny_overrides(tmp_path, tiny_backbone),
+                                 "train": {"freeze_layers": 1, "layerwise_lr_decay": 0.5,
+                                           "lr": 1e-3, "head_lr": 1e-2,
+                                           "reinit_top_layers": 1}})
+    from aes_core.models.backbone import load_tokenizer
+
+    tok = load_tokenizer(tiny_backbone)
+    job = FoldHeadJob(cfg, cfg.backbones[0], tiny_backbone, 0, "mean", tmp_path)
+    model, counts = build_regressor(job, tok)
+    assert counts["encoder_layers"] == 2
+    assert all(not p.requires_grad for p in model.encoder.embeddings.parameters())
+    enc_layers = model.encoder.encoder.layer
+    assert all(not p.requires_grad for p in enc_layers[0].parameters())
+    assert all(p.requires_grad for p in enc_layers[1].parameters())
+    groups = param_groups(model, cfg.train)
+    by_id = {id(p): g for g in groups for p in g["params"]}
+    assert by_id[id(model.head.out.weight)]["lr"] == pytest.approx(1e-2)
+    assert by_id[id(model.head.out.bias)]["weight_decay"] == 0.0
+    ln = enc_layers[1].output.LayerNorm.weight
+    assert by_id[id(ln)]["weight_decay"] == 0.0 and by_id[id(ln)]["lr"] == pytest.approx(1e-3)
+    assert by_id[id(enc_layers[1].output.dense.weight)]["weight_decay"] > 0
+    assert not any(id(p) in by_id for p in enc_layers[0].parameters())
+    # re-initialised top layer: LayerNorm back to ones
+    assert torch.allclose(ln, torch.ones_like(ln))
+
+
+def test_dynamic_padding_and_length_sorted_predictions(tiny_backbone):
+    from aes_core.models.backbone import load_tokenizer
+    from aes_core.models.regressor import RegressorSpec
+
+    tok = load_tokenizer(tiny_backbone)
+    texts = ["short essay.", "a much longer essay " * 20, "medium length essay " * 5]
+    ds = EssayDataset(texts, tok, max_length=48, targets=[0.0, 0.5, 1.0])
+    assert ds.lengths.max() == 48
+    batch = PadCollate(tok.pad_token_id)([ds[0], ds[2]])
+    assert batch["input_ids"].shape == (2, ds.lengths[2])  # padded to the longest in the batch
+    assert batch["attention_mask"].sum(1).tolist() == [ds.lengths[0], ds.lengths[2]]
+    model = EssayRegressor.from_backbone(tiny_backbone, RegressorSpec(head="mean"))
+    sorted_preds = predict_logits(model, ds, tok, batch_size=2)
+    one_by_one = [predict_logits(model, EssayDataset([t], tok, 48), tok, 1)[0] for t in texts]
+    np.testing.assert_allclose(sorted_preds, one_by_one, atol=1e-5)
+
+
+class Interrupt(pl.Callback):
+    """Raises once training reaches ``at_step`` (a real crash mid-run)."""
+
+    def __init__(self, at_step: int):
+        self.at_step = at_step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.at_step:
+            raise RuntimeError("simulated crash")
+
+
+class StartProbe(pl.Callback):
+    def __init__(self):
+        self.starts: list[tuple[int, int]] = []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.starts.append((trainer.current_epoch, trainer.global_step))
+
+
+@pytest.fixture(scope="module")
+def tiny_folded(folded) -> pd.DataFrame:
+    return folded.groupby("fold").sample(30, random_state=0).reset_index(drop=True)
+
+
+def _job(tmp: Path, backbone: Path, out: Path, **train) -> FoldHeadJob:
+    over = tiny_overrides(tmp, backbone)
+    over["train"] = {**over["train"], **train}
+    cfg = load_config(overrides=over)
+    return FoldHeadJob(cfg, cfg.backbones[0], backbone, 1, "mean", out,
+                       {"accelerator": "cpu", "devices": 1}, progress=False)
+
+
+def test_interrupted_partition_resumes_from_last_checkpoint(tmp_path, tiny_backbone, tiny_folded):
+    out = tmp_path / "part"
+    job = _job(tmp_path, tiny_backbone, out, stage1_epochs=2, stage2_epochs=1,
+               max_train_essays=40, early_stopping_patience=5)
+    steps_per_epoch = 5  # 40 essays / batch 8
+    job.callbacks = [Interrupt(at_step=steps_per_epoch + 2)]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_fold_head(job, tiny_folded)
+    assert (out / "stage1" / "last.ckpt").exists()
+    assert not (out / "result.json").exists() and not (out / "stage1" / "done.json").exists()
+
+    probe = StartProbe()
+    job.callbacks = [probe]
+    result = train_fold_head(job, tiny_folded)
+    # stage 1 restarted at epoch 1 from last.ckpt, stage 2 started from scratch
+    assert result["stage1"]["resumed_from"] == str(out / "stage1" / "last.ckpt")
+    assert probe.starts[0] == (1, steps_per_epoch)
+    assert probe.starts[1] == (0, 0)
+    assert result["stage1"]["global_step"] == 2 * steps_per_epoch
+    assert (out / "result.json").exists()
+    reloaded = EssayRegressor.from_pretrained(result["model_dir"])
+    assert reloaded.spec.head == "mean"
+    oof = pd.read_parquet(result["oof_path"])
+    assert set(oof["essay_id"]) == set(tiny_folded.loc[tiny_folded.fold == 1, "essay_id"])
+    assert oof["pred"].between(1, 6).all()
+
+    # re-materializing a completed partition starts over cleanly
+    probe2 = StartProbe()
+    job.callbacks = [probe2]
+    again = train_fold_head(job, tiny_folded)
+    assert any("starting fresh" in n for n in again["notes"])
+    assert again["stage1"]["resumed_from"] is None and probe2.starts[0] == (0, 0)
+    assert json.loads((out / "result.json").read_text())["fold"] == 1
+
+
+def test_stage2_skipped_without_flag1(tmp_path, tiny_backbone, tiny_folded):
+    job = _job(tmp_path, tiny_backbone, tmp_path / "p", stage1_epochs=1, max_train_essays=16)
+    result = train_fold_head(job, tiny_folded.assign(flag=0))
+    assert result["stage2"] is None and result["stage2_val_qwk"] is None
+    assert any("stage 2 skipped" in n for n in result["notes"])
+    assert any("validating on all" in n for n in result["notes"])
+    assert result["stage1"]["val_essays"] == int((tiny_folded.fold == 1).sum())
