@@ -1,0 +1,186 @@
+"""A real tritonserver (nvidia-pytriton binary, Python backend) on a generated repository.
+
+One server start for the whole module. Checks: config.pbtxt content of both variants, scores
+through Triton equal the in-process ONNX Runtime scores, malformed requests each get a clear
+error and the server keeps serving, load_scorer picks Triton or falls back.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aes_core.config import load_config
+from aes_core.export.triton_repo import write_triton_repo
+from aes_core.serving.base import score_frame
+from aes_core.serving.loader import load_scorer
+from aes_core.serving.onnx_scorer import OnnxScorer
+from aes_core.serving.triton import TritonScorer, TritonServer, server_ready
+from tests.serving_support import (
+    export_members,
+    sample_essays,
+    save_ensemble,
+    spread_ensemble,
+    write_checkpoints,
+)
+
+tritonclient_http = pytest.importorskip("tritonclient.http")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+HEADS = ["mean", "lstm"]
+N_FOLDS = 2
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_backbone):
+    tmp = tmp_path_factory.mktemp("triton")
+    storage = tmp / "storage"
+    ckpts = write_checkpoints(storage, tiny_backbone, HEADS, N_FOLDS)
+    members = export_members(storage, ckpts)
+    names = list(members)
+    essays = sample_essays(24)
+    weights = [0.3, 0.7]
+    probe = OnnxScorer(spread_ensemble(names, np.array([1.0, 6.0]), N_FOLDS, weights), members)
+    ens = spread_ensemble(names, score_frame(probe, essays).blended, N_FOLDS, weights)
+    save_ensemble(storage, ens)
+    cfg = load_config(overrides={"storage_root": str(storage), "serving": {
+        "triton_repo": str(tmp / "repo"), "instance_count": 1, "max_batch_size": 8,
+        "request_batch_size": 8}})
+    write_triton_repo(cfg.serving.triton_repo, ens, members, cfg.serving)
+    server = TritonServer(cfg.serving.triton_repo, http_port=0, grpc_port=0, metrics_port=0,
+                          startup_timeout_s=120)
+    server.start()
+    try:
+        yield {"cfg": cfg, "ens": ens, "members": members, "essays": essays,
+               "server": server, "client": server.client(), "tmp": tmp}
+    finally:
+        server.stop()
+    assert not server.running
+
+
+def _text_input(texts, shape=None):
+    arr = np.array([t.encode() for t in texts], dtype=np.object_).reshape(shape or (-1, 1))
+    inp = tritonclient_http.InferInput("TEXT", list(arr.shape), "BYTES")
+    inp.set_data_from_numpy(arr)
+    return inp
+
+
+def test_config_pbtxt_python_variant(served):
+    repo = served["server"].repo
+    member = (repo / "tiny__lstm__f1" / "config.pbtxt").read_text()
+    assert 'backend: "python"' in member and "max_batch_size: 8" in member
+    assert 'name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ]' in member
+    assert 'name: "logits" data_type: TYPE_FP32 dims: [ 1 ]' in member
+    assert "dynamic_batching { max_queue_delay_microseconds: 2000 }" in member
+    assert "instance_group [ { count: 1 kind: KIND_CPU } ]" in member
+    assert (repo / "tiny__lstm__f1" / "1" / "model.onnx").exists()
+    assert (repo / "tiny__lstm__f1" / "1" / "model.py").exists()
+    scorer = (repo / "scorer" / "config.pbtxt").read_text()
+    assert 'name: "TEXT" data_type: TYPE_STRING dims: [ 1 ]' in scorer
+    assert 'name: "SCORE" data_type: TYPE_INT32' in scorer
+    assert 'name: "MEMBERS" data_type: TYPE_FP64 dims: [ 2 ]' in scorer
+    assert 'string_value: "tiny__mean,tiny__lstm"' in scorer
+    # self-contained: tokenizer and ensemble copied into the repository
+    assert (repo / "scorer" / "1" / "tokenizers" / "tiny" / "tokenizer_config.json").exists()
+    assert (repo / "scorer" / "1" / "ensemble.json").exists()
+
+
+def test_config_pbtxt_native_variant(served, tmp_path):
+    cfg = served["cfg"]
+    native = cfg.serving.model_copy(update={"triton_variant": "native", "instance_count": 3})
+    manifest = write_triton_repo(tmp_path / "native", served["ens"], served["members"], native)
+    member = (tmp_path / "native" / "tiny__mean__f0" / "config.pbtxt").read_text()
+    assert 'platform: "onnxruntime_onnx"' in member and "backend" not in member
+    assert "dims: [ 1 ] reshape: { shape: [ ] }" in member
+    assert "instance_group [ { count: 3 kind: KIND_GPU } ]" in member
+    assert not (tmp_path / "native" / "tiny__mean__f0" / "1" / "model.py").exists()
+    assert manifest.plans == []  # no engines given: ONNX models everywhere
+    assert sorted(manifest.model_names()) == sorted(
+        ["tiny__mean__f0", "tiny__mean__f1", "tiny__lstm__f0", "tiny__lstm__f1", "scorer"])
+
+
+def test_triton_scores_equal_in_process(served):
+    essays, ens = served["essays"], served["ens"]
+    local = score_frame(OnnxScorer(ens, served["members"], batch_size=8), essays)
+    remote_scorer = TritonScorer(served["server"].url, ens, batch_size=8,
+                                 client=served["client"])
+    remote = score_frame(remote_scorer, essays)
+    np.testing.assert_allclose(remote.member_preds, local.member_preds, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(remote.score, local.score)
+    assert len(set(local.score.tolist())) >= 3  # thresholds spread the scores
+    # the server's own blend and thresholds (BLS) agree with score_frame
+    texts = essays["full_text"].tolist()[:8]
+    out = remote_scorer.infer(texts)
+    ref = score_frame(OnnxScorer(ens, served["members"], batch_size=8), essays.head(8))
+    assert out["SCORE"].dtype == np.int32
+    np.testing.assert_array_equal(out["SCORE"], ref.score)
+    np.testing.assert_allclose(out["BLENDED"], ref.blended, atol=1e-6)
+
+
+def _assert_error(fn, *fragments):
+    with pytest.raises(InferenceServerException) as e:
+        fn()
+    msg = str(e.value).lower()
+    assert any(f.lower() in msg for f in fragments), msg
+    return msg
+
+
+def test_malformed_requests_get_clear_errors_and_server_keeps_serving(served):
+    client, url = served["client"], served["server"].url
+    texts = served["essays"]["full_text"].tolist()[:2]
+
+    def ok():
+        res = client.infer("scorer", [_text_input(texts)])
+        assert res.as_numpy("SCORE").shape == (2, 1)
+        assert server_ready(url)
+
+    ok()
+    # wrong dtype: FP32 where TEXT (BYTES) is declared
+    bad = tritonclient_http.InferInput("TEXT", [2, 1], "FP32")
+    bad.set_data_from_numpy(np.zeros((2, 1), np.float32))
+    _assert_error(lambda: client.infer("scorer", [bad]), "data-type", "datatype", "dtype")
+    ok()
+    # wrong dtype on a member model: INT32 token ids
+    ids = tritonclient_http.InferInput("input_ids", [1, 4], "INT32")
+    ids.set_data_from_numpy(np.ones((1, 4), np.int32))
+    mask = tritonclient_http.InferInput("attention_mask", [1, 4], "INT64")
+    mask.set_data_from_numpy(np.ones((1, 4), np.int64))
+    _assert_error(lambda: client.infer("tiny__mean__f0", [ids, mask]), "data-type", "datatype")
+    ok()
+    # wrong shape: [2, 2] texts where [batch, 1] is declared
+    _assert_error(lambda: client.infer("scorer", [_text_input(texts * 2, (2, 2))]), "shape")
+    ok()
+    # wrong shape on a member: input_ids and attention_mask disagree (our model's own check)
+    ids = tritonclient_http.InferInput("input_ids", [1, 4], "INT64")
+    ids.set_data_from_numpy(np.ones((1, 4), np.int64))
+    mask = tritonclient_http.InferInput("attention_mask", [1, 6], "INT64")
+    mask.set_data_from_numpy(np.ones((1, 6), np.int64))
+    _assert_error(lambda: client.infer("tiny__mean__f0", [ids, mask]), "differ in shape")
+    ok()
+    # empty batch
+    empty = tritonclient_http.InferInput("TEXT", [0, 1], "BYTES")
+    empty.set_data_from_numpy(np.zeros((0, 1), dtype=np.object_))
+    msg = _assert_error(lambda: client.infer("scorer", [empty]), "empty batch", "got 0")
+    assert "text" in msg
+    ids = tritonclient_http.InferInput("input_ids", [0, 4], "INT64")
+    ids.set_data_from_numpy(np.zeros((0, 4), np.int64))
+    mask = tritonclient_http.InferInput("attention_mask", [0, 4], "INT64")
+    mask.set_data_from_numpy(np.zeros((0, 4), np.int64))
+    _assert_error(lambda: client.infer("tiny__mean__f0", [ids, mask]), "empty batch", "got 0",
+                  "batch size")
+    ok()
+    # missing input, unknown model
+    _assert_error(lambda: client.infer("scorer", []), "input", "expected")
+    _assert_error(lambda: client.infer("no_such_model", [_text_input(texts)]), "unknown",
+                  "not found", "no_such_model")
+    ok()
+
+
+def test_load_scorer_prefers_triton_and_falls_back(served):
+    cfg = served["cfg"]
+    remote = load_scorer(cfg, prefer_triton=True, triton_url=served["server"].url)
+    assert isinstance(remote, TritonScorer)
+    remote.close()
+    local = load_scorer(cfg, prefer_triton=True, triton_url="127.0.0.1:1")
+    assert isinstance(local, OnnxScorer)
+    assert isinstance(load_scorer(cfg), OnnxScorer)
