@@ -430,3 +430,17 @@ def test_custom_scorer_factory_is_used_once(tmp_path, storage, essays):
             assert c.post("/api/score", json={"text": text}).status_code == 200
         assert c.get("/api/info").json()["ready"] is True
     assert len(calls) == 1
+
+
+def test_cli_rejects_unknown_profile_with_a_clear_message():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "web", "--profile", "no-such-profile"],
+                         cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "profile 'no-such-profile' not found" in out.stderr
+    helped = subprocess.run([sys.executable, "-m", "web", "--help"], cwd=root,
+                            capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and "--port" in helped.stdout and "--host" in helped.stdout
