@@ -6,7 +6,6 @@ repeated triggers cost nothing and a new ensemble gets a fresh folder.
 """
 
 import hashlib
-import json
 from pathlib import Path
 
 import dagster as dg
@@ -27,23 +26,26 @@ def ensemble_tag(cfg: AesConfig) -> str:
     return hashlib.sha256(ens.model_dump_json().encode()).hexdigest()[:12]
 
 
-@dg.op(description="Re-score every archived inbox file with the current ensemble.")
-def rescore_inbox_history(context: dg.OpExecutionContext, settings: PipelineSettings) -> dict:
+@dg.op(out=dg.Out(dg.Nothing),
+       description="Re-score every archived inbox file with the current ensemble.")
+def rescore_inbox_history(context: dg.OpExecutionContext,
+                          settings: PipelineSettings) -> dg.Output:
     cfg = settings.load()
     tag = ensemble_tag(cfg)
     out_dir = Path(cfg.serving.outbox_dir) / RESCORED / tag
     if not any(Path(cfg.serving.history_dir).glob("*.essays.csv")):
         context.log.info(f"no inbox history in {cfg.serving.history_dir}")
-        return {"ensemble": tag, "files": []}
+        return dg.Output(None, metadata={"ensemble": tag, "files": 0,
+                                         "detail": dg.MetadataValue.json([])})
     done = rescore_history(cfg.serving.history_dir, serving_scorer(cfg, context.log), out_dir)
-    context.add_output_metadata({
+    return dg.Output(None, metadata={
         "ensemble": tag, "out_dir": dg.MetadataValue.path(str(out_dir)),
         "files": len(done), "rescored_rows": sum(d["rows"] for d in done),
         "detail": dg.MetadataValue.json(done)})
-    return {"ensemble": tag, "files": done}
 
 
-@dg.job(name=RESCORE_JOB, description="Re-score the inbox history with the current ensemble.")
+@dg.job(name=RESCORE_JOB,
+        description="Re-score the inbox history with the current ensemble.")
 def rescore_inbox_history_job():
     rescore_inbox_history()
 
@@ -64,8 +66,8 @@ def build_new_ensemble_sensor(cfg: AesConfig) -> dg.SensorDefinition:
                      description="Re-score the inbox history when ensemble_weights is "
                                  "materialized (serving.rescore_on_new_ensemble).")
     def rescore_on_new_ensemble(context: dg.SensorEvaluationContext, asset_event):
-        yield dg.RunRequest(run_key=f"ensemble-{asset_event.storage_id}",
-                            tags={"aes/trigger": "ensemble_weights",
-                                  "aes/event": json.dumps(asset_event.storage_id)})
+        event = f"{asset_event.run_id}-{asset_event.timestamp:.6f}"
+        yield dg.RunRequest(run_key=f"ensemble-{event}",
+                            tags={"aes/trigger": "ensemble_weights", "aes/event": event})
 
     return rescore_on_new_ensemble

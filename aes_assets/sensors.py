@@ -38,9 +38,10 @@ def serving_scorer(cfg: AesConfig, log=None):
     return scorer
 
 
-@dg.op(description="Validate and score one inbox CSV; write outbox / rejected / history files.")
+@dg.op(out=dg.Out(dg.Nothing),
+       description="Validate and score one inbox CSV; write outbox / rejected / history files.")
 def score_inbox_file(context: dg.OpExecutionContext, config: InboxFileConfig,
-                     settings: PipelineSettings) -> dict:
+                     settings: PipelineSettings) -> dg.Output:
     cfg = settings.load()
     s = cfg.serving
     scorer = serving_scorer(cfg, context.log)
@@ -49,13 +50,13 @@ def score_inbox_file(context: dg.OpExecutionContext, config: InboxFileConfig,
     if res.bad_rows or res.reason:
         context.log.warning(f"{res.file}: {res.bad_rows} bad row(s) {res.reason}; report in "
                             f"{s.rejected_dir}")
-    context.add_output_metadata({"file": res.file, "scored": res.scored,
-                                 "bad_rows": res.bad_rows, "skipped": res.skipped,
-                                 "outputs": dg.MetadataValue.json(res.outputs)})
-    return res.to_dict()
+    return dg.Output(None, metadata={"file": res.file, "scored": res.scored,
+                                     "bad_rows": res.bad_rows, "skipped": res.skipped,
+                                     "outputs": dg.MetadataValue.json(res.outputs)})
 
 
-@dg.job(name=INBOX_JOB, description="Score one essay CSV from the inbox (run by inbox_sensor).")
+@dg.job(name=INBOX_JOB,
+        description="Score one essay CSV from the inbox (run by inbox_sensor).")
 def score_inbox_file_job():
     score_inbox_file()
 

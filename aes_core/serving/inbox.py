@@ -87,16 +87,15 @@ def parse_essay_csv(path: str | Path) -> ParsedFile:
                                        f"header is {header}")
     i_id, i_text = header.index("essay_id"), header.index("full_text")
     good_ids, good_texts, bad, seen = [], [], [], set()
-    line = 1
     while True:
+        line = reader.line_num + 1  # where this record starts (quoted texts span lines)
         try:
             row = next(reader)
         except StopIteration:
             break
         except csv.Error as e:
-            bad.append(BadRow(reader.line_num, "", f"malformed CSV: {e}"))
+            bad.append(BadRow(line, "", f"malformed CSV, rest of file unread: {e}"))
             break
-        line = reader.line_num
         if not any(c.strip() for c in row):
             continue  # blank line
         essay_id = row[i_id].strip() if len(row) > i_id else ""
@@ -140,6 +139,12 @@ def output_name(stem: str, digest: str, kind: str) -> str:
     return f"{stem}.{digest[:HASH_LEN]}.{kind}.csv"
 
 
+def scored_output(outbox: Path, digest: str) -> Path | None:
+    """The existing scored output of this content (whatever the file was called), if any."""
+    found = sorted(Path(outbox).glob(f"*.{digest[:HASH_LEN]}.scored.csv"))
+    return found[0] if found else None
+
+
 def process_inbox_file(path: str | Path, digest: str, scorer: Scorer, outbox: str | Path,
                        rejected: str | Path, history: str | Path) -> InboxResult:
     """Score one inbox file into the outbox; bad rows go to a report in ``rejected``."""
@@ -147,10 +152,11 @@ def process_inbox_file(path: str | Path, digest: str, scorer: Scorer, outbox: st
     stem = path.stem
     scored_path = outbox / output_name(stem, digest, "scored")
     archived = history / output_name(stem, digest, "essays")
-    if scored_path.exists():  # scored before (e.g. crash before archiving): never twice
+    earlier = scored_output(outbox, digest)
+    if earlier is not None:  # this content was scored before (any name): never twice
         _archive_original(path, digest)
-        return InboxResult(path.name, digest, 0, 0, True, [str(scored_path)],
-                           "already scored")
+        return InboxResult(path.name, digest, 0, 0, True, [str(earlier)],
+                           f"content already scored into {earlier.name}")
     if not path.exists():
         raise FileNotFoundError(f"inbox file {path} is gone and no output {scored_path} exists")
     if content_hash(path) != digest:
