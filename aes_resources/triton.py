@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from aes_core.serving.triton import TritonServer, server_ready
+from aes_core.serving.triton import TritonError, TritonServer, server_ready
 
 
 class TritonResource(dg.ConfigurableResource):
@@ -33,7 +33,7 @@ class TritonResource(dg.ConfigurableResource):
         """
         if self.url:
             if not server_ready(self.url):
-                raise RuntimeError(f"no Triton server answers at {self.url}")
+                raise TritonError(f"no Triton server answers at {self.url}")
             yield self.url
             return
         server = TritonServer(repo or self.repo, http_port=self.http_port,

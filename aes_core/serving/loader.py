@@ -101,6 +101,8 @@ def resolve_artifacts(cfg: AesConfig) -> ServingArtifacts:
         gpath = _table(Path(cfg.storage_root), *GBDT_KEY).with_suffix(".json")
         if not gpath.exists():
             problems.append(f"member 'gbdt': no {gpath} (materialize gbdt_member)")
+        elif not json.loads(gpath.read_text()).get("model_dir"):
+            problems.append(f"member 'gbdt': {gpath} has no model_dir (gbdt.enabled was false)")
         else:
             gbdt_dir = Path(json.loads(gpath.read_text())["model_dir"])
     if problems:
