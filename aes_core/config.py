@@ -154,6 +154,9 @@ class GpuSection(Section):
     )
     strategy: str = Field("auto", description="auto (DDP spawn when devices>1), ddp, ddp_spawn…")
     find_unused_parameters: bool = Field(False, description="DDP flag for partial graphs")
+    sharing_strategy: Literal["file_system", "file_descriptor"] = Field(
+        "file_system", description="torch.multiprocessing tensor sharing for DDP spawn workers"
+    )
     assign_by: Literal["none", "partition", "tag"] = Field(
         "partition", description="which GPU a single-device partition uses: none = first, "
         "partition = hash of the partition key, tag = run tag aes/gpu"

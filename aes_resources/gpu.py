@@ -63,6 +63,7 @@ class GpuResource(dg.ConfigurableResource):
     strategy: str = "auto"          # auto | ddp | ddp_spawn | ...
     find_unused_parameters: bool = False
     assign_by: str = "partition"    # none | partition | tag
+    sharing_strategy: str = "file_system"  # torch.multiprocessing, for DDP spawn
 
     def use_gpu(self) -> bool:
         import torch
@@ -118,6 +119,9 @@ class GpuResource(dg.ConfigurableResource):
 
         backend = "nccl" if gpu else "gloo"
         if self.strategy in ("auto", "ddp_spawn"):
+            import torch.multiprocessing as mp
+
+            mp.set_sharing_strategy(self.sharing_strategy)
             # spawned workers: safe inside a Dagster run (plain "ddp" re-executes sys.argv)
             return DDPStrategy(start_method="spawn", process_group_backend=backend,
                                find_unused_parameters=self.find_unused_parameters)

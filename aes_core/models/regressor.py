@@ -44,6 +44,20 @@ def scores_to_targets(scores: torch.Tensor) -> torch.Tensor:
     return (scores.float() - 1.0) / 5.0
 
 
+def _reregister_output_capturing(model: nn.Module) -> None:
+    """Unpickled HF models (DDP spawn workers) miss transformers' per-class output-capturing
+    registry, which ``PreTrainedModel.__init__`` fills: without it ``hidden_states`` is None."""
+    try:
+        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+    except ImportError:  # older transformers: nothing to do
+        return
+    from transformers import PreTrainedModel
+
+    for m in model.modules():
+        if isinstance(m, PreTrainedModel) and getattr(m, "_can_record_outputs", None):
+            _CAN_RECORD_REGISTRY[m] = m._can_record_outputs
+
+
 class EssayRegressor(nn.Module):
     def __init__(self, encoder: nn.Module, spec: RegressorSpec):
         super().__init__()
@@ -61,6 +75,10 @@ class EssayRegressor(nn.Module):
         if vocab_size and vocab_size != enc.get_input_embeddings().num_embeddings:
             enc.resize_token_embeddings(vocab_size)
         return cls(enc, spec)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        _reregister_output_capturing(self)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask,

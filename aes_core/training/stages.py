@@ -197,6 +197,17 @@ def _load_best(module: RegressorModule, ckpt: str) -> None:
     module.load_state_dict(state)
 
 
+def _ckpt_summary(path: Path) -> dict[str, Any]:
+    """global_step, epochs and the best monitored score stored in a Lightning checkpoint."""
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    score = None
+    for key, state in (ck.get("callbacks") or {}).items():
+        if str(key).startswith("ModelCheckpoint") and state.get("best_model_score") is not None:
+            score = float(state["best_model_score"])
+    return {"global_step": int(ck.get("global_step", 0)), "epochs": int(ck.get("epoch", -1)) + 1,
+            "best_model_score": score}
+
+
 def run_stage(job: FoldHeadJob, stage: str, model: EssayRegressor, tokenizer,
               train_df: pd.DataFrame, train_targets: np.ndarray, val_df: pd.DataFrame,
               epochs: int) -> dict[str, Any]:
@@ -246,13 +257,15 @@ def run_stage(job: FoldHeadJob, stage: str, model: EssayRegressor, tokenizer,
     module.model.train()  # HF loads in eval mode; Lightning keeps module modes as found
     trainer.fit(module, tl, vl, ckpt_path=resume)
     best = ckpt_cb.best_model_path or str(last)
-    best_qwk = float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None else None
     _load_best(module, best)
-    info = {"best_ckpt": best, "best_val_qwk": best_qwk, "epochs_run": trainer.current_epoch,
-            "global_step": trainer.global_step, "train_essays": len(train_ds),
+    # read progress from last.ckpt: spawned DDP workers do not send it back to this process
+    summary = _ckpt_summary(last if last.exists() else Path(best))
+    info = {"best_ckpt": best, "best_val_qwk": summary["best_model_score"],
+            "epochs_run": summary["epochs"], "global_step": summary["global_step"],
+            "train_essays": len(train_ds),
             "val_essays": len(val_ds), "resumed_from": resume}
     done.write_text(json.dumps(info, indent=2))
-    _log(job, f"{stage}: best val QWK {best_qwk} ({best})")
+    _log(job, f"{stage}: best val QWK {info['best_val_qwk']} ({best})")
     return info
 
 
