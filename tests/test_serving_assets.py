@@ -132,3 +132,21 @@ def test_submission_in_process_is_identical(pipeline):
     stored = json.loads((pipeline["storage"] / "tables" / "triton_repo.json").read_text())
     assert set(stored["member_dirs"]) == {"tiny__mean", "tiny__lstm"}
     assert np.isfinite(_meta(res, "submission")["test_qwk"].value)
+
+
+def test_submission_falls_back_when_no_server_starts(pipeline):
+    """A tritonserver that cannot start (here: exits at once) -> in-process, same scores."""
+    tmp = pipeline["tmp"]
+    import yaml
+
+    prof = yaml.safe_load((tmp / "test.yaml").read_text())
+    prof["serving"]["triton_binary"] = "/bin/false"
+    broken = tmp / "broken.yaml"
+    broken.write_text(yaml.safe_dump(prof))
+    defs = build_definitions(str(broken))
+    before = pd.read_csv(pipeline["storage"] / "submission.csv", dtype={"essay_id": str})
+    res = _materialize(defs, ["submission"], instance=pipeline["instance"])
+    assert _meta(res, "submission")["scored_via"].value.startswith("onnxruntime")
+    assert "exited with code" in _meta(res, "submission")["triton_fallback_reason"].value
+    after = pd.read_csv(pipeline["storage"] / "submission.csv", dtype={"essay_id": str})
+    pd.testing.assert_frame_equal(before, after)

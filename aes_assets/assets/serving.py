@@ -36,7 +36,7 @@ def submission(context: dg.AssetExecutionContext, config: ServingConfig,
     scfg = effective(full.serving, config)
     ensemble = EnsembleArtifact.model_validate(triton_repo["ensemble"])
     essays = test_essays[["essay_id", "full_text"]]
-    scored, via = None, "onnxruntime (in-process)"
+    scored, via, fallback = None, "onnxruntime (in-process)", ""
     if scfg.use_triton:
         from aes_core.serving.triton import TritonError, TritonScorer
 
@@ -49,6 +49,7 @@ def submission(context: dg.AssetExecutionContext, config: ServingConfig,
                 scored = score_frame(scorer, essays)
                 via = f"triton ({url})"
         except TritonError as e:
+            fallback = str(e).splitlines()[0]
             context.log.warning(f"Triton unavailable, scoring in-process instead: {e}")
     if scored is None:
         scorer = OnnxScorer(ensemble, triton_repo["member_dirs"], triton_repo.get("gbdt_dir"),
@@ -60,6 +61,8 @@ def submission(context: dg.AssetExecutionContext, config: ServingConfig,
                             Path(full.storage_root) / "submission.csv")
     meta = {"path": dg.MetadataValue.path(str(path)), "rows": len(df), "scored_via": via,
             "score_histogram": score_histogram(df)}
+    if fallback:
+        meta["triton_fallback_reason"] = fallback
     ev = evaluate_submission(df, test_essays)
     if ev is not None:
         meta.update({"test_qwk": ev["qwk"], "labelled_rows": ev["n"],
