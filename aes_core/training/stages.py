@@ -323,7 +323,8 @@ def train_fold_head(job: FoldHeadJob, folded: pd.DataFrame) -> dict[str, Any]:
     pred = _predict(job, model, tokenizer, fold_df)
     fold_qwk = qwk(fold_df["score"].to_numpy(), pred)
     model_dir = model.cpu().save_pretrained(job.out_dir / MODEL_DIR, tokenizer)
-    oof = pd.DataFrame({"essay_id": fold_df["essay_id"].astype(str).to_numpy(), "pred": pred})
+    oof = pd.DataFrame({"essay_id": fold_df["essay_id"].astype(str).to_numpy(),
+                        "pred": pred.astype(np.float64)})
     oof.to_parquet(job.out_dir / OOF_FILE, index=False)
     result = {
         "model_dir": str(model_dir), "oof_path": str(job.out_dir / OOF_FILE),
