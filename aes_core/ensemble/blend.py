@@ -7,7 +7,8 @@ column per member on the 1..6 scale. :func:`fit_ensemble`:
 2. weights by Nelder-Mead on ``w = |z| / sum|z|`` (so w >= 0, sum 1), minimizing
    ``-QWK(rounded blend) + rmse_tiebreak * RMSE`` (the RMSE term removes the plateaus of QWK),
    started from equal weights, from each single member and from seeded Dirichlet draws;
-3. QWK-optimal thresholds on the blended OOF (:mod:`aes_core.ensemble.thresholds`);
+3. QWK-optimal thresholds (:mod:`aes_core.ensemble.thresholds`) for each distinct local
+   optimum; "optimized" is the one with the best thresholded QWK;
 4. the final scorer is the best of {optimized, equal blend, best single member} by OOF QWK
    with thresholds (so it is never worse than the best member on OOF);
 5. guards: QWK per fold of the final scorer (the spread), and a nested estimate where weights
@@ -141,30 +142,43 @@ def blend_objective(preds: np.ndarray, y: np.ndarray, tiebreak: float):
     return f
 
 
-def optimize_weights(preds: np.ndarray, y: np.ndarray,
-                     cfg: EnsembleSection | None = None) -> np.ndarray:
-    """Nelder-Mead weights (>= 0, sum 1) over [N, M] member predictions, several restarts."""
+def _clean(z: np.ndarray) -> np.ndarray:
+    w = normalize_weights(z)
+    w[w < 1e-4] = 0.0  # drop dust so the artifact reads cleanly
+    return w / w.sum()
+
+
+def local_optima(preds: np.ndarray, y: np.ndarray,
+                 cfg: EnsembleSection | None = None) -> list[tuple[float, np.ndarray]]:
+    """Nelder-Mead from every start (equal, each single member, ``restarts`` Dirichlet draws).
+
+    Returns (objective, weights) per start, best first; weights are >= 0 and sum to one.
+    """
     cfg = cfg or EnsembleSection()
     preds = np.asarray(preds, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     n_members = preds.shape[1]
     if n_members == 1:
-        return np.ones(1)
+        return [(0.0, np.ones(1))]
     f = blend_objective(preds, y, cfg.rmse_tiebreak)
     rng = np.random.default_rng(cfg.seed)
     starts = [np.full(n_members, 1.0 / n_members)]
     starts += [np.eye(n_members)[j] * 0.9 + 0.1 / n_members for j in range(n_members)]
     starts += [rng.dirichlet(np.ones(n_members)) for _ in range(cfg.restarts)]
-    best_z, best_f = starts[0], f(starts[0])
+    found = []
     for z0 in starts:
         res = minimize(f, z0, method="Nelder-Mead",
                        options={"maxiter": cfg.max_iter, "xatol": 1e-4, "fatol": 1e-7,
                                 "adaptive": n_members > 3})
-        if res.fun < best_f - 1e-12:
-            best_z, best_f = res.x, float(res.fun)
-    w = normalize_weights(best_z)
-    w[w < 1e-4] = 0.0  # drop dust so the artifact reads cleanly
-    return w / w.sum()
+        w = _clean(res.x)
+        found.append((f(w), w))
+    return sorted(found, key=lambda t: t[0])
+
+
+def optimize_weights(preds: np.ndarray, y: np.ndarray,
+                     cfg: EnsembleSection | None = None) -> np.ndarray:
+    """Nelder-Mead weights (>= 0, sum 1) over [N, M] member predictions, several restarts."""
+    return local_optima(preds, y, cfg)[0][1]
 
 
 @dataclass
@@ -180,8 +194,17 @@ def fit_weights_and_thresholds(preds: np.ndarray, y: np.ndarray, members: Sequen
     """Optimized, equal and single-member candidates, each with fitted thresholds; best first."""
     m = len(members)
     cands: dict[str, Candidate] = {}
-    for name, w in [("optimized", optimize_weights(preds, y, cfg)), (EQUAL, np.full(m, 1 / m)),
-                    *[(mem, np.eye(m)[j]) for j, mem in enumerate(members)]]:
+    # every distinct Nelder-Mead optimum gets its own thresholds; the best one is "optimized"
+    seen: list[np.ndarray] = []
+    for _, w in local_optima(preds, y, cfg):
+        if any(np.abs(w - v).max() < 1e-3 for v in seen):
+            continue
+        seen.append(w)
+        t, q = fit_thresholds(preds @ w, y, cfg)
+        if "optimized" not in cands or q > cands["optimized"].qwk + 1e-12:
+            cands["optimized"] = Candidate("optimized", w, t, q)
+    for name, w in [(EQUAL, np.full(m, 1 / m)), *[(mem, np.eye(m)[j])
+                                                 for j, mem in enumerate(members)]]:
         t, q = fit_thresholds(preds @ w, y, cfg)
         cands[name] = Candidate(name, w, t, q)
     order = ["optimized", EQUAL, *members]  # ties go to the optimized blend
