@@ -28,6 +28,7 @@ import os
 import sys
 import time
 import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,9 @@ def _train_partition(args: tuple) -> dict[str, Any]:
     from aes_core.training.stages import RESULT_FILE, FoldHeadJob, train_fold_head
 
     cfg = AesConfig.model_validate_json(cfg_json)
+    # essays are tokenized up front and collation is cheap: loader worker processes only add
+    # start-up cost here, and would be grandchildren of the partition pool
+    cfg.train.num_workers = 0
     device, amp, trainer_kwargs = _device()
     out_dir = Path(out_dir)
     t0 = time.time()
@@ -112,9 +116,12 @@ def _token_lengths(texts: list[str], backbone_path: str, max_length: int) -> np.
     return np.array([len(x) for x in enc["input_ids"]])
 
 
-def _fit_gbdt(cfg_json: str, folded_path: str, test_path: str, queue) -> None:
+def _fit_gbdt(cfg_json: str, folded_path: str, test_path: str, cache: str, queue) -> None:
     """GBDT member in its own process so it trains on the CPU while the GPU trains."""
     try:
+        if Path(cache).exists():
+            queue.put(json.loads(Path(cache).read_text()))
+            return
         from aes_core.ensemble.gbdt import fit_gbdt
 
         cfg = AesConfig.model_validate_json(cfg_json)
@@ -122,8 +129,10 @@ def _fit_gbdt(cfg_json: str, folded_path: str, test_path: str, queue) -> None:
         fit = fit_gbdt(pd.read_parquet(folded_path), cfg.gbdt, progress=False)
         test = pd.read_parquet(test_path)
         pred = fit.member.predict(test["full_text"].tolist())
-        queue.put({"oof": fit.oof.to_dict("list"), "test_pred": np.asarray(pred).tolist(),
-                   "oof_qwk": fit.oof_qwk, "seconds": time.time() - t0})
+        res = {"oof": fit.oof.to_dict("list"), "test_pred": np.asarray(pred).tolist(),
+               "oof_qwk": fit.oof_qwk, "seconds": time.time() - t0}
+        Path(cache).write_text(json.dumps(res))
+        queue.put(res)
     except Exception:
         queue.put({"error": traceback.format_exc()})
 
@@ -158,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--heads", help="comma-separated subset of heads")
     ap.add_argument("--folds", help="comma-separated subset of folds")
     ap.add_argument("--workers", type=int, default=4, help="partitions trained at once")
+    ap.add_argument("--time-budget", type=float, default=float("inf"),
+                    help="seconds after which no new partition starts (resume later)")
     ap.add_argument("--work", default="/tmp/aes_gpu", help="work folder (resumable)")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     ap.add_argument("--skip-mlm", action="store_true")
@@ -230,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     gbdt_proc = None
     if cfg.gbdt.enabled and not a.no_gbdt:
         gbdt_proc = ctx.Process(target=_fit_gbdt, args=(cfg_json, str(folded_path),
-                                                        str(test_path), gbdt_q))
+                                                        str(test_path), str(work / "gbdt.json"),
+                                                        gbdt_q))
         gbdt_proc.start()
 
     device, amp, _ = _device()
@@ -266,15 +278,29 @@ def main(argv: list[str] | None = None) -> int:
                 for f in folds for h in heads]
         t0 = time.time()
         results = []
-        with ctx.Pool(a.workers) as pool:
-            for r in pool.imap_unordered(_train_partition, jobs):
-                if "error" in r:
-                    print(f"[{bb.name}] fold {r['fold']} {r['head']} FAILED:\n{r['error']}",
-                          flush=True)
-                else:
-                    print(f"[{bb.name}] fold {r['fold']} {r['head']}: fold QWK "
-                          f"{r['fold_qwk']:.4f} in {r['train_seconds']:.0f}s", flush=True)
-                results.append(r)
+        pending = list(jobs)
+        with ProcessPoolExecutor(a.workers, mp_context=ctx) as pool:
+            running = set()
+            while pending or running:
+                while pending and len(running) < a.workers and (
+                        time.time() - t_start < a.time_budget):
+                    running.add(pool.submit(_train_partition, pending.pop(0)))
+                if not running:
+                    break
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    r = fut.result()
+                    if "error" in r:
+                        print(f"[{bb.name}] fold {r['fold']} {r['head']} FAILED:\n"
+                              f"{r['error']}", flush=True)
+                    else:
+                        print(f"[{bb.name}] fold {r['fold']} {r['head']}: fold QWK "
+                              f"{r['fold_qwk']:.4f} in {r['train_seconds']:.0f}s", flush=True)
+                    results.append(r)
+        if pending:
+            print(f"[{bb.name}] time budget reached: {len(pending)} partition(s) not started; "
+                  f"run again with the same --work to continue", flush=True)
+            bb_report["not_started"] = [(j[3], j[4]) for j in pending]
         train_wall = time.time() - t0
         ok = [r for r in results if "error" not in r]
         tokens = 0
