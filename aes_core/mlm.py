@@ -61,15 +61,38 @@ def mask_tokens(ids: torch.Tensor, tokenizer, prob: float,
     return inputs, labels
 
 
+def _mlm_head(model) -> torch.nn.Module | None:
+    """The MLM head module (BERT ``cls``, RoBERTa/MPNet ``lm_head``, DeBERTa ``cls`` or
+    ``lm_predictions``): the one child that is not the base model, else None."""
+    prefix = getattr(model, "base_model_prefix", "")
+    others = [m for n, m in model.named_children() if n != prefix]
+    return others[0] if len(others) == 1 else None
+
+
+def masked_lm_loss(model, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy at masked positions, projecting only those onto the vocabulary
+    (several times cheaper than the full ``ForMaskedLM`` forward on CPU)."""
+    head = _mlm_head(model)
+    mask = inputs.new_ones(inputs.shape)
+    if head is None:  # unknown layout: the model's own forward
+        return model(input_ids=inputs, attention_mask=mask, labels=labels).loss
+    hidden = model.base_model(input_ids=inputs, attention_mask=mask).last_hidden_state
+    sel = labels != -100
+    logits = head(hidden[sel])
+    return torch.nn.functional.cross_entropy(logits.float(), labels[sel])
+
+
 @torch.no_grad()
 def perplexity(model, batches: list[tuple[torch.Tensor, torch.Tensor]], device: str) -> float:
     """exp(mean masked-token cross-entropy) over pre-masked batches."""
     model.eval()
     total, count = 0.0, 0
     for inputs, labels in batches:
-        out = model(input_ids=inputs.to(device), labels=labels.to(device))
         n = int((labels != -100).sum())
-        total += float(out.loss) * n
+        if n == 0:
+            continue
+        loss = masked_lm_loss(model, inputs.to(device), labels.to(device))
+        total += float(loss) * n
         count += n
     return float(math.exp(total / max(count, 1))) if count else float("nan")
 
@@ -134,7 +157,7 @@ def run_mlm(backbone_path: str | Path, out_dir: str | Path, texts: Sequence[str]
                                          cfg.mlm_probability, g)
             with torch.autocast(device_type=device_type, dtype=amp_dtype or torch.float32,
                                 enabled=amp_dtype is not None):
-                loss = model(input_ids=inputs.to(device), labels=labels.to(device)).loss
+                loss = masked_lm_loss(model, inputs.to(device), labels.to(device))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()

@@ -41,3 +41,20 @@ def test_mlm_lowers_heldout_perplexity_and_saves_a_backbone(tiny_backbone, tmp_p
     assert "[NL]" in tok.get_vocab() and len(tok) == len(load_tokenizer(out))  # saved with tokens
     model = EssayRegressor.from_backbone(out, RegressorSpec(head="mean"), vocab_size=len(tok))
     assert model.encoder.get_input_embeddings().num_embeddings == len(tok)
+
+
+def test_masked_positions_loss_equals_the_full_forward(tiny_backbone):
+    from transformers import AutoModelForMaskedLM
+
+    from aes_core.mlm import _mlm_head, masked_lm_loss
+
+    tok = load_tokenizer(tiny_backbone)
+    model = AutoModelForMaskedLM.from_pretrained(str(tiny_backbone)).eval()
+    assert _mlm_head(model) is model.cls
+    texts = pd.read_csv(SAMPLE_DIR / "unlabelled_essays.csv.gz")["full_text"].head(2).tolist()
+    ids = torch.tensor(make_blocks(texts, tok, 32)[:4])
+    inputs, labels = mask_tokens(ids, tok, 0.15, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = model(input_ids=inputs, labels=labels).loss
+        fast = masked_lm_loss(model, inputs, labels)
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
