@@ -78,6 +78,9 @@ class BackboneSection(Section):
         False, description="add [NL]/[PARA] tokens for \\n and \\n\\n (resizes embeddings)"
     )
     use_mlm: bool = Field(True, description="fine-tune from the MLM-adapted weights")
+    num_layers: int | None = Field(
+        None, ge=1, description="keep only the first N encoder layers (faster; None = all)"
+    )
 
 
 class MlmSection(Section):

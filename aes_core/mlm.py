@@ -20,6 +20,7 @@ import torch
 
 from aes_core.config import MlmSection
 from aes_core.models.backbone import encode_newlines, load_tokenizer
+from aes_core.models.regressor import encoder_overrides
 from aes_core.training.module import lr_lambda
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,12 @@ def perplexity(model, batches: list[tuple[torch.Tensor, torch.Tensor]], device: 
 
 def run_mlm(backbone_path: str | Path, out_dir: str | Path, texts: Sequence[str],
             cfg: MlmSection, add_newline_tokens: bool = False, device: str = "cpu",
-            amp_dtype: torch.dtype | None = None, progress: bool = True) -> dict[str, Any]:
-    """Continue masked-LM pretraining; save an HF folder with tokenizer in ``out_dir``."""
+            amp_dtype: torch.dtype | None = None, progress: bool = True,
+            num_layers: int | None = None) -> dict[str, Any]:
+    """Continue masked-LM pretraining; save an HF folder with tokenizer in ``out_dir``.
+
+    ``num_layers`` keeps only the first N encoder layers (see ``BackboneSection.num_layers``).
+    """
     from transformers import AutoModelForMaskedLM
 
     texts = [encode_newlines(str(t), add_newline_tokens) for t in texts if str(t).strip()]
@@ -120,7 +125,8 @@ def run_mlm(backbone_path: str | Path, out_dir: str | Path, texts: Sequence[str]
         raise ValueError(f"mlm.block_size={cfg.block_size} is longer than the texts provide "
                          f"({len(train)} train / {len(held)} held-out texts)")
     torch.manual_seed(cfg.seed)
-    model = AutoModelForMaskedLM.from_pretrained(str(backbone_path), local_files_only=True)
+    model = AutoModelForMaskedLM.from_pretrained(str(backbone_path), local_files_only=True,
+                                                 **encoder_overrides(num_layers))
     if len(tokenizer) != model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     model.to(device)

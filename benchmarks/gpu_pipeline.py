@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                     texts += io.load_unlabelled(cfg.data.unlabelled_path)["full_text"].tolist()
                 t0 = time.time()
                 res = run_mlm(base, mlm_dir, texts, cfg.mlm, bb.add_newline_tokens, device, amp,
-                              progress=False)
+                              progress=False, num_layers=bb.num_layers)
                 res["wall_seconds"] = time.time() - t0
                 (mlm_dir / "mlm_result.json").write_text(json.dumps(res))
                 bb_report["mlm"] = res

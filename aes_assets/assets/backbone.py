@@ -65,7 +65,8 @@ def mlm_backbone_asset(cfg: AesConfig, backbone: BackboneSection) -> dg.AssetsDe
                         params={"mlm": mcfg.model_dump(), "backbone": bb.model_dump()},
                         tags={"asset": f"{name}/mlm_backbone", "backbone": name}):
             result = run_mlm(base, out, texts, mcfg, bb.add_newline_tokens,
-                             device=gpu.inference_device(), amp_dtype=gpu.amp_dtype())
+                             device=gpu.inference_device(), amp_dtype=gpu.amp_dtype(),
+                             num_layers=bb.num_layers)
             if mlflow.enabled:
                 import mlflow as mlf
 

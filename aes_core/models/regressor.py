@@ -34,6 +34,11 @@ class RegressorSpec(BaseModel):
     backbone_name: str = "minilm"
 
 
+def encoder_overrides(num_layers: int | None) -> dict:
+    """``from_pretrained`` keyword arguments that truncate an encoder to its first N layers."""
+    return {} if num_layers is None else {"num_hidden_layers": num_layers}
+
+
 def logits_to_scores(logits: torch.Tensor | float, loss: str):
     """Map model output to the 1..6 score scale (targets are (score - 1) / 5)."""
     x = torch.sigmoid(logits) if loss == "bce" else logits
@@ -67,11 +72,16 @@ class EssayRegressor(nn.Module):
 
     @classmethod
     def from_backbone(cls, backbone_path: str | Path, spec: RegressorSpec,
-                      vocab_size: int | None = None) -> EssayRegressor:
-        """Start from pretrained encoder weights in a local HF folder."""
+                      vocab_size: int | None = None,
+                      num_layers: int | None = None) -> EssayRegressor:
+        """Start from pretrained encoder weights in a local HF folder.
+
+        ``num_layers`` keeps only the first N encoder layers (the saved config records it).
+        """
         from transformers import AutoModel
 
-        enc = AutoModel.from_pretrained(str(backbone_path), local_files_only=True)
+        enc = AutoModel.from_pretrained(str(backbone_path), local_files_only=True,
+                                        **encoder_overrides(num_layers))
         if vocab_size and vocab_size != enc.get_input_embeddings().num_embeddings:
             enc.resize_token_embeddings(vocab_size)
         return cls(enc, spec)

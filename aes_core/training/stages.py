@@ -275,7 +275,8 @@ def build_regressor(job: FoldHeadJob, tokenizer) -> tuple[EssayRegressor, dict[s
                          add_newline_tokens=job.backbone.add_newline_tokens,
                          backbone_name=job.backbone.name)
     pl.seed_everything(job.cfg.train.seed + job.fold, workers=True, verbose=False)
-    model = EssayRegressor.from_backbone(job.backbone_path, spec, vocab_size=len(tokenizer))
+    model = EssayRegressor.from_backbone(job.backbone_path, spec, vocab_size=len(tokenizer),
+                                         num_layers=job.backbone.num_layers)
     return model, prepare_encoder(model, job.cfg.train)
 
 
