@@ -55,6 +55,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from aes_core.hardware import hardware  # noqa: E402
+from aes_core.models.tiny import build_tiny_bert  # noqa: E402
 
 ALL_PATHS = ["naive_fp32_pad512", "bf16_sdpa_pad512", "bf16_sdpa_dynamic_sorted",
              "bf16_sdpa_dynamic_compiled", "bf16_packed", "onnxruntime", "tensorrt"]
@@ -65,22 +66,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------- model / data setup
-
-def build_tiny_bert(folder: Path, hidden: int = 32, layers: int = 2) -> Path:
-    """A randomly initialised BERT with the packaged MiniLM tokenizer (as tests/conftest.py)."""
-    from transformers import BertConfig, BertModel
-
-    from aes_core.models.backbone import load_tokenizer, packaged_minilm_path
-
-    tok = load_tokenizer(packaged_minilm_path())
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                     num_attention_heads=2, intermediate_size=2 * hidden,
-                     max_position_embeddings=512)
-    torch.manual_seed(0)
-    BertModel(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
 
 def prepare_model_dir(args, work: Path) -> tuple[Path, str]:
     """A saved regressor folder: --model-dir, else a fresh one (weights do not change speed)."""

@@ -18,26 +18,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from aes_core.config import SAMPLE_DIR, deep_merge  # noqa: E402
+from aes_core.models.tiny import build_tiny_bert  # noqa: E402,F401  (re-exported for tests)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def build_tiny_bert(folder: Path, hidden: int = 32, layers: int = 2) -> Path:
-    """A randomly initialised BERT with the packaged MiniLM tokenizer (real vocabulary)."""
-    from transformers import BertConfig, BertModel
-
-    from aes_core.models.backbone import load_tokenizer, packaged_minilm_path
-
-    tok = load_tokenizer(packaged_minilm_path())
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                     num_attention_heads=2, intermediate_size=2 * hidden,
-                     max_position_embeddings=512)
-    import torch
-
-    torch.manual_seed(0)
-    BertModel(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="session")
