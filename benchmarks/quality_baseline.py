@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,28 +23,10 @@ from aes_core.data import io  # noqa: E402
 from aes_core.data.folds import build_folded  # noqa: E402
 from aes_core.ensemble.gbdt import fit_gbdt  # noqa: E402
 from aes_core.ensemble.thresholds import cut, fit_thresholds  # noqa: E402
+from aes_core.hardware import hardware  # noqa: E402
 from aes_core.metrics import qwk  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def hardware() -> dict[str, str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f"{kb / 1024 ** 2:.1f} GiB"
-    except (OSError, ValueError, IndexError):
-        pass
-    return {"cpu": cpu, "cores": str(os.cpu_count()), "memory": mem,
-            "python": platform.python_version(), "platform": platform.platform()}
 
 
 def main(argv: list[str] | None = None) -> dict:
