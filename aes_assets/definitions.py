@@ -28,12 +28,25 @@ def build_definitions(profile: str | None = None) -> dg.Definitions:
     for bb in cfg.backbones:  # serving stage: per-backbone ONNX export, then repo + submission
         assets += export_assets(cfg, bb.name)
     assets += [*serving_assets(cfg), *dg.load_assets_from_modules([serving])]
-    all_job = dg.define_asset_job("aes_pipeline", selection=dg.AssetSelection.all(),
-                                  description="Every asset of the pipeline, data to submission.")
+    fold_head = dg.AssetSelection.assets(*[a for a in assets if isinstance(
+        a, dg.AssetsDefinition) and a.partitions_def is not None])
+    stage_jobs = [
+        dg.define_asset_job(
+            "prepare", selection=fold_head.upstream(include_self=False),
+            description="Data, folds and MLM backbones: everything the fold x head runs read."),
+        dg.define_asset_job(
+            "train_fold_heads", selection=fold_head,
+            description="Every fold x head partition (training + ONNX export): launch a "
+                        "backfill over the partitions you want."),
+        dg.define_asset_job(
+            "ensemble_and_serve", selection=dg.AssetSelection.all() - fold_head
+            - fold_head.upstream(include_self=False),
+            description="OOF table, GBDT, ensemble, report, TensorRT, Triton repo, submission."),
+    ]
     return dg.Definitions(
         assets=assets,
         asset_checks=[*DATA_CHECKS, *ensemble.ENSEMBLE_CHECKS],
-        jobs=[all_job, score_inbox_file_job, rescore_inbox_history_job],
+        jobs=[*stage_jobs, score_inbox_file_job, rescore_inbox_history_job],
         sensors=[build_inbox_sensor(cfg), build_new_ensemble_sensor(cfg)],
         schedules=[build_rescore_schedule(cfg)],
         resources=build_resources(cfg, profile),
