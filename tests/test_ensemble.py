@@ -279,3 +279,20 @@ def test_ensemble_assets_materialize_with_report_and_checks(tmp_path, monkeypatc
     files = {f.path for f in client.list_artifacts(runs["scoring_report"].info.run_id,
                                                    "scoring_report")}
     assert {f"scoring_report/{p}.png" for p in PLOTS} <= files
+
+
+def test_blend_check_compares_the_optimized_blend_and_can_fail():
+    from aes_assets.assets.ensemble import _optimized_vs_best_member
+    from aes_core.ensemble.artifact import EnsembleArtifact
+
+    def art(optimized: float) -> EnsembleArtifact:
+        # the selected scorer fell back to member "a": the check must still judge the blend
+        return EnsembleArtifact(members=["a", "b"], weights=[1.0, 0.0], selected="a",
+                                oof_qwk={"a": 0.70, "b": 0.60, "optimized": optimized,
+                                         "blend": 0.70})
+
+    assert _optimized_vs_best_member(art(0.72), 0.0).passed
+    failed = _optimized_vs_best_member(art(0.65), 0.0)
+    assert not failed.passed
+    assert failed.metadata["best_member"].value == "a"
+    assert failed.metadata["gain"].value == pytest.approx(-0.05)

@@ -177,12 +177,20 @@ def ensemble_beats_best_member(settings: PipelineSettings,
                                ensemble_weights: dict) -> dg.AssetCheckResult:
     art = EnsembleArtifact.model_validate(ensemble_weights)
     margin = settings.load().ensemble.min_gain_over_best
+    return _optimized_vs_best_member(art, margin)
+
+
+def _optimized_vs_best_member(art: EnsembleArtifact, margin: float) -> dg.AssetCheckResult:
+    """The Nelder-Mead blend (not the selected scorer, which may be a single member) against
+    the best single member, each with its own OOF-fitted thresholds."""
     q = {m: art.oof_qwk[m] for m in art.members}
     best = max(q, key=q.get)
-    gain = art.oof_qwk["blend"] - q[best]
+    optimized = art.oof_qwk.get("optimized", art.oof_qwk["blend"])
+    gain = optimized - q[best]
     return dg.AssetCheckResult(
         passed=bool(gain >= margin - 1e-9),
-        metadata={"blend_oof_qwk": art.oof_qwk["blend"], "best_member": best,
+        metadata={"optimized_oof_qwk": optimized, "final_blend_oof_qwk": art.oof_qwk["blend"],
+                  "selected": art.selected, "best_member": best,
                   "best_member_oof_qwk": q[best], "gain": gain, "required_gain": margin})
 
 
