@@ -105,6 +105,15 @@ def test_parse_reports_each_bad_row(tmp_path):
     assert "missing column" in parse_essay_csv(missing).fatal
 
 
+def test_parse_unterminated_quote_does_not_swallow_later_rows(tmp_path):
+    # an unclosed quote must be reported, not silently absorb the rows after it into one text
+    path = tmp_path / "q.csv"
+    path.write_text('essay_id,full_text\na,fine\nb,"never closed\nc,third essay\n')
+    parsed = parse_essay_csv(path)
+    assert parsed.good["essay_id"].tolist() == ["a"]
+    assert [(b.line, b.reason.split(" ")[0]) for b in parsed.bad] == [(3, "malformed")]
+
+
 def test_sensor_scores_every_essay_exactly_once_across_restarts(env):
     cfg, essays, tmp = env["cfg"], env["essays"], env["tmp"]
     inbox, outbox = tmp / "inbox", tmp / "outbox"

@@ -74,7 +74,7 @@ def parse_essay_csv(path: str | Path) -> ParsedFile:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
         return ParsedFile(empty, fatal=f"{path.name}: not UTF-8 text ({e})")
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # unclosed quote: error
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
