@@ -75,6 +75,14 @@ def test_replacement_char_rejected(tmp_path):
         io.load_train(p)
 
 
+def test_truncated_gzip_names_the_file(tmp_path):
+    raw = gzip.compress(GOOD.encode() * 20)
+    p = _write(tmp_path, "t.csv.gz", raw[: len(raw) // 2])
+    with pytest.raises(io.DataError, match="corrupt gzip") as e:
+        io.load_train(p)
+    assert str(p) in str(e.value)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(io.DataError, match="file not found"):
         io.load_train(tmp_path / "nope.csv")

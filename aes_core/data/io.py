@@ -65,7 +65,7 @@ def read_table(source: str | Path | bytes, name: str | None = None) -> pd.DataFr
 
         try:
             raw = gzip.decompress(raw)
-        except OSError as e:
+        except (OSError, EOFError) as e:  # EOFError: truncated
             raise DataError(label, f"corrupt gzip: {e}") from e
     text = _decode(raw, label)
     try:
