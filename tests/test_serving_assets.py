@@ -150,3 +150,13 @@ def test_submission_falls_back_when_no_server_starts(pipeline):
     assert "exited with code" in _meta(res, "submission")["triton_fallback_reason"].value
     after = pd.read_csv(pipeline["storage"] / "submission.csv", dtype={"essay_id": str})
     pd.testing.assert_frame_equal(before, after)
+
+
+def test_write_submission_rejects_non_integer_scores(tmp_path):
+    from aes_core.serving.submission import SubmissionError, write_submission
+
+    # a fractional score must fail validation, not be truncated to a valid-looking int
+    df = pd.DataFrame({"essay_id": ["a", "b"], "score": [3, 2.5]})
+    with pytest.raises(SubmissionError, match=r"scores outside 1..6 for essay_id \['b'\]"):
+        write_submission(df, ["a", "b"], tmp_path / "submission.csv")
+    assert not (tmp_path / "submission.csv").exists()

@@ -35,9 +35,9 @@ def validate_submission(df: pd.DataFrame, expected_ids: list[str]) -> None:
 
 def write_submission(df: pd.DataFrame, expected_ids: list[str], path: str | Path) -> Path:
     """Validate and write ``essay_id,score`` (input order) atomically."""
-    out = pd.DataFrame({"essay_id": df["essay_id"].astype(str),
-                        "score": df["score"].astype(int)})
-    validate_submission(out, expected_ids)
+    out = pd.DataFrame({"essay_id": df["essay_id"].astype(str), "score": df["score"]})
+    validate_submission(out, expected_ids)  # before the int cast, which would hide 2.5 -> 2
+    out["score"] = out["score"].astype(int)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".csv.tmp")
