@@ -79,3 +79,27 @@ def test_build_engine_records_skip_reason_without_builder(tmp_path, tiny_backbon
     assert res.skipped and res.plan_path is None and res.reason == reason
     assert res.workspace_bytes == 256 * 2**20 and res.profile["opt_len"] == 32
     assert not (tmp_path / "engine").exists()
+
+
+def test_loader_ignores_stale_folds_beyond_the_ensemble(tmp_path):
+    import json
+
+    from aes_core.config import load_config
+    from aes_core.ensemble.artifact import EnsembleArtifact
+    from aes_core.serving.loader import resolve_artifacts
+
+    # folds 0..3 exported by an earlier 4-fold run; the current ensemble was fit on 3 folds:
+    # fold 3's model must not be averaged in (Triton's repository only holds folds 0..2)
+    cfg = load_config("cpu-small").model_copy(update={"storage_root": str(tmp_path)})
+    tables = tmp_path / "tables"
+    for fold in range(4):
+        d = tmp_path / "artifacts" / "minilm" / "onnx_models" / f"{fold}__mean"
+        d.mkdir(parents=True)
+        (d / ONNX_FILE).write_bytes(b"")
+        meta = tables / "minilm" / "onnx_models" / f"{fold}__mean.json"
+        meta.parent.mkdir(parents=True, exist_ok=True)
+        meta.write_text(json.dumps({"member_dir": str(d), "fold": fold, "head": "mean"}))
+    EnsembleArtifact(members=["minilm__mean"], weights=[1.0], n_folds=3).save(
+        tables / "ensemble_weights.json")
+    dirs = resolve_artifacts(cfg).members["minilm__mean"]
+    assert [d.name for d in dirs] == ["0__mean", "1__mean", "2__mean"]

@@ -58,8 +58,10 @@ def load_ensemble(cfg: AesConfig) -> tuple[EnsembleArtifact, Path]:
     return EnsembleArtifact.model_validate(json.loads(path.read_text())), path
 
 
-def member_fold_dirs(cfg: AesConfig, backbone: str, head: str) -> list[Path]:
-    """Exported fold folders of one member, in fold order (from the onnx_models tables)."""
+def member_fold_dirs(cfg: AesConfig, backbone: str, head: str, n_folds: int = 0) -> list[Path]:
+    """Exported fold folders of one member, in fold order (from the onnx_models tables).
+
+    With ``n_folds``, folds >= n_folds (stale exports of an earlier run) are left out."""
     root = Path(cfg.storage_root)
     found: dict[int, Path] = {}
     table_dir = _table(root, backbone, ONNX_ASSET)
@@ -72,7 +74,7 @@ def member_fold_dirs(cfg: AesConfig, backbone: str, head: str) -> list[Path]:
         for d in sorted(art.glob(f"*__{head}")):
             if (d / ONNX_FILE).exists():
                 found[int(d.name.split("__", 1)[0])] = d
-    return [found[k] for k in sorted(found)]
+    return [found[k] for k in sorted(found) if not n_folds or k < n_folds]
 
 
 def resolve_artifacts(cfg: AesConfig) -> ServingArtifacts:
@@ -87,7 +89,7 @@ def resolve_artifacts(cfg: AesConfig) -> ServingArtifacts:
             problems.append(f"member {m!r} is not '<backbone>__<head>' nor 'gbdt'")
             continue
         backbone, head = m.split("__", 1)
-        dirs = member_fold_dirs(cfg, backbone, head)
+        dirs = member_fold_dirs(cfg, backbone, head, ensemble.n_folds)
         if not dirs:
             problems.append(f"member {m!r}: no exported ONNX folds under "
                             f"{Path(cfg.storage_root) / 'artifacts' / backbone / ONNX_ASSET} "
