@@ -95,6 +95,12 @@ def test_upload_bytes_named(tmp_path):
         io.load_essays(b"id,text\nx,hello\n", name="upload.csv")
 
 
+def test_extra_field_on_every_row_is_an_error_not_an_id_shift():
+    # pandas would silently turn the first column into the index: ids become the texts
+    with pytest.raises(io.DataError, match="more fields than the header"):
+        io.load_essays(b"essay_id,full_text\n001,First text,x\n002,Second,y\n", name="u.csv")
+
+
 def test_no_rows_lost_on_real_sample(sample_dir):
     raw = pd.read_csv(sample_dir / "train.csv.gz", keep_default_na=False)
     df = io.load_train(sample_dir / "train.csv.gz")

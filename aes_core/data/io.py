@@ -69,9 +69,13 @@ def read_table(source: str | Path | bytes, name: str | None = None) -> pd.DataFr
             raise DataError(label, f"corrupt gzip: {e}") from e
     text = _decode(raw, label)
     try:
-        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise DataError(label, f"not a readable CSV: {e}") from e
+    if not isinstance(df.index, pd.RangeIndex):  # pandas made the extra leading field(s) an index
+        raise DataError(label, f"data rows have more fields than the header {list(df.columns)} "
+                               "(trailing delimiter?): columns would shift")
+    return df
 
 
 def require_columns(df: pd.DataFrame, columns: Iterable[str], source: str) -> None:
