@@ -64,7 +64,9 @@ class EnsembleArtifact(BaseModel):
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        path.write_text(self.model_dump_json(indent=2))
+        tmp = path.with_name(path.name + ".tmp")  # readers never see a half-written file
+        tmp.write_text(self.model_dump_json(indent=2))
+        tmp.replace(path)
         return path
 
     @classmethod
