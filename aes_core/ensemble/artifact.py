@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
+from aes_core.ensemble.thresholds import cut
+
 
 class EnsembleArtifact(BaseModel):
     """Members (``{backbone}__{head}`` or ``gbdt``), weights summing to 1, 5 thresholds."""
@@ -75,7 +77,8 @@ class EnsembleArtifact(BaseModel):
 
 
 def apply_thresholds(pred: np.ndarray, thresholds: list[float]) -> np.ndarray:
-    return (1 + np.searchsorted(np.asarray(thresholds), np.asarray(pred), side="right")).astype(int)
+    """Serving's threshold rule is the fitting's rule: one implementation, ``thresholds.cut``."""
+    return cut(pred, thresholds).astype(int)
 
 
 def member_name(backbone: str, head: str) -> str:
