@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import pytest
 
 from aes_core.serving.base import score_frame
 from aes_core.serving.loader import load_scorer
+from aes_core.serving.triton import free_port
 from tests.conftest import write_profile
 from tests.web_support import build_storage, sample_essays, web_config, web_overrides
 
@@ -36,19 +36,13 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, tiny_backbone):
     """Start ``python -m web`` on a free port with a profile pointing at a tiny ensemble."""
     tmp = tmp_path_factory.mktemp("web_browser")
     storage = build_storage(tmp / "storage", tiny_backbone)
     profile = write_profile(tmp, web_overrides(tmp, storage), name="webtest")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(PROJECT)}
     log = open(tmp / "server.log", "w")  # noqa: SIM115 - closed in the teardown below
     proc = subprocess.Popen([sys.executable, "-m", "web", "--profile", str(profile),
