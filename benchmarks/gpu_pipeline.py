@@ -362,16 +362,29 @@ def main(argv: list[str] | None = None) -> int:
 
     members = [c for c in oof.columns if c not in ("essay_id", "fold", "score", "prompt_name",
                                                     "flag")]
-    if members:
-        report["ensemble"] = _ensemble_on_test(oof, members_test, test_y, cfg)
-        transformers = [m for m in members if m != "gbdt"]
-        if "gbdt" in members and transformers:
-            report["ensemble_without_gbdt"] = _ensemble_on_test(
-                oof.drop(columns="gbdt"), members_test, test_y, cfg)
-        if "gbdt" in members:
-            report["baseline_gbdt_alone"] = _ensemble_on_test(
-                oof[["essay_id", "fold", "score", "prompt_name", "flag", "gbdt"]], members_test,
-                test_y, cfg)
+    # with --folds (or an extra parquet from a smaller run) only some essays have every
+    # member's OOF prediction: the ensemble is fitted on those, and says so
+    full = oof.dropna(subset=members)
+    if len(full) < len(oof):
+        print(f"ensemble: {len(full)} of {len(oof)} essays have an OOF prediction from every "
+              f"member; fitting on those", flush=True)
+        report["ensemble_rows"] = len(full)
+    if members and full["fold"].nunique() < 2:
+        print("ensemble skipped: OOF predictions cover fewer than 2 folds", flush=True)
+    elif members:
+        try:
+            report["ensemble"] = _ensemble_on_test(full, members_test, test_y, cfg)
+            transformers = [m for m in members if m != "gbdt"]
+            if "gbdt" in members and transformers:
+                report["ensemble_without_gbdt"] = _ensemble_on_test(
+                    full.drop(columns="gbdt"), members_test, test_y, cfg)
+            if "gbdt" in members:
+                report["baseline_gbdt_alone"] = _ensemble_on_test(
+                    full[["essay_id", "fold", "score", "prompt_name", "flag", "gbdt"]],
+                    members_test, test_y, cfg)
+        except Exception:  # the trained members and their files matter more than the blend
+            report["ensemble_error"] = traceback.format_exc()
+            print(f"ensemble failed:\n{report['ensemble_error']}", flush=True)
     oof.to_parquet(out / "oof.parquet", index=False)
     members_test.to_parquet(out / "test_members.parquet", index=False)
 

