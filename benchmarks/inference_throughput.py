@@ -14,6 +14,14 @@ batching/padding, host->device copy, forward, scores back on the host):
 5. ``bf16_packed``              as 3, but essays packed first-fit-decreasing into rows of
                                 ``max_length`` tokens with a block-diagonal SDPA mask and
                                 per-essay position ids; ``--batch-sizes`` counts packed rows.
+5b. ``bf16_mp_pipelined``       bf16 + SDPA; essays length-sorted by characters and tokenized
+                                per batch in ``--tok-workers`` processes
+                                (``aes_core.serving.parallel_tokenize``) while the GPU scores
+                                the batches already tokenized: tokenization overlaps the model.
+5c. ``bf16_mp_pipelined_compiled`` as 5b through ``torch.compile(dynamic=True)`` (CUDA only).
+5d. ``gpu_forward_only``        NOT end to end: bf16 + SDPA forward over batches tokenized,
+                                padded and copied to the device before the clock starts; the
+                                accelerator's own ceiling for this model and data.
 6. ``onnxruntime``              ``aes_core.export.onnx.export_onnx`` (fp32), best provider
                                 (CUDA if present, else CPU), dynamic padding, sorted.
 7. ``tensorrt``                 fp16 engine from the same ONNX (``aes_core.export.tensorrt``),
@@ -58,10 +66,14 @@ from aes_core.hardware import hardware  # noqa: E402
 from aes_core.models.tiny import build_tiny_bert  # noqa: E402
 
 ALL_PATHS = ["naive_fp32_pad512", "bf16_sdpa_pad512", "bf16_sdpa_dynamic_sorted",
-             "bf16_sdpa_dynamic_compiled", "bf16_packed", "onnxruntime", "tensorrt"]
+             "bf16_sdpa_dynamic_compiled", "bf16_packed", "bf16_mp_pipelined",
+             "bf16_mp_pipelined_compiled", "gpu_forward_only", "onnxruntime", "tensorrt"]
 REFERENCE = "naive_fp32_pad512"
 RUN_ORDER = ["naive_fp32_pad512", "bf16_sdpa_pad512", "bf16_sdpa_dynamic_sorted", "bf16_packed",
-             "onnxruntime", "bf16_sdpa_dynamic_compiled", "tensorrt"]
+             "bf16_mp_pipelined", "gpu_forward_only", "onnxruntime",
+             "bf16_sdpa_dynamic_compiled", "bf16_mp_pipelined_compiled", "tensorrt"]
+# paths whose essays/s exclude tokenization (drawn dashed in the plot)
+NOT_END_TO_END = {"gpu_forward_only"}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -254,6 +266,62 @@ class Runner:
         return dict(scores=self._to_scores(out), wall=wall, lat=lat, real=real,
                     padded=padded, used=used)
 
+    # -- 5b, 5c: batches tokenized in worker processes while the device scores earlier ones
+    @torch.inference_mode()
+    def pass_pipelined(self, texts: list[str], bs: int, pool, run_batch: Callable) -> dict:
+        from aes_core.serving.onnx_scorer import length_sorted_batches
+
+        out = np.zeros(len(texts), dtype=np.float32)
+        lat, real, padded, used = [], 0, 0, []
+        t0 = time.perf_counter()
+        batches = length_sorted_batches(texts, bs)
+        encoded = pool.map([[texts[i] for i in idx] for idx in batches])
+        for idx, (ids, mask) in zip(batches, encoded, strict=True):
+            b0 = time.perf_counter()  # latency from "tokens ready" to "scores on host"
+            out[idx] = run_batch(torch.from_numpy(ids), torch.from_numpy(mask))
+            _sync(self.device)
+            lat.append(time.perf_counter() - b0)
+            real += int(mask.sum())
+            padded += ids.size
+            used.append(_gpu_used_mib(self.device))
+        wall = time.perf_counter() - t0
+        return dict(scores=self._to_scores(out), wall=wall, lat=lat, real=real,
+                    padded=padded, used=used)
+
+    # -- 5d: forward only, inputs already on the device
+    def device_batches(self, texts: list[str], bs: int) -> list[tuple]:
+        input_ids = self.encode(texts)
+        lengths = np.fromiter((len(x) for x in input_ids), dtype=np.int64, count=len(input_ids))
+        order = np.argsort(-lengths, kind="stable")
+        out = []
+        for s in range(0, len(order), bs):
+            idx = order[s:s + bs]
+            ids, mask = collate(input_ids, idx, self.pad_id, self.pad_multiple, self.max_len)
+            out.append((idx, self._h2d(ids), self._h2d(mask), int(lengths[idx].sum())))
+        _sync(self.device)
+        return out
+
+    @torch.inference_mode()
+    def pass_device_only(self, n: int, batches: list[tuple], fwd) -> dict:
+        lat, real, padded, used = [], 0, 0, []
+        logits_all, order = [], []
+        t0 = time.perf_counter()
+        for idx, ids, mask, n_real in batches:
+            b0 = time.perf_counter()
+            with self._autocast(True):
+                logits_all.append(fwd(ids, mask).float())
+            _sync(self.device)
+            lat.append(time.perf_counter() - b0)
+            order.append(idx)
+            real += n_real
+            padded += ids.numel()
+            used.append(_gpu_used_mib(self.device))
+        out = np.zeros(n, dtype=np.float32)
+        out[np.concatenate(order)] = torch.cat(logits_all).cpu().numpy()
+        wall = time.perf_counter() - t0
+        return dict(scores=self._to_scores(out), wall=wall, lat=lat, real=real,
+                    padded=padded, used=used)
+
     def torch_batch(self, fwd, bf16: bool) -> Callable:
         def run(ids: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
             with self._autocast(bf16):
@@ -440,7 +508,8 @@ def tokenizer_only(runner: Runner, texts: list[str], batch_sizes: list[int],
     return out
 
 
-def plot(results: list[dict], tok: dict, out_png: Path, title: str) -> None:
+def plot(results: list[dict], tok: dict, out_png: Path, title: str,
+         parallel: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -451,9 +520,15 @@ def plot(results: list[dict], tok: dict, out_png: Path, title: str) -> None:
         pts = sorted((r["batch_size"], r["essays_per_s"]) for r in results
                      if r["path"] == name and r["status"] == "ok")
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+            dashed = name in NOT_END_TO_END
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
+                    ls="--" if dashed else "-",
+                    label=f"{name} (no tokenization)" if dashed else name)
     ax.axhline(tok["whole_list_essays_per_s"], color="grey", ls="--",
-               label="tokenizer only (whole list)")
+               label="tokenizer only (whole list, one process)")
+    if parallel:
+        ax.axhline(parallel["essays_per_s"], color="black", ls=":",
+                   label=f"tokenizer only ({parallel['workers']} processes)")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("batch size (bf16_packed: packed rows)")
@@ -489,6 +564,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch/ORT CPU threads (default: library default; --tiny: 1, since "
                          "spinning OpenMP threads on a busy small CPU cost 100x)")
+    ap.add_argument("--tok-workers", type=int, default=None,
+                    help="tokenizer processes of the bf16_mp_pipelined paths (default: cores-1)")
     ap.add_argument("--tiny", action="store_true", help="tiny random BERT, CPU smoke run")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -594,6 +671,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          results, skipped, t_start, final=False)
         set_attention(model, "sdpa")
 
+    if "tok" in _POOLS:
+        _POOLS.pop("tok").close()
+    _POOLS.clear()
     report = write_report(args, out_dir, hw, device, model, model_dir, model_desc, data_path,
                           n_unique, texts, batch_sizes, paths, token_stats, tok_stats, info,
                           results, skipped, t_start, final=True)
@@ -628,7 +708,8 @@ def write_report(args, out_dir: Path, hw, device, model, model_dir, model_desc, 
         "complete": final,
     }
     png = out_dir / "inference_throughput.png"
-    plot(results, tok_stats, png, f"{hw.get('gpu')} | {hw.get('cpu')} | {model_desc}"[:150])
+    plot(results, tok_stats, png, f"{hw.get('gpu')} | {hw.get('cpu')} | {model_desc}"[:150],
+         info.get("parallel_tokenizer"))
     report["plot"] = str(png)
     (out_dir / "inference_throughput.json").write_text(json.dumps(report, indent=2))
     return report
@@ -660,7 +741,8 @@ def build_path(name: str, args, runner: Runner, texts: list[str], batch_sizes: l
         return (texts, lambda bs: lambda: runner.pass_pad_fixed(texts, bs, False, fwd),
                 lambda bs: lambda: runner.pass_pad_fixed(small, bs, False, fwd))
     if name in ("bf16_sdpa_pad512", "bf16_sdpa_dynamic_sorted", "bf16_packed",
-                "bf16_sdpa_dynamic_compiled"):
+                "bf16_sdpa_dynamic_compiled", "bf16_mp_pipelined", "bf16_mp_pipelined_compiled",
+                "gpu_forward_only"):
         if cuda and not torch.cuda.is_bf16_supported():
             return "this GPU has no bf16 support"
         attn = set_attention(model, "sdpa")
@@ -679,10 +761,37 @@ def build_path(name: str, args, runner: Runner, texts: list[str], batch_sizes: l
         info[name]["rows_for_all_essays"] = len(pack_rows(lengths, runner.max_len))
         return (texts, lambda bs: lambda: runner.pass_packed(texts, bs),
                 lambda bs: lambda: runner.pass_packed(small, bs))
+    if name in ("bf16_mp_pipelined", "bf16_mp_pipelined_compiled"):
+        compiled = name.endswith("_compiled")
+        if compiled and not cuda:
+            return "CUDA only (torch.compile is not measured on CPU)"
+        pool = _tokenizer_pool(args, runner, model_dir, texts, info)
+        f = _compiled(model, args) if compiled else fwd
+        b = runner.torch_batch(f, True)
+        info[name].update(tokenizer_workers=pool.workers,
+                          sorting="by characters (no tokenizer pass before batching)")
+        if compiled:
+            info[name]["compile_mode"] = args.compile_mode
+        return (texts, lambda bs: lambda: runner.pass_pipelined(texts, bs, pool, b),
+                lambda bs: lambda: runner.pass_pipelined(texts if compiled else small, bs, pool,
+                                                         b))
+    if name == "gpu_forward_only":
+        info[name]["note"] = ("not end to end: tokenized, padded and on the device before the "
+                              "clock starts")
+        cache: dict[int, list] = {}
+
+        def batches(bs: int) -> list:
+            if bs not in cache:
+                cache.clear()  # one batch size's tensors on the device at a time
+                cache[bs] = runner.device_batches(texts, bs)
+            return cache[bs]
+
+        return (texts, lambda bs: lambda: runner.pass_device_only(len(texts), batches(bs), fwd),
+                lambda bs: lambda: batches(bs))
     if name == "bf16_sdpa_dynamic_compiled":
         if not cuda:
             return "CUDA only (torch.compile is not measured on CPU)"
-        compiled = torch.compile(model, mode=args.compile_mode, dynamic=True)
+        compiled = _compiled(model, args)
         b = runner.torch_batch(compiled, True)
         info[name]["compile_mode"] = args.compile_mode
         info[name]["compile_note"] = ("warmup_s = one untimed full pass per batch size (includes "
@@ -742,6 +851,40 @@ def build_path(name: str, args, runner: Runner, texts: list[str], batch_sizes: l
         return (texts, lambda bs: lambda: runner.pass_sorted(texts, bs, b),
                 lambda bs: lambda: runner.pass_sorted(small, bs, b))
     return f"unknown path {name}"
+
+
+_POOLS: dict[str, Any] = {}
+
+
+def _compiled(model, args):
+    if "compiled" not in _POOLS:
+        _POOLS["compiled"] = torch.compile(model, mode=args.compile_mode, dynamic=True)
+    return _POOLS["compiled"]
+
+
+def _tokenizer_pool(args, runner: Runner, model_dir: Path, texts: list[str],
+                    info: dict[str, dict]):
+    """One warmed-up ParallelTokenizer for every pipelined path; also measures its ceiling."""
+    if "tok" in _POOLS:
+        return _POOLS["tok"]
+    from aes_core.models.regressor import BACKBONE_DIR
+    from aes_core.serving.onnx_scorer import length_sorted_batches
+    from aes_core.serving.parallel_tokenize import ParallelTokenizer
+
+    pool = ParallelTokenizer(Path(model_dir) / BACKBONE_DIR, runner.spec, args.tok_workers)
+    pool.warm_up()
+    walls = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        for _b in pool.map([[texts[i] for i in idx] for idx in length_sorted_batches(texts, 256)]):
+            pass
+        walls.append(time.perf_counter() - t0)
+    info["parallel_tokenizer"] = {"workers": pool.workers, "batch_size": 256,
+                                  "essays_per_s": float(len(texts) / np.median(walls))}
+    print(f"parallel tokenizer only: {info['parallel_tokenizer']['essays_per_s']:.0f} essays/s "
+          f"({pool.workers} processes)", flush=True)
+    _POOLS["tok"] = pool
+    return pool
 
 
 def print_table(report: dict) -> None:

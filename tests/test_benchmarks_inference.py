@@ -33,7 +33,8 @@ def test_inference_throughput_tiny_cpu(tmp_path):
     ok = [r for r in report["results"] if r["status"] == "ok"]
     measured = {r["path"] for r in ok}
     assert {"naive_fp32_pad512", "bf16_sdpa_pad512", "bf16_sdpa_dynamic_sorted",
-            "bf16_packed"} <= measured
+            "bf16_packed", "bf16_mp_pipelined", "gpu_forward_only"} <= measured
+    assert report["path_info"]["parallel_tokenizer"]["essays_per_s"] > 0
     for r in ok:
         assert r["batch_size"] in (4, 8)
         for k in ("essays_per_s", "p50_ms", "p99_ms", "padding_efficiency", "n_batches",
@@ -53,7 +54,7 @@ def test_inference_throughput_tiny_cpu(tmp_path):
     assert all(r["identical_rounded_fraction"] >= 0.9 for r in ok)
 
     # CUDA-only paths skip on CPU, each with a reason
-    for name in ("bf16_sdpa_dynamic_compiled", "tensorrt"):
+    for name in ("bf16_sdpa_dynamic_compiled", "bf16_mp_pipelined_compiled", "tensorrt"):
         assert name in report["skipped"], name
         assert report["skipped"][name].strip()
     assert "tensorrt" in report["skipped"]["tensorrt"]
