@@ -22,6 +22,7 @@ batching/padding, host->device copy, forward, scores back on the host):
 5d. ``gpu_forward_only``        NOT end to end: bf16 + SDPA forward over batches tokenized,
                                 padded and copied to the device before the clock starts; the
                                 accelerator's own ceiling for this model and data.
+5e. ``gpu_forward_only_compiled`` as 5d through ``torch.compile`` (CUDA only).
 6. ``onnxruntime``              ``aes_core.export.onnx.export_onnx`` (fp32), best provider
                                 (CUDA if present, else CPU), dynamic padding, sorted.
 7. ``tensorrt``                 fp16 engine from the same ONNX (``aes_core.export.tensorrt``),
@@ -67,13 +68,15 @@ from aes_core.models.tiny import build_tiny_bert  # noqa: E402
 
 ALL_PATHS = ["naive_fp32_pad512", "bf16_sdpa_pad512", "bf16_sdpa_dynamic_sorted",
              "bf16_sdpa_dynamic_compiled", "bf16_packed", "bf16_mp_pipelined",
-             "bf16_mp_pipelined_compiled", "gpu_forward_only", "onnxruntime", "tensorrt"]
+             "bf16_mp_pipelined_compiled", "gpu_forward_only", "gpu_forward_only_compiled",
+             "onnxruntime", "tensorrt"]
 REFERENCE = "naive_fp32_pad512"
 RUN_ORDER = ["naive_fp32_pad512", "bf16_sdpa_pad512", "bf16_sdpa_dynamic_sorted", "bf16_packed",
              "bf16_mp_pipelined", "gpu_forward_only", "onnxruntime",
-             "bf16_sdpa_dynamic_compiled", "bf16_mp_pipelined_compiled", "tensorrt"]
+             "bf16_sdpa_dynamic_compiled", "bf16_mp_pipelined_compiled",
+             "gpu_forward_only_compiled", "tensorrt"]
 # paths whose essays/s exclude tokenization (drawn dashed in the plot)
-NOT_END_TO_END = {"gpu_forward_only"}
+NOT_END_TO_END = {"gpu_forward_only", "gpu_forward_only_compiled"}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -566,6 +569,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "spinning OpenMP threads on a busy small CPU cost 100x)")
     ap.add_argument("--tok-workers", type=int, default=None,
                     help="tokenizer processes of the bf16_mp_pipelined paths (default: cores-1)")
+    ap.add_argument("--tok-chunk", type=int, default=32,
+                    help="essays per tokenizer task of the pipelined paths (a batch is split)")
     ap.add_argument("--tiny", action="store_true", help="tiny random BERT, CPU smoke run")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -742,7 +747,7 @@ def build_path(name: str, args, runner: Runner, texts: list[str], batch_sizes: l
                 lambda bs: lambda: runner.pass_pad_fixed(small, bs, False, fwd))
     if name in ("bf16_sdpa_pad512", "bf16_sdpa_dynamic_sorted", "bf16_packed",
                 "bf16_sdpa_dynamic_compiled", "bf16_mp_pipelined", "bf16_mp_pipelined_compiled",
-                "gpu_forward_only"):
+                "gpu_forward_only", "gpu_forward_only_compiled"):
         if cuda and not torch.cuda.is_bf16_supported():
             return "this GPU has no bf16 support"
         attn = set_attention(model, "sdpa")
@@ -768,16 +773,20 @@ def build_path(name: str, args, runner: Runner, texts: list[str], batch_sizes: l
         pool = _tokenizer_pool(args, runner, model_dir, texts, info)
         f = _compiled(model, args) if compiled else fwd
         b = runner.torch_batch(f, True)
-        info[name].update(tokenizer_workers=pool.workers,
+        info[name].update(tokenizer_workers=pool.workers, tokenizer_chunk=pool.chunk_size,
                           sorting="by characters (no tokenizer pass before batching)")
         if compiled:
             info[name]["compile_mode"] = args.compile_mode
         return (texts, lambda bs: lambda: runner.pass_pipelined(texts, bs, pool, b),
                 lambda bs: lambda: runner.pass_pipelined(texts if compiled else small, bs, pool,
                                                          b))
-    if name == "gpu_forward_only":
+    if name in ("gpu_forward_only", "gpu_forward_only_compiled"):
+        compiled = name.endswith("_compiled")
+        if compiled and not cuda:
+            return "CUDA only (torch.compile is not measured on CPU)"
         info[name]["note"] = ("not end to end: tokenized, padded and on the device before the "
                               "clock starts")
+        f = _compiled(model, args) if compiled else fwd
         cache: dict[int, list] = {}
 
         def batches(bs: int) -> list:
@@ -786,8 +795,13 @@ def build_path(name: str, args, runner: Runner, texts: list[str], batch_sizes: l
                 cache[bs] = runner.device_batches(texts, bs)
             return cache[bs]
 
-        return (texts, lambda bs: lambda: runner.pass_device_only(len(texts), batches(bs), fwd),
-                lambda bs: lambda: batches(bs))
+        def warm(bs: int):
+            def run():
+                runner.pass_device_only(len(texts), batches(bs), f)  # compiles new shapes
+            return run
+
+        return (texts, lambda bs: lambda: runner.pass_device_only(len(texts), batches(bs), f),
+                warm)
     if name == "bf16_sdpa_dynamic_compiled":
         if not cuda:
             return "CUDA only (torch.compile is not measured on CPU)"
@@ -871,7 +885,8 @@ def _tokenizer_pool(args, runner: Runner, model_dir: Path, texts: list[str],
     from aes_core.serving.onnx_scorer import length_sorted_batches
     from aes_core.serving.parallel_tokenize import ParallelTokenizer
 
-    pool = ParallelTokenizer(Path(model_dir) / BACKBONE_DIR, runner.spec, args.tok_workers)
+    pool = ParallelTokenizer(Path(model_dir) / BACKBONE_DIR, runner.spec, args.tok_workers,
+                             args.tok_chunk)
     pool.warm_up()
     walls = []
     for _ in range(args.repeats):
@@ -880,6 +895,7 @@ def _tokenizer_pool(args, runner: Runner, model_dir: Path, texts: list[str],
             pass
         walls.append(time.perf_counter() - t0)
     info["parallel_tokenizer"] = {"workers": pool.workers, "batch_size": 256,
+                                  "chunk_size": pool.chunk_size,
                                   "essays_per_s": float(len(texts) / np.median(walls))}
     print(f"parallel tokenizer only: {info['parallel_tokenizer']['essays_per_s']:.0f} essays/s "
           f"({pool.workers} processes)", flush=True)

@@ -54,7 +54,8 @@ def test_inference_throughput_tiny_cpu(tmp_path):
     assert all(r["identical_rounded_fraction"] >= 0.9 for r in ok)
 
     # CUDA-only paths skip on CPU, each with a reason
-    for name in ("bf16_sdpa_dynamic_compiled", "bf16_mp_pipelined_compiled", "tensorrt"):
+    for name in ("bf16_sdpa_dynamic_compiled", "bf16_mp_pipelined_compiled",
+                 "gpu_forward_only_compiled", "tensorrt"):
         assert name in report["skipped"], name
         assert report["skipped"][name].strip()
     assert "tensorrt" in report["skipped"]["tensorrt"]

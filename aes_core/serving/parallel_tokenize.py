@@ -36,14 +36,14 @@ def _init_worker(tokenizer_path: str, spec_json: str) -> None:
     _WORKER["spec"] = RegressorSpec.model_validate_json(spec_json)
 
 
-def _tokenize_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _tokenize_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
     from aes_core.serving.onnx_scorer import pad_batch, tokenize
 
     tok, spec = _WORKER["tok"], _WORKER["spec"]
     pad_id = 0 if tok.pad_token_id is None else int(tok.pad_token_id)
     ids, mask = pad_batch(tokenize(tok, texts, spec), pad_id)
     # int32 + lengths: a quarter of the bytes through the pipe of int64 ids + mask
-    return ids.astype(np.int32), mask.sum(axis=1).astype(np.int32)
+    return ids.astype(np.int32), mask.sum(axis=1).astype(np.int32), pad_id
 
 
 def _unpack(ids32: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -54,10 +54,14 @@ def _unpack(ids32: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndar
 class ParallelTokenizer:
     """A pool of tokenizer processes; ``map`` turns batches of texts into (ids, mask) arrays."""
 
-    def __init__(self, tokenizer_path: str | Path, spec: RegressorSpec, workers: int | None = None):
+    def __init__(self, tokenizer_path: str | Path, spec: RegressorSpec, workers: int | None = None,
+                 chunk_size: int = 32):
         if workers is not None and workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.workers = workers or max(1, (os.cpu_count() or 2) - 1)
+        self.chunk_size = chunk_size
         # spawn: the parent may hold CUDA or a tokenizer thread pool, neither survives a fork
         self._pool = ProcessPoolExecutor(
             self.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
@@ -68,10 +72,26 @@ class ParallelTokenizer:
         list(self._pool.map(_tokenize_batch, [["warm up"]] * self.workers))
 
     def map(self, batches: Iterable[list[str]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(input_ids, attention_mask) int64 per batch, in order; all batches are queued at
-        once, so workers run ahead of the consumer."""
-        for ids32, lengths in self._pool.map(_tokenize_batch, batches):
-            yield _unpack(ids32, lengths)
+        """(input_ids, attention_mask) int64 per batch, in order.
+
+        Every batch is cut into chunks of at most ``chunk_size`` essays and all chunks are
+        queued at once: the workers run ahead of the consumer, and a large batch is tokenized
+        by many workers instead of one. The chunks of a batch are re-padded to its longest
+        essay, so the result equals tokenizing the batch in one piece.
+        """
+        sizes, chunks = [], []
+        for batch in batches:
+            parts = [batch[i:i + self.chunk_size] for i in range(0, len(batch), self.chunk_size)]
+            sizes.append(len(parts))
+            chunks.extend(parts)
+        done = self._pool.map(_tokenize_batch, chunks)
+        for n in sizes:
+            parts = [next(done) for _ in range(n)]
+            width = max(ids.shape[1] for ids, _, _ in parts)
+            ids32 = np.concatenate([np.pad(ids, ((0, 0), (0, width - ids.shape[1])),
+                                           constant_values=pad_id)
+                                    for ids, _, pad_id in parts])
+            yield _unpack(ids32, np.concatenate([lens for _, lens, _ in parts]))
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
