@@ -137,7 +137,7 @@ def _fit_gbdt(cfg_json: str, folded_path: str, test_path: str, cache: str, queue
         queue.put({"error": traceback.format_exc()})
 
 
-def _ensemble_on_test(table: pd.DataFrame, test_preds: pd.DataFrame, test_y: np.ndarray,
+def ensemble_on_test(table: pd.DataFrame, test_preds: pd.DataFrame, test_y: np.ndarray,
                       cfg: AesConfig) -> dict[str, Any]:
     """Fit on OOF only; report each candidate's QWK on the test split."""
     from aes_core.ensemble.blend import fit_ensemble
@@ -154,6 +154,7 @@ def _ensemble_on_test(table: pd.DataFrame, test_preds: pd.DataFrame, test_y: np.
         out["test_qwk"][name] = qwk(test_y, cut(P @ cand.weights, cand.thresholds))
     out["test_qwk"]["blend"] = qwk(test_y, art.to_scores(art.blend(P)))
     out["test_qwk_rounded"] = {m: qwk(test_y, test_preds[m].to_numpy()) for m in art.members}
+    out["test_qwk_rounded"]["equal_blend"] = qwk(test_y, P.mean(axis=1))
     return out
 
 
@@ -373,13 +374,13 @@ def main(argv: list[str] | None = None) -> int:
         print("ensemble skipped: OOF predictions cover fewer than 2 folds", flush=True)
     elif members:
         try:
-            report["ensemble"] = _ensemble_on_test(full, members_test, test_y, cfg)
+            report["ensemble"] = ensemble_on_test(full, members_test, test_y, cfg)
             transformers = [m for m in members if m != "gbdt"]
             if "gbdt" in members and transformers:
-                report["ensemble_without_gbdt"] = _ensemble_on_test(
+                report["ensemble_without_gbdt"] = ensemble_on_test(
                     full.drop(columns="gbdt"), members_test, test_y, cfg)
             if "gbdt" in members:
-                report["baseline_gbdt_alone"] = _ensemble_on_test(
+                report["baseline_gbdt_alone"] = ensemble_on_test(
                     full[["essay_id", "fold", "score", "prompt_name", "flag", "gbdt"]],
                     members_test, test_y, cfg)
         except Exception:  # the trained members and their files matter more than the blend

@@ -528,7 +528,7 @@ def plot(results: list[dict], tok: dict, out_png: Path, title: str,
                     ls="--" if dashed else "-",
                     label=f"{name} (no tokenization)" if dashed else name)
     ax.axhline(tok["whole_list_essays_per_s"], color="grey", ls="--",
-               label="tokenizer only (whole list, one process)")
+               label="tokenizer only (whole list, one process, HF threads)")
     if parallel:
         ax.axhline(parallel["essays_per_s"], color="black", ls=":",
                    label=f"tokenizer only ({parallel['workers']} processes)")

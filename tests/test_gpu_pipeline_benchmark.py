@@ -19,6 +19,7 @@ def test_gpu_pipeline_script_on_cpu(tmp_path, tiny_backbone, monkeypatch):
     profile = write_profile(tmp_path, over, "tinybench")
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
+        import blend_report
         import gpu_pipeline
     finally:
         sys.path.pop(0)
@@ -41,6 +42,16 @@ def test_gpu_pipeline_script_on_cpu(tmp_path, tiny_backbone, monkeypatch):
     assert oof["tiny__mean"].between(1, 6).all() and oof["gbdt"].notna().all()
     test = pd.read_parquet(out / "test_members.parquet")
     assert len(test) == 200 and test["tiny__mean"].notna().all()
+    # the per-backbone blend table from the saved predictions
+    from aes_core.config import load_config
+
+    blends = blend_report.main(["--run-dir", str(out), "--profile", str(profile),
+                                "--test-labels", load_config(profile).data.test_labels_path])
+    assert list(blends) == ["tiny heads", "GBDT baseline alone",
+                            "everything (transformers + GBDT)"]
+    assert blends["tiny heads"]["members"] == ["tiny__mean"]
+    assert blends["everything (transformers + GBDT)"]["test_qwk"]["gbdt"] == pytest.approx(
+        ens["test_qwk"]["gbdt"])
     # a second run reuses every finished partition instead of training again
     rc = gpu_pipeline.main(["--profile", str(profile), "--workers", "1", "--skip-mlm",
                             "--no-gbdt", "--work", str(tmp_path / "work"), "--out", str(out)])

@@ -9,15 +9,23 @@
 #                        run) and gbdt_wheels/ (lightgbm, pyspellchecker: only the GBDT member),
 #                        the unlabelled essays (only MLM) + prep.sh
 #
-# Device sequence (the machine stays warm only ~30 s between calls, so send them back to back):
-#   1. run carry=[".carry_prep"]:  bash .carry_prep/prep.sh
-#   2. run carry=[".carry"]:       export PYTHONPATH=/tmp/pylib:$PWD/.carry/code;
-#        cp /tmp/data/persuade/unlabelled_essays.csv.gz .carry/data/persuade/; cd .carry/code &&
-#        python3 benchmarks/gpu_pipeline.py --profile gpu-full --data-dir ../data \
-#          --backbone minilm=../minilm_fp16 --out $OUT --workers 5 --work /tmp/aes_gpu \
-#          --time-budget 400          # re-run the same command to resume within one lease
-#   3. inference (same warm machine): python3 benchmarks/inference_throughput.py \
-#        --model-dir /tmp/aes_gpu/minilm/fold0_mean/model --data ../data/aes2/test.csv.gz --out $OUT
+# Device sequences used for BENCHMARKS.md (the machine stays warm only ~30 s between calls, so
+# send them back to back; /tmp survives between calls on a warm machine, the repo's ignored
+# folders do not):
+#   MiniLM full run: carry [".carry", ".carry_prep/wheels", ".carry_prep/gbdt_wheels",
+#       ".carry_prep/data"] is over 64 MiB, so first a prep call with carry [".carry_prep"]:
+#       bash .carry_prep/prep.sh; then carry [".carry"]: export PYTHONPATH=/tmp/pylib:$PWD/.carry/code;
+#       cp /tmp/data/persuade/unlabelled_essays.csv.gz .carry/data/persuade/; cd .carry/code &&
+#       python3 benchmarks/gpu_pipeline.py --profile gpu-full --data-dir ../data \
+#         --backbone minilm=../minilm_fp16 --out $OUT --workers 5 --work /tmp/aes_gpu
+#   Inference: one call, carry [".carry", ".carry_prep/wheels"] (62 MiB with the tree):
+#       pip install --target /tmp/pylib .carry_prep/wheels/*.whl; train fold 0 / mean with
+#       gpu_pipeline.py --heads mean --folds 0 --skip-mlm --no-gbdt; then
+#       benchmarks/inference_throughput.py --model-dir /tmp/aes_inf/minilm/fold0_mean/model ...
+#   mpnet: copy the code, data and wheels to /tmp in the first call, then one call per chunk
+#       (python tools/device_chunks.py plan .carry_chunks/mpnet prints them; the MiniLM and GBDT
+#       members travel in .carry_members/), then gpu_pipeline.py --backbone mpnet=/tmp/models/mpnet
+#       --extra-members ... (exact commands in BENCHMARKS.md).
 set -euo pipefail
 SHARED=${SHARED:-../shared/data}
 PY=${PY:-.venv/bin/python}
