@@ -14,9 +14,9 @@ import pandas as pd
 
 from aes_assets.configs import EnsembleConfig, GbdtConfig, effective
 from aes_assets.metadata import md
-from aes_core.ensemble.artifact import EnsembleArtifact
+from aes_core.ensemble.artifact import GBDT_MEMBER, EnsembleArtifact
 from aes_core.ensemble.blend import assemble_oof, expected_members, fit_ensemble
-from aes_core.ensemble.gbdt import MEMBER_NAME, fit_gbdt
+from aes_core.ensemble.gbdt import fit_gbdt
 from aes_core.report import build_report
 from aes_resources.mlflow import MlflowTracker
 from aes_resources.settings import PipelineSettings
@@ -52,7 +52,7 @@ def gbdt_member_and_oof(context: dg.AssetExecutionContext, config: GbdtConfig,
         yield dg.Output({"model_dir": None, "enabled": False, "oof_qwk": None},
                         output_name="gbdt_member", metadata={"enabled": False})
         yield dg.Output(pd.DataFrame({"essay_id": pd.Series(dtype=str),
-                                      MEMBER_NAME: pd.Series(dtype=float)}),
+                                      GBDT_MEMBER: pd.Series(dtype=float)}),
                         output_name="gbdt_oof", metadata={"rows": 0})
         return
     fit = fit_gbdt(folded_essays, cfg)
@@ -70,14 +70,14 @@ def gbdt_member_and_oof(context: dg.AssetExecutionContext, config: GbdtConfig,
                           "best_iteration": fit.best_iterations})
     result = {"model_dir": str(folder), "enabled": True, "oof_qwk": fit.oof_qwk,
               "fold_qwk": fit.fold_qwk, "best_iterations": fit.best_iterations,
-              "n_essays": len(fit.oof), "member": MEMBER_NAME}
+              "n_essays": len(fit.oof), "member": GBDT_MEMBER}
     yield dg.Output(result, output_name="gbdt_member", metadata={
         "model_dir": dg.MetadataValue.path(str(folder)), "oof_qwk": fit.oof_qwk,
         "fold_qwk": md(folds, index=False),
     })
     yield dg.Output(fit.oof, output_name="gbdt_oof", metadata={
         "rows": len(fit.oof), "oof_qwk": fit.oof_qwk,
-        "mean_prediction": float(fit.oof[MEMBER_NAME].mean()),
+        "mean_prediction": float(fit.oof[GBDT_MEMBER].mean()),
     })
 
 

@@ -16,7 +16,7 @@ from aes_assets.configs import ExportConfig, ServingConfig, effective
 from aes_assets.metadata import md
 from aes_assets.partitions import fold_and_head, fold_head_partitions
 from aes_core.config import AesConfig
-from aes_core.ensemble.artifact import EnsembleArtifact, member_name
+from aes_core.ensemble.artifact import GBDT_MEMBER, EnsembleArtifact, member_name
 from aes_core.export.onnx import check_parity, export_onnx
 from aes_core.export.tensorrt import build_engine, sequence_profile
 from aes_core.export.triton_repo import write_triton_repo
@@ -189,12 +189,12 @@ def serving_assets(cfg: AesConfig) -> list:
         ensemble = EnsembleArtifact.model_validate(ensemble_weights)
         by_member = _by_member(_gather(onnx_models))
         member_dirs = {m: [meta["member_dir"] for meta in by_member.get(m, [])]
-                       for m in ensemble.members if m != "gbdt"}
+                       for m in ensemble.members if m != GBDT_MEMBER}
         missing = [m for m, d in member_dirs.items() if not d]
         if missing:
             raise ValueError(f"ensemble members {missing} have no onnx_models partitions; "
                              f"exported members: {sorted(by_member)}")
-        gbdt_dir = gbdt_member.get("model_dir") if "gbdt" in ensemble.members else None
+        gbdt_dir = gbdt_member.get("model_dir") if GBDT_MEMBER in ensemble.members else None
         manifest = write_triton_repo(scfg.triton_repo, ensemble, member_dirs, scfg,
                                      gbdt_dir=gbdt_dir, plans=tensorrt_engines.get("engines"))
         context.add_output_metadata({

@@ -81,5 +81,8 @@ def apply_thresholds(pred: np.ndarray, thresholds: list[float]) -> np.ndarray:
     return cut(pred, thresholds).astype(int)
 
 
+GBDT_MEMBER = "gbdt"  # the GBDT member's name; transformer members are member_name(...)
+
+
 def member_name(backbone: str, head: str) -> str:
     return f"{backbone}__{head}"

@@ -26,7 +26,7 @@ from scipy.optimize import minimize
 from tqdm.auto import tqdm
 
 from aes_core.config import AesConfig, EnsembleSection
-from aes_core.ensemble.artifact import EnsembleArtifact, member_name
+from aes_core.ensemble.artifact import GBDT_MEMBER, EnsembleArtifact, member_name
 from aes_core.ensemble.thresholds import (
     DEFAULT_THRESHOLDS,
     cut,
@@ -49,7 +49,7 @@ def expected_members(cfg: AesConfig) -> list[str]:
     if cfg.ensemble.members:
         return list(cfg.ensemble.members)
     names = [member_name(b.name, h) for b in cfg.backbones for h in cfg.heads.heads]
-    return names + (["gbdt"] if cfg.gbdt.enabled else [])
+    return names + ([GBDT_MEMBER] if cfg.gbdt.enabled else [])
 
 
 def member_columns(df: pd.DataFrame) -> list[str]:
@@ -83,13 +83,14 @@ def assemble_oof(oof_predictions: pd.DataFrame, gbdt_oof: pd.DataFrame | None = 
         agg = {**{c: "first" for c in meta}, **{m: "mean" for m in members}}
         df = df.groupby("essay_id", sort=False, as_index=False).agg(agg)
     if gbdt_oof is not None and len(gbdt_oof):
-        if "essay_id" not in gbdt_oof.columns or "gbdt" not in gbdt_oof.columns:
+        if "essay_id" not in gbdt_oof.columns or GBDT_MEMBER not in gbdt_oof.columns:
             raise OofError(f"gbdt_oof: expected columns essay_id, gbdt; "
                            f"found {list(gbdt_oof.columns)}")
-        if "gbdt" in df.columns:
+        if GBDT_MEMBER in df.columns:
             raise OofError("oof_predictions already has a 'gbdt' column and gbdt_oof was given")
-        g = gbdt_oof[["essay_id", "gbdt"]].assign(essay_id=lambda d: d["essay_id"].astype(str))
-        g = g.groupby("essay_id", as_index=False)["gbdt"].mean()
+        g = gbdt_oof[["essay_id", GBDT_MEMBER]].assign(
+            essay_id=lambda d: d["essay_id"].astype(str))
+        g = g.groupby("essay_id", as_index=False)[GBDT_MEMBER].mean()
         df = df.merge(g, on="essay_id", how="left")
         members = member_columns(df)
     present = [m for m in members if df[m].notna().any()]

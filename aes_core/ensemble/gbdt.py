@@ -31,10 +31,10 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from tqdm.auto import tqdm
 
 from aes_core.config import GbdtSection
+from aes_core.ensemble.artifact import GBDT_MEMBER
 from aes_core.ensemble.features import FEATURE_NAMES, feature_matrix
 from aes_core.metrics import qwk
 
-MEMBER_NAME = "gbdt"
 META_FILE = "gbdt_member.json"
 SCORE_MIN, SCORE_MAX = 1.0, 6.0
 
@@ -69,7 +69,7 @@ class GbdtMember:
 
     @property
     def name(self) -> str:
-        return MEMBER_NAME
+        return GBDT_MEMBER
 
     def predict(self, texts: list[str]) -> np.ndarray:
         """[N] texts -> [N] float predictions in 1..6, the mean over fold models."""
@@ -88,7 +88,7 @@ class GbdtMember:
                         folder / f"fold_{k}.vectorizers.joblib")
             f.booster.save_model(str(folder / f"fold_{k}.lgb.txt"),
                                  num_iteration=f.booster.best_iteration or None)
-        meta = {"member": MEMBER_NAME, "n_folds": len(self.folds),
+        meta = {"member": GBDT_MEMBER, "n_folds": len(self.folds),
                 "config": self.cfg.model_dump(), "handcrafted_features": list(FEATURE_NAMES),
                 **self.info}
         (folder / META_FILE).write_text(json.dumps(meta, indent=2, default=float))
@@ -218,6 +218,6 @@ def fit_gbdt(folded: pd.DataFrame, cfg: GbdtSection, progress: bool = True) -> G
             "n_essays": len(texts)}
     member = GbdtMember(cfg=cfg, folds=models, info=info)
     frame = pd.DataFrame({"essay_id": folded["essay_id"].astype(str).to_numpy(),
-                          MEMBER_NAME: oof})
+                          GBDT_MEMBER: oof})
     return GbdtFit(oof=frame, member=member, oof_qwk=total, fold_qwk=fold_qwk,
                    best_iterations=best_its)

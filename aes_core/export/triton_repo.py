@@ -22,13 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aes_core.config import PROJECT_ROOT, ServingSection
-from aes_core.ensemble.artifact import EnsembleArtifact
+from aes_core.ensemble.artifact import GBDT_MEMBER, EnsembleArtifact
 from aes_core.export.onnx import ONNX_FILE, load_spec
 from aes_core.models.regressor import BACKBONE_DIR
 
 TEMPLATES = Path(__file__).resolve().parent / "triton_models"
 SCORER = "scorer"
-GBDT = "gbdt"
 KEEP = {"README.md"}
 
 
@@ -139,7 +138,7 @@ def write_triton_repo(repo: str | Path, ensemble: EnsembleArtifact,
     scorer_dir.mkdir(parents=True)
     scorer_members: dict[str, dict] = {}
     for m in ensemble.members:
-        if m == GBDT:
+        if m == GBDT_MEMBER:
             continue
         folds = [Path(p) for p in members.get(m, [])]
         if not folds:
@@ -170,15 +169,15 @@ def write_triton_repo(repo: str | Path, ensemble: EnsembleArtifact,
         manifest.members[m] = names
         scorer_members[m] = {"models": names, "tokenizer": f"tokenizers/{backbone}",
                              "spec": spec.model_dump()}
-    if GBDT in ensemble.members:
+    if GBDT_MEMBER in ensemble.members:
         if gbdt_dir is None:
             raise ValueError("the ensemble has a 'gbdt' member but no gbdt_dir was given")
-        shutil.copytree(gbdt_dir, scorer_dir / GBDT)
-        manifest.members[GBDT] = []
+        shutil.copytree(gbdt_dir, scorer_dir / GBDT_MEMBER)
+        manifest.members[GBDT_MEMBER] = []
     ensemble.save(scorer_dir / "ensemble.json")
     (scorer_dir / "scorer.json").write_text(json.dumps({
         "aes_root": str(aes_root), "ensemble": "ensemble.json", "members": scorer_members,
-        "gbdt_dir": GBDT if GBDT in ensemble.members else None,
+        "gbdt_dir": GBDT_MEMBER if GBDT_MEMBER in ensemble.members else None,
     }, indent=2))
     _write_python_model(scorer_dir, "scorer_model.py", aes_root)
     (repo / SCORER / "config.pbtxt").write_text(scorer_config(serving, list(ensemble.members)))
