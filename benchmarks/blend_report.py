@@ -27,9 +27,9 @@ from gpu_pipeline import ensemble_on_test  # noqa: E402
 
 from aes_core.config import load_config  # noqa: E402
 from aes_core.data import io  # noqa: E402
-
-META = ("essay_id", "fold", "score", "prompt_name", "flag")
-GBDT = "gbdt"
+from aes_core.ensemble.artifact import GBDT_MEMBER as GBDT  # noqa: E402
+from aes_core.ensemble.blend import member_columns  # noqa: E402
+from aes_core.training.oof import BASE_COLUMNS  # noqa: E402
 
 
 def member_groups(members: list[str]) -> dict[str, list[str]]:
@@ -50,7 +50,7 @@ def member_groups(members: list[str]) -> dict[str, list[str]]:
 
 def blend_report(oof: pd.DataFrame, test_members: pd.DataFrame, test_y: np.ndarray,
                  cfg) -> dict[str, dict]:
-    members = [c for c in oof.columns if c not in META]
+    members = member_columns(oof)
     if not members:
         raise ValueError("oof table has no member columns (expected <backbone>__<head> / gbdt)")
     missing = [m for m in members if m not in test_members.columns]
@@ -58,7 +58,7 @@ def blend_report(oof: pd.DataFrame, test_members: pd.DataFrame, test_y: np.ndarr
         raise ValueError(f"test predictions lack members {missing}")
     out = {}
     for name, group in member_groups(members).items():
-        table = oof[[*META, *group]].dropna(subset=group)
+        table = oof[[*BASE_COLUMNS, *group]].dropna(subset=group)
         out[name] = ensemble_on_test(table, test_members, test_y, cfg)
     return out
 

@@ -40,9 +40,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from aes_core.config import AesConfig, load_config  # noqa: E402
-from aes_core.ensemble.artifact import member_name  # noqa: E402
+from aes_core.ensemble.artifact import GBDT_MEMBER, member_name  # noqa: E402
+from aes_core.ensemble.blend import member_columns  # noqa: E402
 from aes_core.hardware import hardware  # noqa: E402
 from aes_core.metrics import qwk  # noqa: E402
+from aes_core.training.oof import BASE_COLUMNS  # noqa: E402
 
 
 def _device() -> tuple[str, Any, dict[str, Any]]:
@@ -248,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device, amp, _ = _device()
     members_test = pd.DataFrame({"essay_id": test["essay_id"]})
-    oof = folded[["essay_id", "fold", "score", "prompt_name", "flag"]].copy()
+    oof = folded[BASE_COLUMNS].copy()
     report["backbones"] = {}
     for bb in cfg.backbones:
         base = resolve_backbone_path(bb)
@@ -355,14 +357,13 @@ def main(argv: list[str] | None = None) -> int:
         if "error" in g:
             print(f"GBDT failed:\n{g['error']}", flush=True)
         else:
-            gdf = pd.DataFrame(g["oof"]).set_index("essay_id")["gbdt"]
-            oof["gbdt"] = oof["essay_id"].map(gdf).to_numpy()
-            members_test["gbdt"] = g["test_pred"]
-            report["gbdt"] = {"oof_qwk": g["oof_qwk"], "seconds": g["seconds"],
+            gdf = pd.DataFrame(g["oof"]).set_index("essay_id")[GBDT_MEMBER]
+            oof[GBDT_MEMBER] = oof["essay_id"].map(gdf).to_numpy()
+            members_test[GBDT_MEMBER] = g["test_pred"]
+            report[GBDT_MEMBER] = {"oof_qwk": g["oof_qwk"], "seconds": g["seconds"],
                               "test_qwk_rounded": qwk(test_y, np.asarray(g["test_pred"]))}
 
-    members = [c for c in oof.columns if c not in ("essay_id", "fold", "score", "prompt_name",
-                                                    "flag")]
+    members = member_columns(oof)
     # with --folds (or an extra parquet from a smaller run) only some essays have every
     # member's OOF prediction: the ensemble is fitted on those, and says so
     full = oof.dropna(subset=members)
@@ -375,13 +376,13 @@ def main(argv: list[str] | None = None) -> int:
     elif members:
         try:
             report["ensemble"] = ensemble_on_test(full, members_test, test_y, cfg)
-            transformers = [m for m in members if m != "gbdt"]
-            if "gbdt" in members and transformers:
+            transformers = [m for m in members if m != GBDT_MEMBER]
+            if GBDT_MEMBER in members and transformers:
                 report["ensemble_without_gbdt"] = ensemble_on_test(
-                    full.drop(columns="gbdt"), members_test, test_y, cfg)
-            if "gbdt" in members:
+                    full.drop(columns=GBDT_MEMBER), members_test, test_y, cfg)
+            if GBDT_MEMBER in members:
                 report["baseline_gbdt_alone"] = ensemble_on_test(
-                    full[["essay_id", "fold", "score", "prompt_name", "flag", "gbdt"]],
+                    full[[*BASE_COLUMNS, GBDT_MEMBER]],
                     members_test, test_y, cfg)
         except Exception:  # the trained members and their files matter more than the blend
             report["ensemble_error"] = traceback.format_exc()
