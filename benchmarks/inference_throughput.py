@@ -187,6 +187,37 @@ def pack_rows(lengths: np.ndarray, capacity: int) -> list[list[int]]:
 
 # ---------------------------------------------------------------- one timed pass per path
 
+class PassLog:
+    """Bookkeeping every pass shares: its wall clock, per-batch latency, real vs padded tokens
+    and device memory in use."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.lat: list[float] = []
+        self.used: list[float | None] = []
+        self.real = self.padded = 0
+        self.t0 = time.perf_counter()
+
+    def batch_done(self, b0: float, real: int, padded: int) -> None:
+        """A batch's scores are on the host: wait for the device and record the batch."""
+        _sync(self.device)
+        self.lat.append(time.perf_counter() - b0)
+        self.real += real
+        self.padded += padded
+        self.used.append(_gpu_used_mib(self.device))
+
+    def result(self, to_scores: Callable[[np.ndarray], np.ndarray], out: np.ndarray) -> dict:
+        wall = time.perf_counter() - self.t0
+        return dict(scores=to_scores(out), wall=wall, lat=self.lat, real=self.real,
+                    padded=self.padded, used=self.used)
+
+
+def sorted_index_batches(lengths: np.ndarray, bs: int) -> list[np.ndarray]:
+    """Essay indices, longest first (stable), in batches of ``bs``."""
+    order = np.argsort(-lengths, kind="stable")
+    return [order[s:s + bs] for s in range(0, len(order), bs)]
+
+
 class Runner:
     """Everything one pass needs; each ``pass_*`` returns scores in essay order + stats."""
 
@@ -202,6 +233,11 @@ class Runner:
         if self.spec.add_newline_tokens:
             texts = [encode_newlines(t, True) for t in texts]
         return self.tok(texts, truncation=True, max_length=self.max_len)["input_ids"]
+
+    def encode_with_lengths(self, texts: list[str]) -> tuple[list[list[int]], np.ndarray]:
+        input_ids = self.encode(texts)
+        return input_ids, np.fromiter((len(x) for x in input_ids), dtype=np.int64,
+                                      count=len(input_ids))
 
     def _to_scores(self, logits: np.ndarray) -> np.ndarray:
         from aes_core.models.regressor import logits_to_scores
@@ -224,8 +260,7 @@ class Runner:
         from aes_core.models.backbone import encode_newlines
 
         out = np.zeros(len(texts), dtype=np.float32)
-        lat, real, padded, used = [], 0, 0, []
-        t0 = time.perf_counter()
+        log = PassLog(self.device)
         for s in range(0, len(texts), bs):
             b0 = time.perf_counter()
             chunk = texts[s:s + bs]
@@ -237,37 +272,21 @@ class Runner:
             with self._autocast(bf16):
                 logits = fwd(ids, mask)
             out[s:s + bs] = logits.float().cpu().numpy()
-            _sync(self.device)
-            lat.append(time.perf_counter() - b0)
-            real += int(enc["attention_mask"].sum())
-            padded += enc["input_ids"].numel()
-            used.append(_gpu_used_mib(self.device))
-        wall = time.perf_counter() - t0
-        return dict(scores=self._to_scores(out), wall=wall, lat=lat, real=real,
-                    padded=padded, used=used)
+            log.batch_done(b0, int(enc["attention_mask"].sum()), enc["input_ids"].numel())
+        return log.result(self._to_scores, out)
 
     # -- 3, 4, 6, 7: whole list tokenized once, sorted batches, dynamic padding
     @torch.inference_mode()
     def pass_sorted(self, texts: list[str], bs: int, run_batch: Callable) -> dict:
         out = np.zeros(len(texts), dtype=np.float32)
-        lat, real, padded, used = [], 0, 0, []
-        t0 = time.perf_counter()
-        input_ids = self.encode(texts)
-        lengths = np.fromiter((len(x) for x in input_ids), dtype=np.int64, count=len(input_ids))
-        order = np.argsort(-lengths, kind="stable")
-        for s in range(0, len(order), bs):
+        log = PassLog(self.device)
+        input_ids, lengths = self.encode_with_lengths(texts)
+        for idx in sorted_index_batches(lengths, bs):
             b0 = time.perf_counter()
-            idx = order[s:s + bs]
             ids, mask = collate(input_ids, idx, self.pad_id, self.pad_multiple, self.max_len)
             out[idx] = run_batch(ids, mask)
-            _sync(self.device)
-            lat.append(time.perf_counter() - b0)
-            real += int(lengths[idx].sum())
-            padded += ids.numel()
-            used.append(_gpu_used_mib(self.device))
-        wall = time.perf_counter() - t0
-        return dict(scores=self._to_scores(out), wall=wall, lat=lat, real=real,
-                    padded=padded, used=used)
+            log.batch_done(b0, int(lengths[idx].sum()), ids.numel())
+        return log.result(self._to_scores, out)
 
     # -- 5b, 5c: batches tokenized in worker processes while the device scores earlier ones
     @torch.inference_mode()
@@ -275,30 +294,20 @@ class Runner:
         from aes_core.serving.onnx_scorer import length_sorted_batches
 
         out = np.zeros(len(texts), dtype=np.float32)
-        lat, real, padded, used = [], 0, 0, []
-        t0 = time.perf_counter()
+        log = PassLog(self.device)
         batches = length_sorted_batches(texts, bs)
         encoded = pool.map([[texts[i] for i in idx] for idx in batches])
         for idx, (ids, mask) in zip(batches, encoded, strict=True):
             b0 = time.perf_counter()  # latency from "tokens ready" to "scores on host"
             out[idx] = run_batch(torch.from_numpy(ids), torch.from_numpy(mask))
-            _sync(self.device)
-            lat.append(time.perf_counter() - b0)
-            real += int(mask.sum())
-            padded += ids.size
-            used.append(_gpu_used_mib(self.device))
-        wall = time.perf_counter() - t0
-        return dict(scores=self._to_scores(out), wall=wall, lat=lat, real=real,
-                    padded=padded, used=used)
+            log.batch_done(b0, int(mask.sum()), ids.size)
+        return log.result(self._to_scores, out)
 
     # -- 5d: forward only, inputs already on the device
     def device_batches(self, texts: list[str], bs: int) -> list[tuple]:
-        input_ids = self.encode(texts)
-        lengths = np.fromiter((len(x) for x in input_ids), dtype=np.int64, count=len(input_ids))
-        order = np.argsort(-lengths, kind="stable")
+        input_ids, lengths = self.encode_with_lengths(texts)
         out = []
-        for s in range(0, len(order), bs):
-            idx = order[s:s + bs]
+        for idx in sorted_index_batches(lengths, bs):
             ids, mask = collate(input_ids, idx, self.pad_id, self.pad_multiple, self.max_len)
             out.append((idx, self._h2d(ids), self._h2d(mask), int(lengths[idx].sum())))
         _sync(self.device)
@@ -306,24 +315,17 @@ class Runner:
 
     @torch.inference_mode()
     def pass_device_only(self, n: int, batches: list[tuple], fwd) -> dict:
-        lat, real, padded, used = [], 0, 0, []
         logits_all, order = [], []
-        t0 = time.perf_counter()
+        log = PassLog(self.device)
         for idx, ids, mask, n_real in batches:
             b0 = time.perf_counter()
             with self._autocast(True):
                 logits_all.append(fwd(ids, mask).float())
-            _sync(self.device)
-            lat.append(time.perf_counter() - b0)
+            log.batch_done(b0, n_real, ids.numel())
             order.append(idx)
-            real += n_real
-            padded += ids.numel()
-            used.append(_gpu_used_mib(self.device))
         out = np.zeros(n, dtype=np.float32)
         out[np.concatenate(order)] = torch.cat(logits_all).cpu().numpy()
-        wall = time.perf_counter() - t0
-        return dict(scores=self._to_scores(out), wall=wall, lat=lat, real=real,
-                    padded=padded, used=used)
+        return log.result(self._to_scores, out)
 
     def torch_batch(self, fwd, bf16: bool) -> Callable:
         def run(ids: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
@@ -340,10 +342,8 @@ class Runner:
         enc_model, head = self.model.encoder, self.model.head
         k = max(1, int(getattr(head, "needs_layers", 1)))
         out = np.zeros(len(texts), dtype=np.float32)
-        lat, real, padded, used = [], 0, 0, []
-        t0 = time.perf_counter()
-        input_ids = self.encode(texts)
-        lengths = np.fromiter((len(x) for x in input_ids), dtype=np.int64, count=len(input_ids))
+        log = PassLog(dev)
+        input_ids, lengths = self.encode_with_lengths(texts)
         rows = pack_rows(lengths, self.max_len)
         for s in range(0, len(rows), rows_per_batch):
             b0 = time.perf_counter()
@@ -386,14 +386,8 @@ class Runner:
                 unpacked = tuple(h.reshape(B * width, -1)[gidx_t] for h in hs[-k:])
                 logits = head(unpacked, gmask_t)
             out[np.asarray(essays)] = logits.float().cpu().numpy()
-            _sync(dev)
-            lat.append(time.perf_counter() - b0)
-            real += int(lengths[essays].sum())
-            padded += B * width
-            used.append(_gpu_used_mib(dev))
-        wall = time.perf_counter() - t0
-        return dict(scores=self._to_scores(out), wall=wall, lat=lat, real=real,
-                    padded=padded, used=used)
+            log.batch_done(b0, int(lengths[essays].sum()), B * width)
+        return log.result(self._to_scores, out)
 
 
 # ---------------------------------------------------------------- ORT / TensorRT batch fns
@@ -605,7 +599,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"model: {model_desc}; head={spec.head} max_length={spec.max_length}; data: "
           f"{data_path} ({n_unique} unique essays -> {len(texts)}); device={device}", flush=True)
 
-    lengths = np.array([len(x) for x in runner.encode(texts)])
+    _, lengths = runner.encode_with_lengths(texts)
     token_stats = {"mean": float(lengths.mean()), "p50": float(np.median(lengths)),
                    "p90": float(np.percentile(lengths, 90)), "max": int(lengths.max()),
                    "truncated_fraction": float(np.mean(lengths >= spec.max_length))}
@@ -676,9 +670,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          results, skipped, t_start, final=False)
         set_attention(model, "sdpa")
 
-    if "tok" in _POOLS:
-        _POOLS.pop("tok").close()
-    _POOLS.clear()
+    if "tok" in _SHARED:
+        _SHARED.pop("tok").close()
+    _SHARED.clear()
     report = write_report(args, out_dir, hw, device, model, model_dir, model_desc, data_path,
                           n_unique, texts, batch_sizes, paths, token_stats, tok_stats, info,
                           results, skipped, t_start, final=True)
@@ -867,20 +861,21 @@ def build_path(name: str, args, runner: Runner, texts: list[str], batch_sizes: l
     return f"unknown path {name}"
 
 
-_POOLS: dict[str, Any] = {}
+# expensive objects several paths share (one compiled model, one tokenizer process pool)
+_SHARED: dict[str, Any] = {}
 
 
 def _compiled(model, args):
-    if "compiled" not in _POOLS:
-        _POOLS["compiled"] = torch.compile(model, mode=args.compile_mode, dynamic=True)
-    return _POOLS["compiled"]
+    if "compiled" not in _SHARED:
+        _SHARED["compiled"] = torch.compile(model, mode=args.compile_mode, dynamic=True)
+    return _SHARED["compiled"]
 
 
 def _tokenizer_pool(args, runner: Runner, model_dir: Path, texts: list[str],
                     info: dict[str, dict]):
     """One warmed-up ParallelTokenizer for every pipelined path; also measures its ceiling."""
-    if "tok" in _POOLS:
-        return _POOLS["tok"]
+    if "tok" in _SHARED:
+        return _SHARED["tok"]
     from aes_core.models.regressor import BACKBONE_DIR
     from aes_core.serving.onnx_scorer import length_sorted_batches
     from aes_core.serving.parallel_tokenize import ParallelTokenizer
@@ -899,7 +894,7 @@ def _tokenizer_pool(args, runner: Runner, model_dir: Path, texts: list[str],
                                   "essays_per_s": float(len(texts) / np.median(walls))}
     print(f"parallel tokenizer only: {info['parallel_tokenizer']['essays_per_s']:.0f} essays/s "
           f"({pool.workers} processes)", flush=True)
-    _POOLS["tok"] = pool
+    _SHARED["tok"] = pool
     return pool
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from aes_core.models.regressor import RegressorSpec
+from aes_core.serving.onnx_scorer import pad_batch, tokenize
 
 _WORKER: dict = {}
 
@@ -32,16 +33,15 @@ def _init_worker(tokenizer_path: str, spec_json: str) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer
 
-    _WORKER["tok"] = AutoTokenizer.from_pretrained(tokenizer_path, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(tokenizer_path, local_files_only=True)
+    _WORKER["tok"] = tok
     _WORKER["spec"] = RegressorSpec.model_validate_json(spec_json)
+    _WORKER["pad_id"] = 0 if tok.pad_token_id is None else int(tok.pad_token_id)
 
 
 def _tokenize_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
-    from aes_core.serving.onnx_scorer import pad_batch, tokenize
-
-    tok, spec = _WORKER["tok"], _WORKER["spec"]
-    pad_id = 0 if tok.pad_token_id is None else int(tok.pad_token_id)
-    ids, mask = pad_batch(tokenize(tok, texts, spec), pad_id)
+    pad_id = _WORKER["pad_id"]
+    ids, mask = pad_batch(tokenize(_WORKER["tok"], texts, _WORKER["spec"]), pad_id)
     # int32 + lengths: a quarter of the bytes through the pipe of int64 ids + mask
     return ids.astype(np.int32), mask.sum(axis=1).astype(np.int32), pad_id
 
