@@ -45,16 +45,14 @@ def folded_schema(folded_essays: pd.DataFrame) -> dg.AssetCheckResult:
                 description="every essay in exactly one fold, no fold empty")
 def folded_one_fold_each(folded_essays: pd.DataFrame,
                          settings: PipelineSettings) -> dg.AssetCheckResult:
-    n_folds = int(folded_essays["fold"].max()) + 1 if len(folded_essays) else settings.load(
-    ).folds.n_folds
-    return _result(contract.check_one_fold_each(folded_essays, n_folds))
+    return _result(contract.check_one_fold_each(folded_essays, settings.config.folds.n_folds))
 
 
 @dg.asset_check(asset="folded_essays",
                 description="per-fold score and prompt shares within tolerance of the whole")
 def folded_balance(folded_essays: pd.DataFrame,
                    settings: PipelineSettings) -> dg.AssetCheckResult:
-    tol = settings.load().folds.balance_tolerance
+    tol = settings.config.folds.balance_tolerance
     return _result(contract.check_fold_balance(folded_essays, tol),
                    dg.AssetCheckSeverity.WARN)
 

@@ -1,13 +1,23 @@
-"""The Dagster ``Definitions`` of the aes pipeline, shaped by the active profile ($AES_PROFILE)."""
+"""The Dagster ``Definitions`` of the aes pipeline, shaped by the active profile ($AES_PROFILE).
+
+The profile is resolved ONCE here into a frozen ``AesConfig``; partitions, launchpad defaults,
+code versions and resources all come from that one object.
+"""
 
 from __future__ import annotations
 
+import functools
+import warnings
+
 import dagster as dg
 
-from aes_assets.assets import data, ensemble, serving
+from aes_assets.assets.data import data_assets
+from aes_assets.assets.ensemble import ENSEMBLE_CHECKS, ensemble_assets
 from aes_assets.assets.export import export_assets, serving_assets
+from aes_assets.assets.serving import submission_asset
 from aes_assets.assets.training import training_assets
 from aes_assets.checks import DATA_CHECKS
+from aes_assets.jobs import PIPELINE_JOB, build_jobs
 from aes_assets.resources import build_resources
 from aes_assets.schedules import (
     build_new_ensemble_sensor,
@@ -15,42 +25,36 @@ from aes_assets.schedules import (
     rescore_inbox_history_job,
 )
 from aes_assets.sensors import build_inbox_sensor, score_inbox_file_job
-from aes_core.config import load_config
+from aes_core.config import AesConfig, load_config
 from aes_resources.settings import active_profile
 
 
-def build_definitions(profile: str | None = None) -> dg.Definitions:
-    profile = profile or active_profile()
-    cfg = load_config(profile)
-    assets = dg.load_assets_from_modules([data, ensemble])
-    assets = [*assets, *training_assets(cfg)]  # per-backbone factory + oof_predictions
-    assets = [*assets, *ensemble.missing_upstream_specs(assets)]
-    for bb in cfg.backbones:  # serving stage: per-backbone ONNX export, then repo + submission
+def build_definitions(profile: str | AesConfig | None = None) -> dg.Definitions:
+    cfg = profile if isinstance(profile, AesConfig) else load_config(profile or active_profile())
+    assets = [*data_assets(cfg), *training_assets(cfg), *ensemble_assets(cfg)]
+    for bb in cfg.backbones:  # per-backbone export into the serving bundle
         assets += export_assets(cfg, bb.name)
-    assets += [*serving_assets(cfg), *dg.load_assets_from_modules([serving])]
-    fold_head = dg.AssetSelection.assets(*[a for a in assets if isinstance(
-        a, dg.AssetsDefinition) and a.partitions_def is not None])
-    stage_jobs = [
-        dg.define_asset_job(
-            "prepare", selection=fold_head.upstream(include_self=False),
-            description="Data, folds and MLM backbones: everything the fold x head runs read."),
-        dg.define_asset_job(
-            "train_fold_heads", selection=fold_head,
-            description="Every fold x head partition (training + ONNX export): launch a "
-                        "backfill over the partitions you want."),
-        dg.define_asset_job(
-            "ensemble_and_serve", selection=dg.AssetSelection.all() - fold_head
-            - fold_head.upstream(include_self=False),
-            description="OOF table, GBDT, ensemble, report, TensorRT, Triton repo, submission."),
-    ]
+    assets += [*serving_assets(cfg), submission_asset(cfg)]
     return dg.Definitions(
         assets=assets,
-        asset_checks=[*DATA_CHECKS, *ensemble.ENSEMBLE_CHECKS],
-        jobs=[*stage_jobs, score_inbox_file_job, rescore_inbox_history_job],
+        asset_checks=[*DATA_CHECKS, *ENSEMBLE_CHECKS],
+        jobs=[*build_jobs(cfg, assets), score_inbox_file_job, rescore_inbox_history_job],
         sensors=[build_inbox_sensor(cfg), build_new_ensemble_sensor(cfg)],
         schedules=[build_rescore_schedule(cfg)],
-        resources=build_resources(cfg, profile),
+        resources=build_resources(cfg),
     )
 
 
+warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy, sensor owners
 defs = build_definitions()
+
+
+@functools.cache
+def _definitions_for(profile: str) -> dg.Definitions:
+    return build_definitions(profile)
+
+
+def pipeline_job() -> dg.JobDefinition:
+    """The whole-graph job of the active profile ($AES_PROFILE), reconstructable by name in
+    every step process of a run."""
+    return _definitions_for(active_profile()).resolve_job_def(PIPELINE_JOB)

@@ -16,6 +16,15 @@ def fold_head_partitions(cfg: AesConfig) -> dg.MultiPartitionsDefinition:
     })
 
 
-def fold_and_head(context: dg.AssetExecutionContext) -> tuple[int, str]:
-    keys = context.partition_key.keys_by_dimension
-    return int(keys[FOLD_DIM]), keys[HEAD_DIM]
+def partition_key(fold: int, head: str) -> str:
+    """The fold x head partition key (``0|mean``)."""
+    return str(dg.MultiPartitionKey({FOLD_DIM: str(fold), HEAD_DIM: head}))
+
+
+def split_partition_key(pk: str) -> tuple[int, str]:
+    """``0|mean`` (or its MultiPartitionKey) -> (0, "mean")."""
+    if isinstance(pk, dg.MultiPartitionKey):
+        dims = pk.keys_by_dimension
+        return int(dims[FOLD_DIM]), dims[HEAD_DIM]
+    fold, head = str(pk).split("|", 1)
+    return int(fold), head

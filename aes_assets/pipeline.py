@@ -1,83 +1,157 @@
-"""Materialize the whole graph on the persistent Dagster instance, stage by stage.
+"""Materialize the whole graph in ONE Dagster run on the persistent instance ($DAGSTER_HOME).
 
-``dagster asset materialize --select '*'`` cannot mix partitioned and unpartitioned assets in
-one run, so this driver runs: (1) unpartitioned assets upstream of partitioned ones, (2) one
-run per fold x head partition key for every partitioned asset, (3) everything else. Every run
-lands on the instance at ``$DAGSTER_HOME``, so the UI shows the same history and lineage as a
-UI-launched materialization.
+    python -m aes_assets.pipeline --profile cpu-small [--select 'raw_essays+'] [--verbose]
 
-    python -m aes_assets.pipeline --profile cpu-small [--select raw_essays+ ...]
+The run is the ``pipeline`` job with the profile's executor (``run.executor``): in-process on
+a small machine, or multiprocess so that the GBDT member trains on the CPU beside the fold x
+head step on the GPU. The fold x head assets are materialized as a single-run backfill of all
+their partitions (range tags), which their step spreads over the GPU worker slots.
+
+Assets whose code version (library code + the profile's config + input file stamps) and
+inputs are unchanged since their last materialization are skipped (``run.skip_fresh``), and
+the driver says which. It ends with a summary: QWKs, the best member, where the submission,
+the report and its plots are, and how to open the UI.
 """
 
+from __future__ import annotations
+
 import argparse
+import logging
 import os
 import sys
 import time
 
 import dagster as dg
 
-from aes_assets.definitions import build_definitions
+from aes_core.config import PROFILE_ENV, PROJECT_ROOT, AesConfig, config_hash, load_config
+
+RANGE_START, RANGE_END = ("dagster/asset_partition_range_start",
+                          "dagster/asset_partition_range_end")
 
 
-def _plan(defs: dg.Definitions, selected: set[dg.AssetKey]):
+def _loading_context(instance: dg.DagsterInstance):
+    from dagster._core.loader import LoadingContext
+
+    class _Context(LoadingContext):
+        def __init__(self, inst):
+            self._instance, self._loaders = inst, {}
+
+        @property
+        def instance(self):
+            return self._instance
+
+        @property
+        def loaders(self):
+            return self._loaders
+
+    return _Context(instance)
+
+
+def plan(defs: dg.Definitions, instance: dg.DagsterInstance, select: str,
+         skip_fresh: bool) -> tuple[list[dg.AssetKey], list[dg.AssetKey]]:
+    """(assets to materialize, fresh assets skipped) for a selection.
+
+    A partitioned asset runs when any of its partitions is missing or stale (its step reuses
+    partitions that are complete for the identical spec)."""
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+
     graph = defs.resolve_asset_graph()
-    partitioned = {k for k in selected if graph.get(k).partitions_def is not None}
-    upstream_of_partitioned: set[dg.AssetKey] = set()
-    for key in partitioned:
-        upstream_of_partitioned |= set(graph.get_ancestor_asset_keys(key))
-    before = {k for k in selected - partitioned if k in upstream_of_partitioned}
-    after = selected - partitioned - before
-    keys_by_def: dict[object, set[dg.AssetKey]] = {}
-    for k in partitioned:
-        keys_by_def.setdefault(graph.get(k).partitions_def, set()).add(k)
-    return before, keys_by_def, after
+    if select == "*":
+        selected = set(graph.materializable_asset_keys)
+    else:
+        selected = set(dg.AssetSelection.from_string(select).resolve(graph))
+    if not skip_fresh:
+        return sorted(selected), []
+    resolver = CachingStaleStatusResolver(instance, graph, _loading_context(instance))
+    run, fresh = set(), set()
+    for key in selected:
+        node = graph.get(key)
+        pks = node.partitions_def.get_partition_keys() if node.partitions_def else [None]
+        statuses = {resolver.get_status(key, pk) for pk in pks}
+        (fresh if statuses == {StaleStatus.FRESH} else run).add(key)
+    # anything downstream of an asset that runs runs too (its inputs change)
+    todo = list(run)
+    while todo:
+        for child in graph.get(todo.pop()).child_keys:
+            if child in selected and child not in run:
+                run.add(child)
+                todo.append(child)
+    return sorted(run), sorted(selected - run)
+
+
+def _range_tags(defs: dg.Definitions, keys: list[dg.AssetKey]) -> dict[str, str]:
+    graph = defs.resolve_asset_graph()
+    pdefs = {graph.get(k).partitions_def for k in keys if graph.get(k).partitions_def}
+    if not pdefs:
+        return {}
+    if len(pdefs) > 1:
+        raise ValueError("the selection mixes partitioned assets with different partitions")
+    pks = next(iter(pdefs)).get_partition_keys()
+    return {RANGE_START: pks[0], RANGE_END: pks[-1]}
 
 
 def run_pipeline(profile: str, select: str = "*", instance: dg.DagsterInstance | None = None,
-                 log=print) -> list[dg.ExecuteInProcessResult]:
-    """Materialize ``select`` (Dagster selection syntax) on ``profile``; raises on failure."""
-    os.environ["AES_PROFILE"] = profile
-    defs = build_definitions(profile)
-    graph = defs.resolve_asset_graph()
-    selected = set(dg.AssetSelection.from_string(select).resolve(graph)) if select != "*" else \
-        set(graph.materializable_asset_keys)
-    before, keys_by_def, after = _plan(defs, selected)
+                 verbose: bool = False, log=print) -> dg.ExecuteJobResult | None:
+    """Materialize ``select`` (Dagster selection syntax) on ``profile`` in one run.
+
+    Returns the run's result (None when everything selected is fresh); raises on failure.
+    """
+    from aes_core.logs import quiet_libraries
+
+    from aes_assets.definitions import build_definitions
+    from aes_assets.jobs import executor_config
+
+    quiet_libraries(verbose)
+    os.environ[PROFILE_ENV] = profile
+    cfg = load_config(profile)
+    defs = build_definitions(cfg)
     instance = instance or dg.DagsterInstance.get()
-    assets = list(defs.assets) + list(defs.asset_checks or [])
-    results = []
+    keys, fresh = plan(defs, instance, select, cfg.run.skip_fresh)
+    if fresh:
+        log(f"[aes] up to date, skipped ({len(fresh)}): "
+            + ", ".join(k.to_user_string() for k in fresh))
+    if not keys:
+        log("[aes] nothing to materialize: every selected asset is up to date "
+            "(change the config, code or data, or set run.skip_fresh: false)")
+        return None
+    log(f"[aes] materializing {len(keys)} asset(s) in one run "
+        f"({cfg.run.executor} executor, profile {cfg.profile})")
+    run_config = {**executor_config(cfg),
+                  "loggers": {"console": {"config": {
+                      "log_level": "DEBUG" if verbose else "INFO"}}}}
+    from aes_assets.definitions import pipeline_job
 
-    def run(keys: set[dg.AssetKey], partition_key: str | None = None) -> None:
-        label = ", ".join(sorted(k.to_user_string() for k in keys))
-        log(f"[aes] materializing {label}" + (f" [{partition_key}]" if partition_key else ""))
-        t0 = time.time()
-        res = dg.materialize(assets, selection=dg.AssetSelection.assets(*keys),
-                             partition_key=partition_key, instance=instance,
-                             resources=defs.resources, tags={"aes/profile": profile})
-        log(f"[aes]   done in {time.time() - t0:.1f}s")
-        results.append(res)
-
-    if before:
-        run(before)
-    for pdef, keys in keys_by_def.items():
-        for pk in pdef.get_partition_keys(dynamic_partitions_store=instance):
-            run(keys, pk)
-    if after:
-        run(after)
-    return results
+    result = dg.execute_job(
+        dg.reconstructable(pipeline_job), instance, run_config=run_config,
+        asset_selection=keys,
+        tags={**_range_tags(defs, keys), "aes/profile": cfg.profile,
+              "aes/config_hash": config_hash(cfg)})
+    if not result.success:
+        failed = [e.step_key for e in result.all_events if e.is_step_failure]
+        raise RuntimeError(f"pipeline run {result.run_id} failed in step(s) {failed}; see the "
+                           f"run in the UI (make dev) or above")
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.
-                                 RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default=os.environ.get("AES_PROFILE", "cpu-small"))
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default=os.environ.get(PROFILE_ENV, "cpu-small"))
     ap.add_argument("--select", default="*", help="Dagster asset selection, e.g. 'raw_essays+'")
+    ap.add_argument("--verbose", action="store_true", help="Dagster DEBUG logs, library noise")
     args = ap.parse_args(argv)
+    os.environ.setdefault("DAGSTER_HOME", str(PROJECT_ROOT))
+    logging.basicConfig(level=logging.WARNING)
     t0 = time.time()
-    run_pipeline(args.profile, args.select)
-    print(f"[aes] pipeline finished in {(time.time() - t0) / 60:.1f} min "
-          f"(profile {args.profile}); open the UI with `make dev`")
+    result = run_pipeline(args.profile, args.select, verbose=args.verbose)
+    from aes_assets.summary import print_summary
+
+    cfg: AesConfig = load_config(args.profile)
+    print_summary(cfg, dg.DagsterInstance.get(), result.run_id if result else None,
+                  minutes=(time.time() - t0) / 60)
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
+

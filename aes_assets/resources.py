@@ -1,4 +1,4 @@
-"""Resource wiring for the active profile."""
+"""Resources of a code location, each built from its section of the one resolved config."""
 
 from __future__ import annotations
 
@@ -9,22 +9,16 @@ from aes_core.config import AesConfig
 from aes_resources.gpu import GpuResource
 from aes_resources.mlflow import MlflowTracker
 from aes_resources.settings import PipelineSettings
-from aes_resources.storage import ArtifactStore, TableIOManager
+from aes_resources.storage import AesIOManager, ArtifactStore
 from aes_resources.triton import TritonResource
 
 
-def build_resources(cfg: AesConfig, profile: str) -> dict[str, Any]:
-    root = Path(cfg.storage_root)
+def build_resources(cfg: AesConfig) -> dict[str, Any]:
     return {
-        "settings": PipelineSettings(profile=profile),
-        "io_manager": TableIOManager(base_dir=str(root / "tables")),
-        "artifacts": ArtifactStore(root=str(root / "artifacts")),
-        "mlflow": MlflowTracker(tracking_uri=cfg.mlflow_tracking_uri,
-                                experiment=cfg.mlflow_experiment),
+        "settings": PipelineSettings.from_config(cfg),
+        "io_manager": AesIOManager(base_uri=cfg.tables_location),
+        "artifacts": ArtifactStore(root=str(Path(cfg.storage_root) / "artifacts")),
+        "mlflow": MlflowTracker.from_config(cfg),
         "gpu": GpuResource.from_section(cfg.gpu),
-        "triton": TritonResource(repo=cfg.serving.triton_repo, url=cfg.serving.triton_url,
-                                 http_port=cfg.serving.http_port, grpc_port=cfg.serving.grpc_port,
-                                 metrics_port=cfg.serving.metrics_port,
-                                 startup_timeout_s=cfg.serving.startup_timeout_s,
-                                 binary=cfg.serving.triton_binary),
+        "triton": TritonResource(),
     }

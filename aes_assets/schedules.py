@@ -10,10 +10,11 @@ from pathlib import Path
 
 import dagster as dg
 
+from aes_assets import keys
 from aes_assets.sensors import serving_scorer
 from aes_core.config import AesConfig
 from aes_core.serving.inbox import rescore_history
-from aes_core.serving.loader import load_ensemble
+from aes_core.serving.loader import load_bundle
 from aes_resources.settings import PipelineSettings
 
 RESCORE_JOB = "rescore_inbox_history_job"
@@ -21,8 +22,8 @@ RESCORED = "rescored"
 
 
 def ensemble_tag(cfg: AesConfig) -> str:
-    """A short content hash of the current ensemble (names its re-score folder)."""
-    ens, _ = load_ensemble(cfg)
+    """A short content hash of the bundle's ensemble (names its re-score folder)."""
+    ens = load_bundle(cfg).ensemble
     return hashlib.sha256(ens.model_dump_json().encode()).hexdigest()[:12]
 
 
@@ -30,14 +31,15 @@ def ensemble_tag(cfg: AesConfig) -> str:
        description="Re-score every archived inbox file with the current ensemble.")
 def rescore_inbox_history(context: dg.OpExecutionContext,
                           settings: PipelineSettings) -> dg.Output:
-    cfg = settings.load()
+    cfg = settings.config
     tag = ensemble_tag(cfg)
     out_dir = Path(cfg.serving.outbox_dir) / RESCORED / tag
     if not any(Path(cfg.serving.history_dir).glob("*.essays.csv")):
         context.log.info(f"no inbox history in {cfg.serving.history_dir}")
         return dg.Output(None, metadata={"ensemble": tag, "files": 0,
                                          "detail": dg.MetadataValue.json([])})
-    done = rescore_history(cfg.serving.history_dir, serving_scorer(cfg, context.log), out_dir)
+    with serving_scorer(cfg, context.log) as scorer:
+        done = rescore_history(cfg.serving.history_dir, scorer, out_dir)
     return dg.Output(None, metadata={
         "ensemble": tag, "out_dir": dg.MetadataValue.path(str(out_dir)),
         "files": len(done), "rescored_rows": sum(d["rows"] for d in done),
@@ -61,13 +63,13 @@ def build_new_ensemble_sensor(cfg: AesConfig) -> dg.SensorDefinition:
     status = (dg.DefaultSensorStatus.RUNNING if cfg.serving.rescore_on_new_ensemble
               else dg.DefaultSensorStatus.STOPPED)
 
-    @dg.asset_sensor(asset_key=dg.AssetKey("ensemble_weights"), job=rescore_inbox_history_job,
+    @dg.asset_sensor(asset_key=keys.BUNDLE, job=rescore_inbox_history_job,
                      name="rescore_on_new_ensemble", default_status=status,
-                     description="Re-score the inbox history when ensemble_weights is "
+                     description="Re-score the inbox history when a new serving bundle is "
                                  "materialized (serving.rescore_on_new_ensemble).")
     def rescore_on_new_ensemble(context: dg.SensorEvaluationContext, asset_event):
         event = f"{asset_event.run_id}-{asset_event.timestamp:.6f}"
         yield dg.RunRequest(run_key=f"ensemble-{event}",
-                            tags={"aes/trigger": "ensemble_weights", "aes/event": event})
+                            tags={"aes/trigger": "serving_bundle", "aes/event": event})
 
     return rescore_on_new_ensemble

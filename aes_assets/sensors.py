@@ -6,12 +6,15 @@ the op itself is idempotent (an existing scored output is never recomputed). Out
 serving.outbox_dir, bad rows to a report in serving.rejected_dir, good rows to the history.
 """
 
+import contextlib
 import json
+from collections.abc import Iterator
 
 import dagster as dg
 
 from aes_core.config import AesConfig
 from aes_core.serving.inbox import list_inbox, process_inbox_file
+from aes_core.serving.loader import load_bundle, open_scorer
 from aes_resources.settings import PipelineSettings
 
 INBOX_JOB = "score_inbox_file_job"
@@ -26,27 +29,26 @@ class InboxFileConfig(dg.Config):
     content_hash: str
 
 
-def serving_scorer(cfg: AesConfig, log=None):
-    """The scorer for sensor/schedule runs: a configured Triton URL if it answers, else ORT."""
-    from aes_core.serving.loader import load_scorer
-
-    scorer = load_scorer(cfg, prefer_triton=bool(cfg.serving.use_triton and
-                                                 cfg.serving.triton_url),
-                         triton_url=cfg.serving.triton_url)
-    if log is not None:
-        log.info(f"scoring with {type(scorer).__name__}")
-    return scorer
+@contextlib.contextmanager
+def serving_scorer(cfg: AesConfig, log=None) -> Iterator:
+    """The scorer for sensor/schedule runs, from the serving bundle: a configured Triton
+    server (``serving.triton_url``) when it answers, else in-process ONNX Runtime."""
+    bundle = load_bundle(cfg)
+    with open_scorer(bundle, cfg.serving, start_server=False, logger=log) as choice:
+        if log is not None:
+            log.info(f"scoring with {choice.via} (bundle {bundle.version()})")
+        yield choice.scorer
 
 
 @dg.op(out=dg.Out(dg.Nothing),
        description="Validate and score one inbox CSV; write outbox / rejected / history files.")
 def score_inbox_file(context: dg.OpExecutionContext, config: InboxFileConfig,
                      settings: PipelineSettings) -> dg.Output:
-    cfg = settings.load()
+    cfg = settings.config
     s = cfg.serving
-    scorer = serving_scorer(cfg, context.log)
-    res = process_inbox_file(config.path, config.content_hash, scorer, s.outbox_dir,
-                             s.rejected_dir, s.history_dir)
+    with serving_scorer(cfg, context.log) as scorer:
+        res = process_inbox_file(config.path, config.content_hash, scorer, s.outbox_dir,
+                                 s.rejected_dir, s.history_dir)
     if res.bad_rows or res.reason:
         context.log.warning(f"{res.file}: {res.bad_rows} bad row(s) {res.reason}; report in "
                             f"{s.rejected_dir}")

@@ -7,7 +7,11 @@ one as a ``dg.Config`` by inheritance. ``cpu-small`` is the built-in default pro
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,9 +26,10 @@ PROFILE_ENV = "AES_PROFILE"
 
 
 class Section(BaseModel):
-    """Base for every config section: unknown keys are errors, values are validated."""
+    """Base for every config section: unknown keys are errors, values are validated, and a
+    loaded configuration is frozen (derive a changed copy with ``model_copy(update=...)``)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class DataSection(Section):
@@ -143,6 +148,15 @@ class TrainSection(Section):
     min_val_essays_per_stage: int = Field(
         1, ge=1, description="fewer validation essays than this: the stage is skipped/falls back"
     )
+    stage2_guard: bool = Field(
+        True, description="keep stage 1's weights when stage 2 scores worse on stage 2's "
+        "validation essays (the partition's notes say so)")
+    keep_checkpoints: Literal["best", "all"] = Field(
+        "best", description="best: delete Lightning checkpoints once a partition is complete "
+        "(its final model folder stays); all: keep every stage checkpoint")
+    reuse_completed: bool = Field(
+        True, description="a partition already trained with the identical spec (config, data, "
+        "code) is reused instead of retrained; False retrains every selected partition")
     seed: int = 42
 
 
@@ -164,6 +178,14 @@ class GpuSection(Section):
         "partition", description="which GPU a single-device partition uses: none = first, "
         "partition = hash of the partition key, tag = run tag aes/gpu"
     )
+    workers_per_gpu: int = Field(
+        1, ge=1, description="fold x head partitions trained at once on each GPU (worker "
+        "processes of one Dagster step); with devices > 1 partitions run one after another")
+    cpu_workers: int = Field(
+        1, ge=1, description="partitions trained at once without a GPU (1 = in the step's "
+        "own process)")
+    threads_per_worker: int | None = Field(
+        None, ge=1, description="torch CPU threads per worker process (None = cores / workers)")
 
 
 class GbdtSection(Section):
@@ -239,6 +261,8 @@ class ExportSection(Section):
     trt_profile_essays: int = Field(
         512, ge=1, description="essays tokenized to derive TensorRT sequence-length profiles"
     )
+    workers: int = Field(
+        1, ge=1, description="fold models exported at once (CPU worker processes)")
 
 
 class ServingSection(Section):
@@ -280,6 +304,9 @@ class ServingSection(Section):
     triton_binary: str | None = Field(
         None, description="tritonserver executable; None = the one shipped in nvidia-pytriton"
     )
+    bundle_dir: str | None = Field(
+        None, description="the serving bundle (manifest + everything scoring needs) that the "
+        "export stage writes and serving reads; None = <storage_root>/serving")
 
 
 class WebSection(Section):
@@ -299,6 +326,19 @@ class WebSection(Section):
     triton_url: str | None = Field(None, description="Triton host:port; None = serving's")
 
 
+class RunSection(Section):
+    """How a pipeline run executes in Dagster (the driver and the UI's jobs)."""
+
+    executor: Literal["in_process", "multiprocess"] = Field(
+        "in_process", description="in_process: one process (least start-up cost on small "
+        "machines); multiprocess: independent steps run at once (e.g. GBDT beside training)")
+    max_concurrent: int = Field(
+        4, ge=1, description="multiprocess executor: steps running at once")
+    skip_fresh: bool = Field(
+        True, description="the driver skips assets whose code version, config and inputs are "
+        "unchanged since their last materialization")
+
+
 class AesConfig(Section):
     """The whole pipeline."""
 
@@ -308,6 +348,12 @@ class AesConfig(Section):
         f"sqlite:///{PROJECT_ROOT / 'var' / 'mlflow.db'}", description="local MLflow store"
     )
     mlflow_experiment: str = "aes"
+    mlflow_artifact_location: str | None = Field(
+        None, description="where MLflow keeps run artifacts; None = 'mlflow-artifacts' next "
+        "to a SQLite tracking store (else the server's default)")
+    tables_uri: str | None = Field(
+        None, description="where the IO manager keeps tables and stage results; None = "
+        "<storage_root>/tables; any fsspec URL (s3://..., gs://..., memory://...) works")
     data: DataSection = Field(default_factory=DataSection)
     folds: FoldSection = Field(default_factory=FoldSection)
     backbones: list[BackboneSection] = Field(default_factory=lambda: [BackboneSection()])
@@ -320,6 +366,7 @@ class AesConfig(Section):
     export: ExportSection = Field(default_factory=ExportSection)
     serving: ServingSection = Field(default_factory=ServingSection)
     web: WebSection = Field(default_factory=WebSection)
+    run: RunSection = Field(default_factory=RunSection)
 
     @model_validator(mode="after")
     def _unique_backbones(self) -> AesConfig:
@@ -330,6 +377,15 @@ class AesConfig(Section):
         if not self.backbones:
             raise ValueError("backbones: at least one backbone is required")
         return self
+
+    @property
+    def bundle_dir(self) -> Path:
+        """The serving bundle folder (``serving.bundle_dir`` or ``<storage_root>/serving``)."""
+        return Path(self.serving.bundle_dir or Path(self.storage_root) / "serving")
+
+    @property
+    def tables_location(self) -> str:
+        return self.tables_uri or str(Path(self.storage_root) / "tables")
 
     def backbone(self, name: str) -> BackboneSection:
         for b in self.backbones:
@@ -366,12 +422,13 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
             return str((base / v).resolve())
         return v
 
-    for key in ("storage_root",):
+    for key in ("storage_root", "mlflow_artifact_location"):
         if key in data:
             data[key] = fix(data[key])
     for sect, keys in {
         "data": ("train_path", "test_path", "test_labels_path", "persuade_path", "unlabelled_path"),
-        "serving": ("triton_repo", "inbox_dir", "outbox_dir", "rejected_dir", "history_dir"),
+        "serving": ("triton_repo", "inbox_dir", "outbox_dir", "rejected_dir", "history_dir",
+                    "bundle_dir"),
         "web": ("keep_dir",),
     }.items():
         if isinstance(data.get(sect), dict):
@@ -423,18 +480,35 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def apply_run_overrides(profile_section: Section, run_section: Section) -> Section:
-    """Merge a Dagster run-config section over the profile's.
+def run_field_type(annotation: Any) -> Any:
+    """The type a run-config (launchpad) field takes for a section field: Literals become
+    ``str`` (the section validates the value), and everything is optional (None = profile)."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return str
+    if origin in (typing.Union, types.UnionType):
+        args = [run_field_type(a) for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0] if len(args) == 1 else annotation
+    return annotation
 
-    A run-config field overrides the profile where its value differs from the built-in
-    default of that field (Dagster fills unset fields with their defaults, so a value equal
-    to the default cannot be told apart from "not set").
-    """
+
+def resolve_section(profile_section: Section, run_values: dict[str, Any] | BaseModel | None,
+                    source: str = "run config") -> Section:
+    """The profile's section with a run's values applied: every value that is set wins (also
+    one equal to a built-in default); ``None`` means "the profile's value"."""
+    if run_values is None:
+        return profile_section
+    if isinstance(run_values, BaseModel):
+        run_values = run_values.model_dump()
     cls = type(profile_section)
-    updates: dict[str, Any] = {}
-    for name, field in cls.model_fields.items():
-        default = field.get_default(call_default_factory=True)
-        value = getattr(run_section, name)
-        if value != default:
-            updates[name] = value
-    return cls.model_validate({**profile_section.model_dump(), **updates})
+    updates = {k: v for k, v in run_values.items() if k in cls.model_fields and v is not None}
+    try:
+        return cls.model_validate({**profile_section.model_dump(), **updates})
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(source, e)) from e
+
+
+def config_hash(section: BaseModel | dict[str, Any]) -> str:
+    """A short, stable hash of a (section of a) configuration, for lineage and code versions."""
+    data = section.model_dump(mode="json") if isinstance(section, BaseModel) else section
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.metadata
+import os
 import random
 import subprocess
+from pathlib import Path
 from typing import Any
 
 from aes_core.config import PROJECT_ROOT
@@ -13,8 +17,12 @@ TRACKED_PACKAGES = ("torch", "transformers", "lightning", "dagster", "mlflow", "
                     "lightgbm", "scikit-learn", "numpy", "pandas")
 
 
+COMMIT_ENV = "AES_GIT_COMMIT"
+
+
 def git_commit() -> str:
-    """The current commit (with ``-dirty`` if the tree has changes), or ``unknown``."""
+    """The current commit (with ``-dirty`` if the tree has changes); where the code runs from a
+    copy without ``.git``, ``$AES_GIT_COMMIT`` (set by whoever copied it), else ``unknown``."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
                              text=True, timeout=10, check=True).stdout.strip()
@@ -23,7 +31,19 @@ def git_commit() -> str:
                                timeout=10).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return os.environ.get(COMMIT_ENV, "unknown")
+
+
+@functools.lru_cache(maxsize=1)
+def code_hash() -> str:
+    """A hash of the ML library's source (``aes_core/**/*.py``): part of every asset's code
+    version, so changed code makes its results stale and an unchanged re-run skips them."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
 
 
 def package_versions() -> dict[str, str]:

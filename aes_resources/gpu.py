@@ -16,6 +16,9 @@ from typing import Any
 
 import dagster as dg
 
+from aes_core.config import GpuSection
+from aes_core.training.parallel import WorkerSlot
+
 GPU_TAG = "aes/gpu"
 
 
@@ -54,16 +57,10 @@ def assign_device(n_gpus: int, partition_key: str | None = None,
     return 0
 
 
-class GpuResource(dg.ConfigurableResource):
-    """Accelerator, devices, precision and strategy for every Lightning Trainer of a run."""
-
-    accelerator: str = "auto"       # auto | cpu | gpu
-    devices: int = 1
-    precision: str = "auto"         # auto | 32-true | bf16-mixed | 16-mixed | ...
-    strategy: str = "auto"          # auto | ddp | ddp_spawn | ...
-    find_unused_parameters: bool = False
-    assign_by: str = "partition"    # none | partition | tag
-    sharing_strategy: str = "file_system"  # torch.multiprocessing, for DDP spawn
+class GpuResource(dg.ConfigurableResource, GpuSection):
+    """Accelerator, devices, precision and strategy for every Lightning Trainer of a run, and
+    the worker slots over which a step spreads fold x head partitions. Its fields are the
+    ``gpu`` section of the configuration (one definition, see ``GpuSection``)."""
 
     def use_gpu(self) -> bool:
         import torch
@@ -84,6 +81,13 @@ class GpuResource(dg.ConfigurableResource):
             return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
         return "32-true"
 
+    def amp_name(self) -> str | None:
+        """``bf16`` / ``fp16`` for mixed precision on a GPU, else None (picklable)."""
+        p = self.resolved_precision()
+        if not self.use_gpu():
+            return None
+        return "bf16" if p.startswith("bf16") else "fp16" if p.startswith("16") else None
+
     def amp_dtype(self):
         """The autocast dtype matching the precision (None for full precision)."""
         import torch
@@ -96,8 +100,12 @@ class GpuResource(dg.ConfigurableResource):
         return None
 
     def trainer_kwargs(self, partition_key: str | None = None,
-                       tags: Mapping[str, str] | None = None) -> dict[str, Any]:
-        """``accelerator``, ``devices``, ``precision``, ``strategy`` for ``lightning.Trainer``."""
+                       tags: Mapping[str, str] | None = None,
+                       device_index: int | None = None) -> dict[str, Any]:
+        """``accelerator``, ``devices``, ``precision``, ``strategy`` for ``lightning.Trainer``.
+
+        ``device_index`` pins a single-device trainer to that GPU (a worker slot's); else the
+        partition key or run tag picks one (``assign_by``)."""
         gpu = self.use_gpu()
         kw: dict[str, Any] = {"accelerator": "gpu" if gpu else "cpu",
                               "precision": self.resolved_precision()}
@@ -107,7 +115,8 @@ class GpuResource(dg.ConfigurableResource):
             return kw
         if gpu:
             n = len(visible_gpus())
-            kw["devices"] = [assign_device(n, partition_key, tags, self.assign_by)]
+            kw["devices"] = [device_index if device_index is not None
+                             else assign_device(n, partition_key, tags, self.assign_by)]
         else:
             kw["devices"] = 1
         kw["strategy"] = self.strategy if self.strategy not in ("auto", "ddp", "ddp_spawn") \
@@ -131,15 +140,39 @@ class GpuResource(dg.ConfigurableResource):
         return self.strategy
 
     def inference_device(self, partition_key: str | None = None,
-                         tags: Mapping[str, str] | None = None) -> str:
+                         tags: Mapping[str, str] | None = None,
+                         device_index: int | None = None) -> str:
         """Where the post-training predictions run (the partition's GPU, or CPU)."""
         if not self.use_gpu():
             return "cpu"
-        kw = self.trainer_kwargs(partition_key, tags)
+        kw = self.trainer_kwargs(partition_key, tags, device_index)
         dev = kw["devices"]
         return f"cuda:{dev[0]}" if isinstance(dev, list) else "cuda:0"
 
+    def worker_slots(self, n_jobs: int) -> list[WorkerSlot]:
+        """Where a step's partitions train at once: ``workers_per_gpu`` worker processes per
+        visible GPU (each sees only its GPU), or ``cpu_workers`` on a machine without one.
+        One slot with ``in_process`` = train in the step's own process (DDP across all
+        devices when ``devices > 1``; one worker needs no pool)."""
+        if self.use_gpu():
+            gpus = visible_gpus()
+            if self.devices > 1 or len(gpus) * self.workers_per_gpu <= 1 or n_jobs <= 1:
+                return [WorkerSlot(gpu=None, in_process=True)]
+            slots = [WorkerSlot(gpu=g, threads=self._threads(len(gpus) * self.workers_per_gpu))
+                     for _ in range(self.workers_per_gpu) for g in gpus]
+        elif self.cpu_workers <= 1 or n_jobs <= 1 or self.devices > 1:
+            return [WorkerSlot(gpu=None, in_process=True)]
+        else:
+            slots = [WorkerSlot(gpu=None, threads=self._threads(self.cpu_workers))
+                     for _ in range(self.cpu_workers)]
+        return slots[:max(1, n_jobs)]
+
+    def _threads(self, workers: int) -> int:
+        if self.threads_per_worker:
+            return self.threads_per_worker
+        return max(1, (os.cpu_count() or 1) // max(1, workers))
+
     @classmethod
-    def from_section(cls, section) -> GpuResource:
+    def from_section(cls, section: GpuSection) -> GpuResource:
         """Build from ``AesConfig.gpu``."""
         return cls(**section.model_dump())

@@ -1,7 +1,16 @@
-"""Where artifacts live: tables through a Parquet/JSON IO manager, folders keyed by asset."""
+"""Where artifacts live: tables and stage results through a UPath IO manager, model folders
+under an artifact root keyed by asset and partition.
+
+``AesIOManager`` stores a DataFrame as Parquet and a stage result (any pydantic model of
+``aes_core``) as JSON tagged with its type, so it loads back as the same typed object. It is
+Dagster's ``UPathIOManager``: the base may be a local folder or any fsspec URL
+(``s3://bucket/aes/tables``, ``gs://...``, ``memory://...``). A single-run backfill of a
+partitioned asset hands it ``{partition key: value}`` and every partition is stored on its own.
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 from pathlib import Path
@@ -9,17 +18,24 @@ from typing import Any
 
 import dagster as dg
 import pandas as pd
+from pydantic import BaseModel
+
+TYPE_KEY, DATA_KEY = "__type__", "data"
+TRUSTED_MODULES = ("aes_core.",)
+
+
+def partition_dirname(partition: str) -> str:
+    """A partition key as one folder name (``0|mean`` -> ``0__mean``)."""
+    return partition.replace("|", "__")
 
 
 def _key_path(root: Path, asset_key: dg.AssetKey, partition: str | None) -> Path:
     p = root.joinpath(*asset_key.path)
-    if partition:
-        p = p / partition.replace("|", "__")
-    return p
+    return p / partition_dirname(partition) if partition else p
 
 
 class ArtifactStore(dg.ConfigurableResource):
-    """Folders for models, engines and reports: ``<root>/<asset key>/<partition>``."""
+    """Local folders for models and reports: ``<root>/<asset key>/<partition>``."""
 
     root: str
 
@@ -29,58 +45,105 @@ class ArtifactStore(dg.ConfigurableResource):
 
     def folder(self, asset_key: dg.AssetKey, partition: str | None = None,
                fresh: bool = False) -> Path:
-        p = _key_path(Path(self.root), asset_key, partition)
+        p = self.path(asset_key, partition)
         if fresh and p.exists():
             shutil.rmtree(p)
         p.mkdir(parents=True, exist_ok=True)
         return p
 
 
-class TableIOManager(dg.ConfigurableIOManager):
-    """DataFrames as Parquet, dicts/lists/strings as JSON, under ``<base_dir>/<asset key>``.
+def encode(obj: Any) -> tuple[str, bytes]:
+    """(suffix, bytes) of a value: Parquet for tables, typed JSON for stage results."""
+    if isinstance(obj, pd.DataFrame):
+        import io
 
-    Writes go to a temporary file first and are renamed into place, so an interrupted run
-    never leaves a half-written table.
-    """
+        buf = io.BytesIO()
+        obj.to_parquet(buf, index=False)
+        return ".parquet", buf.getvalue()
+    if isinstance(obj, BaseModel):
+        cls = type(obj)
+        payload = {TYPE_KEY: f"{cls.__module__}:{cls.__qualname__}",
+                   DATA_KEY: json.loads(obj.model_dump_json())}
+    else:
+        payload = obj
+    return ".json", json.dumps(payload, indent=2, default=str).encode()
 
-    base_dir: str
 
-    def _path(self, context, suffix: str) -> Path:
-        partition = context.partition_key if context.has_partition_key else None
-        return _key_path(Path(self.base_dir), context.asset_key, partition).with_suffix(suffix)
+def decode(suffix: str, raw: bytes) -> Any:
+    """The inverse of :func:`encode`."""
+    if suffix == ".parquet":
+        import io
+
+        return pd.read_parquet(io.BytesIO(raw))
+    payload = json.loads(raw)
+    if isinstance(payload, dict) and set(payload) == {TYPE_KEY, DATA_KEY}:
+        module, _, name = payload[TYPE_KEY].partition(":")
+        if not module.startswith(TRUSTED_MODULES):
+            raise ValueError(f"refusing to load stored type {payload[TYPE_KEY]!r}")
+        cls = getattr(importlib.import_module(module), name)
+        return cls.model_validate(payload[DATA_KEY])
+    return payload
+
+
+class TablesIOManager(dg.UPathIOManager):
+    """Parquet / typed JSON per asset (and partition) under a local or remote base path."""
+
+    extension = ""  # the suffix follows the value's type, see encode()
+    SUFFIXES = (".parquet", ".json")
+
+    def _file(self, path, suffix: str):
+        return path.with_name(path.name + suffix)
+
+    def path_exists(self, path) -> bool:
+        return any(self._file(path, s).exists() for s in self.SUFFIXES)
+
+    def dump_to_path(self, context, obj: Any, path) -> None:
+        suffix, raw = encode(obj)
+        target = self._file(path, suffix)
+        tmp = self._file(path, suffix + ".tmp")
+        with tmp.open("wb") as f:  # never leave a half-written table behind
+            f.write(raw)
+        tmp.rename(target)
+        for other in self.SUFFIXES:  # a value whose type changed must not shadow the new one
+            if other != suffix and self._file(path, other).exists():
+                self._file(path, other).unlink()
+
+    def load_from_path(self, context, path) -> Any:
+        for suffix in self.SUFFIXES:
+            f = self._file(path, suffix)
+            if f.exists():
+                with f.open("rb") as fh:
+                    return decode(suffix, fh.read())
+        raise FileNotFoundError(
+            f"no stored output for asset {context.asset_key.to_user_string()} at {path}.*: "
+            "materialize it first")
+
+    def get_metadata(self, context, obj: Any) -> dict[str, Any]:
+        return {"type": type(obj).__name__}
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         if obj is None:
             return
-        if isinstance(obj, pd.DataFrame):
-            path = self._path(context, ".parquet")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".parquet.tmp")
-            obj.to_parquet(tmp, index=False)
-        else:
-            path = self._path(context, ".json")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(obj, indent=2, default=str))
-        tmp.replace(path)
-        context.add_output_metadata({"path": dg.MetadataValue.path(str(path))})
-
-    def load_input(self, context: dg.InputContext) -> Any:
-        upstream = context.upstream_output
         if context.has_asset_partitions and len(context.asset_partition_keys) > 1:
-            return {k: self._load_one(context, k) for k in context.asset_partition_keys}
-        key = context.asset_partition_key if context.has_asset_partitions else None
-        return self._load_one(context, key, upstream)
+            # a single-run backfill: the asset returns {partition key: value}
+            missing = [k for k in context.asset_partition_keys if k not in obj]
+            if missing:
+                raise ValueError(f"{context.asset_key.to_user_string()}: no value for "
+                                 f"partition(s) {missing[:5]} of this run's range")
+            for pk, path in self._get_paths_for_partitions(context).items():
+                self.make_directory(path.parent)
+                self.dump_to_path(context, obj[pk], path)
+            context.add_output_metadata({"partitions_stored": len(obj)})
+            return
+        super().handle_output(context, obj)
 
-    def _load_one(self, context, partition: str | None, upstream=None) -> Any:
-        base = _key_path(Path(self.base_dir), context.asset_key, partition)
-        for suffix, reader in ((".parquet", pd.read_parquet),
-                               (".json", lambda p: json.loads(Path(p).read_text()))):
-            path = base.with_suffix(suffix)
-            if path.exists():
-                return reader(path)
-        raise FileNotFoundError(
-            f"no stored output for asset {context.asset_key.to_user_string()}"
-            + (f" partition {partition}" if partition else "")
-            + f" under {base}.*: materialize it first"
-        )
+
+class AesIOManager(dg.ConfigurableIOManagerFactory):
+    """The project's IO manager: ``base_uri`` is a folder or an fsspec URL."""
+
+    base_uri: str
+
+    def create_io_manager(self, context) -> TablesIOManager:
+        from upath import UPath
+
+        return TablesIOManager(base_path=UPath(self.base_uri))

@@ -1,4 +1,10 @@
-"""A real Triton server as a Dagster resource: start on a generated repository, hand out clients."""
+"""Triton serving as a resource: score a bundle through a real Triton server.
+
+``TritonResource.scorer()`` starts the bundled ``tritonserver`` (nvidia-pytriton) on the
+generated repository for the duration of a step, or uses an already running server
+(``serving.triton_url``); when neither works it falls back to in-process ONNX Runtime and
+says why. The choice itself lives in ``aes_core.serving.loader.open_scorer``.
+"""
 
 from __future__ import annotations
 
@@ -7,48 +13,20 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from aes_core.serving.triton import TritonError, TritonServer, server_ready
+from aes_core.config import ServingSection
+from aes_core.serving.loader import ScorerChoice, open_scorer
+from aes_core.serving.manifest import Bundle
 
 
 class TritonResource(dg.ConfigurableResource):
-    """Starts ``tritonserver`` (the nvidia-pytriton binary by default) on ``repo`` per use.
+    """``start_server``: start the bundled tritonserver per use when no URL is configured
+    (a deployment with a shared server sets ``serving.triton_url`` instead)."""
 
-    ``url`` set: use that already running server instead of starting one.
-    """
-
-    repo: str = ""
-    url: str | None = None
-    http_port: int = 8000
-    grpc_port: int = 8001
-    metrics_port: int = 8002
-    startup_timeout_s: float = 120.0
-    binary: str | None = None
+    start_server: bool = True
 
     @contextlib.contextmanager
-    def serve(self, repo: str | None = None, log=None) -> Iterator[TritonServer | str]:
-        """Yield a started :class:`TritonServer` (stopped on exit), or ``url`` if external.
-
-        ``server.client()`` returns a ``tritonclient.http.InferenceServerClient``; clients
-        are closed before the server stops.
-        """
-        if self.url:
-            if not server_ready(self.url):
-                raise TritonError(f"no Triton server answers at {self.url}")
-            yield self.url
-            return
-        server = TritonServer(repo or self.repo, http_port=self.http_port,
-                              grpc_port=self.grpc_port, metrics_port=self.metrics_port,
-                              startup_timeout_s=self.startup_timeout_s, binary=self.binary)
-        server.start()
-        if log is not None:
-            log.info(f"tritonserver ready at {server.url} on {server.repo}")
-        try:
-            yield server
-        finally:
-            server.stop()
-
-    def client(self, url: str):
-        """A ``tritonclient.http`` client for ``url`` (caller closes it)."""
-        import tritonclient.http as httpclient
-
-        return httpclient.InferenceServerClient(url, network_timeout=300.0)
+    def scorer(self, bundle: Bundle, serving: ServingSection, log=None,
+               show_progress: bool = False) -> Iterator[ScorerChoice]:
+        with open_scorer(bundle, serving, start_server=self.start_server,
+                         show_progress=show_progress, logger=log) as choice:
+            yield choice

@@ -1,95 +1,101 @@
-"""Export stage: ``{backbone}/onnx_models`` (fold × head, parity-checked), ``tensorrt_engines``
+"""Export stage: ``{backbone}/onnx_models`` (fold x head, parity-checked, written into the
+serving bundle), ``tensorrt_engines``, ``serving_bundle`` (the manifest that commits a bundle)
 and the generated Triton model repository ``triton_repo``.
 
-``{backbone}/onnx_models`` is built per backbone by :func:`export_assets` on the same fold ×
-head partitions as ``{backbone}/fold_head_checkpoints``; its parity with PyTorch is a blocking
-asset check emitted by the asset itself, so nothing downstream runs on a bad export.
+``{backbone}/onnx_models`` shares the fold x head partitions and the single-run backfill
+policy of the checkpoints; its parity with PyTorch is a blocking asset check emitted by the
+asset itself, so nothing downstream runs on a bad export.
 """
 
-import json
-from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 
-from aes_assets.configs import ExportConfig, ServingConfig, effective
-from aes_assets.metadata import md
-from aes_assets.partitions import fold_and_head, fold_head_partitions
+from aes_assets import keys
+from aes_assets.assets.training import as_partition_dict
+from aes_assets.configs import run_config
+from aes_assets.metadata import code_version, config_metadata, md
+from aes_assets.partitions import fold_head_partitions
 from aes_core.config import AesConfig
-from aes_core.ensemble.artifact import GBDT_MEMBER, EnsembleArtifact, member_name
-from aes_core.export.onnx import check_parity, export_onnx
-from aes_core.export.tensorrt import build_engine, sequence_profile
-from aes_core.export.triton_repo import write_triton_repo
+from aes_core.contracts import FoldHeadCheckpoint, GbdtMemberResult, OnnxExport, TritonRepoResult
+from aes_core.ensemble.artifact import EnsembleArtifact
+from aes_core.export.bundle import ExportTask, build_bundle, export_member, typical_stats
+from aes_core.serving.manifest import Bundle, ServingManifest
+from aes_core.training.parallel import cpu_slots, failures, run_jobs
 from aes_resources.mlflow import MlflowTracker
 from aes_resources.settings import PipelineSettings
 from aes_resources.storage import ArtifactStore
 
 GROUP = "export"
-ONNX_ASSET = "onnx_models"
-CHECKPOINTS_ASSET = "fold_head_checkpoints"
 PARITY_CHECK = "onnx_parity"
 
 
-def onnx_key(backbone: str) -> dg.AssetKey:
-    return dg.AssetKey([backbone, ONNX_ASSET])
-
-
-def checkpoints_key(backbone: str) -> dg.AssetKey:
-    return dg.AssetKey([backbone, CHECKPOINTS_ASSET])
-
-
 def onnx_models_asset(cfg: AesConfig, backbone: str) -> dg.AssetsDefinition:
-    """``{backbone}/onnx_models``: one ONNX member folder per fold × head, parity-checked."""
-    key = onnx_key(backbone)
+    """``{backbone}/onnx_models``: one ONNX member folder per fold x head, parity-checked."""
+    key = keys.onnx_key(backbone)
+    ExportRun = run_config(cfg, "export")
 
     @dg.asset(
         key=key, group_name=GROUP, partitions_def=fold_head_partitions(cfg),
-        ins={"checkpoint": dg.AssetIn(key=checkpoints_key(backbone)),
-             "test_essays": dg.AssetIn(key="test_essays")},
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        ins={"checkpoint": dg.AssetIn(key=keys.fold_head_key(backbone)),
+             "test_essays": dg.AssetIn(key=keys.TEST_ESSAYS)},
         check_specs=[dg.AssetCheckSpec(
             PARITY_CHECK, asset=key, blocking=True,
             description="ONNX Runtime vs PyTorch on real essays: max |logit diff| <= "
-                        "export.parity_atol and identical rounded scores")],
-        description=f"Backbone {backbone!r}: ONNX export (dynamic batch and sequence axes) of "
-                    "each fold x head regressor, with tokenizer and spec: {member_dir, ...}.",
+                        "export.parity_atol and identical rounded scores, every partition")],
+        code_version=code_version(cfg.export),
+        description=f"Backbone {backbone!r}: each fold x head regressor in the serving bundle "
+                    "(weights, tokenizer, spec) with its ONNX export (dynamic batch and "
+                    "sequence axes) and parity report.",
         kinds={"onnx"},
     )
-    def _onnx(context: dg.AssetExecutionContext, config: ExportConfig,
-              settings: PipelineSettings, artifacts: ArtifactStore, mlflow: MlflowTracker,
-              checkpoint: dict, test_essays: pd.DataFrame):
-        ecfg = effective(settings.load().export, config)
-        fold, head = fold_and_head(context)
-        model_dir = Path(checkpoint["model_dir"])
-        out = artifacts.folder(key, context.partition_key, fresh=True)
-        onnx_path = export_onnx(model_dir, out, opset=ecfg.opset)
+    def _onnx(context: dg.AssetExecutionContext, config: ExportRun,
+              settings: PipelineSettings, mlflow: MlflowTracker, checkpoint,
+              test_essays: pd.DataFrame):
+        full = settings.resolve(export=config)
+        ecfg = full.export
+        ckpts: dict[str, FoldHeadCheckpoint] = (
+            {context.partition_key: checkpoint} if isinstance(checkpoint, FoldHeadCheckpoint)
+            else checkpoint)
+        pks = list(context.partition_keys)
         texts = test_essays["full_text"].astype(str).head(ecfg.parity_essays).tolist()
-        report = check_parity(model_dir, onnx_path, texts, atol=ecfg.parity_atol)
-        member = member_name(backbone, head)
-        with mlflow.run(f"onnx_models[{backbone}:{context.partition_key}]",
-                        params={"export": ecfg.model_dump()},
-                        tags={"asset": key.to_user_string(), "member": member,
-                              "fold": str(fold)}) as run:
-            if run is not None:
-                import mlflow as mlflow_lib
-
-                mlflow_lib.log_metrics({"parity_max_abs_diff": report.max_abs_diff,
-                                        "parity_passed": float(report.passed)})
-        result = {"member_dir": str(out), "onnx_path": str(onnx_path), "model_dir":
-                  str(model_dir), "backbone": backbone, "head": head, "fold": fold,
-                  "member": member, "parity": report.to_dict()}
-        yield dg.Output(result, metadata={
-            "onnx_path": dg.MetadataValue.path(str(onnx_path)),
-            "onnx_mb": round(onnx_path.stat().st_size / 2**20, 2),
-            "parity_max_abs_diff": report.max_abs_diff, "parity_passed": report.passed,
-        })
+        tasks = [ExportTask(checkpoint_json=ckpts[pk].model_dump_json(),
+                            bundle_dir=str(full.bundle_dir), opset=ecfg.opset,
+                            parity_texts=texts, parity_atol=ecfg.parity_atol) for pk in pks]
+        results = run_jobs(export_member, tasks, cpu_slots(ecfg.workers, len(tasks)))
+        failed = failures(results)
+        if failed:
+            raise dg.Failure(description="ONNX export failed for " + "; ".join(
+                f"{pks[f.index]}: {f.summary}" for f in failed))
+        rows = []
+        for pk, r in zip(pks, results, strict=True):
+            p = r.parity
+            context.add_asset_metadata({
+                "member_dir": dg.MetadataValue.path(r.member_dir),
+                "parity_max_abs_diff": p["max_abs_diff"], "parity_passed": p["passed"],
+            }, partition_key=pk)
+            rows.append({"partition": pk, "max_abs_diff": p["max_abs_diff"],
+                         "rounded_scores_equal": p["rounded_scores_equal"],
+                         "passed": p["passed"]})
+        with mlflow.run(f"{backbone}/onnx_models", params={"export": ecfg.model_dump()},
+                        tags={"asset": key.to_user_string(),
+                              "dagster_run_id": context.run_id}) as run:
+            run.metrics({"parity_max_abs_diff": max(r["max_abs_diff"] for r in rows),
+                         "parity_passed": float(all(r["passed"] for r in rows))})
+        table = pd.DataFrame(rows)
+        bad = table[~table["passed"]]
+        yield dg.Output(results[0] if len(pks) == 1 else dict(zip(pks, results, strict=True)),
+                        metadata={"partitions": len(pks), "parity": md(table, index=False),
+                                  **config_metadata(ecfg)})
         yield dg.AssetCheckResult(
-            check_name=PARITY_CHECK, asset_key=key, passed=report.passed,
+            check_name=PARITY_CHECK, asset_key=key, passed=bad.empty,
             severity=dg.AssetCheckSeverity.ERROR,
-            metadata={"max_abs_diff": report.max_abs_diff, "atol": report.atol,
-                      "score_max_abs_diff": report.score_max_abs_diff,
-                      "rounded_scores_equal": report.rounded_scores_equal,
-                      "essays": report.n_essays,
-                      "mismatched_rows": dg.MetadataValue.json(report.mismatched_rows)})
+            metadata={"max_abs_diff": float(table["max_abs_diff"].max()),
+                      "atol": ecfg.parity_atol, "partitions": len(pks),
+                      "failed_partitions": dg.MetadataValue.json(bad["partition"].tolist()),
+                      "rounded_scores_equal": bool(table["rounded_scores_equal"].all()),
+                      "essays": len(texts)})
 
     return _onnx
 
@@ -99,115 +105,103 @@ def export_assets(cfg: AesConfig, backbone: str) -> list:
     return [onnx_models_asset(cfg, backbone)]
 
 
-def _by_member(onnx_models: dict[str, dict]) -> dict[str, list[dict]]:
-    """{partition: meta} of all backbones -> {member: [meta per fold, in fold order]}."""
-    out: dict[str, list[dict]] = {}
-    for meta in onnx_models.values():
-        out.setdefault(meta["member"], []).append(meta)
-    return {m: sorted(v, key=lambda x: int(x["fold"])) for m, v in out.items()}
-
-
 def _onnx_ins(cfg: AesConfig) -> dict[str, dg.AssetIn]:
-    return {f"onnx_{b.name}": dg.AssetIn(key=onnx_key(b.name)) for b in cfg.backbones}
+    return {keys.ins_name(keys.onnx_key(b.name)): dg.AssetIn(key=keys.onnx_key(b.name))
+            for b in cfg.backbones}
 
 
-def _gather(kwargs: dict) -> dict[str, dict]:
-    merged: dict[str, dict] = {}
-    for name, value in kwargs.items():
-        if name.startswith("onnx_"):
-            merged.update({f"{name[5:]}:{k}": v for k, v in value.items()})
-    return merged
+def _exports(kwargs: dict) -> list[OnnxExport]:
+    return [e for v in kwargs.values() for e in as_partition_dict(v).values()]
 
 
 def serving_assets(cfg: AesConfig) -> list:
-    """``tensorrt_engines`` and ``triton_repo`` (inputs: every backbone's onnx_models)."""
+    """``tensorrt_engines``, ``serving_bundle`` and ``triton_repo``."""
+    ServingRun = run_config(cfg, "serving")
+    ExportRun = run_config(cfg, "export")
 
     @dg.asset(
-        name="tensorrt_engines", group_name=GROUP,
-        ins={**_onnx_ins(cfg), "test_essays": dg.AssetIn(key="test_essays")},
+        key=keys.TENSORRT, group_name=GROUP,
+        ins={**_onnx_ins(cfg), "test_essays": dg.AssetIn(key=keys.TEST_ESSAYS)},
+        code_version=code_version(cfg.export),
         description="fp16 TensorRT engines per fold x head with sequence-length profiles from "
                     "the essays' token lengths; where no TensorRT builder or GPU exists, a "
-                    "recorded skip reason (Triton then serves the ONNX models).",
+                    "recorded skip reason (Triton then serves the exported models).",
         kinds={"tensorrt"},
     )
-    def tensorrt_engines(context: dg.AssetExecutionContext, config: ExportConfig,
+    def tensorrt_engines(context: dg.AssetExecutionContext, config: ExportRun,
                          settings: PipelineSettings, artifacts: ArtifactStore,
                          test_essays: pd.DataFrame, **onnx_models) -> dict:
-        from aes_core.models.regressor import load_regressor_tokenizer
-        from aes_core.serving.onnx_scorer import tokenize
+        from aes_core.export.tensorrt import build_engines
 
-        full = settings.load()
-        ecfg = effective(full.export, config)
+        ecfg = settings.resolve(export=config).export
         texts = test_essays["full_text"].astype(str).head(ecfg.trt_profile_essays).tolist()
-        engines: dict[str, list[str | None]] = {}
-        rows, reasons, profiles = [], set(), {}
-        for member, metas in _by_member(_gather(onnx_models)).items():
-            spec_dir = Path(metas[0]["member_dir"])
-            from aes_core.export.onnx import load_spec
-
-            spec = load_spec(spec_dir)
-            lengths = [len(s) for s in tokenize(load_regressor_tokenizer(spec_dir), texts, spec)]
-            profile = sequence_profile(lengths, spec.max_length, ecfg)
-            profiles[member] = profile.__dict__
-            engines[member] = []
-            for meta in metas:
-                out = artifacts.folder(dg.AssetKey("tensorrt_engines"),
-                                       f"{member}__f{meta['fold']}", fresh=True)
-                res = build_engine(meta["onnx_path"], out, profile, ecfg)
-                engines[member].append(res.plan_path)
-                reasons.add(res.reason)
-                rows.append({"member": member, "fold": meta["fold"], "built": not res.skipped,
-                             "min/opt/max len": f"{profile.min_len}/{profile.opt_len}/"
-                                                f"{profile.max_len}"})
-        skipped = not any(p for ps in engines.values() for p in ps)
-        reason = "; ".join(sorted(reasons))
-        if skipped:
-            context.log.warning(f"TensorRT engines skipped: {reason}")
+        out = build_engines(_exports(onnx_models), texts, ecfg,
+                            lambda name: artifacts.folder(keys.TENSORRT, name, fresh=True))
+        if out["skipped"]:
+            context.log.warning(f"TensorRT engines skipped: {out['reason']}")
         context.add_output_metadata({
-            "skipped": skipped, "reason": reason, "fp16": ecfg.trt_fp16,
+            "skipped": out["skipped"], "reason": out["reason"], "fp16": ecfg.trt_fp16,
             "workspace_mb": ecfg.trt_workspace_mb,
-            "engines": md(pd.DataFrame(rows), index=False) if rows else "none",
+            "engines": md(pd.DataFrame(out["rows"]), index=False) if out["rows"] else "none",
         })
-        return {"engines": engines, "skipped": skipped, "reason": reason,
-                "profiles": profiles, "fp16": ecfg.trt_fp16,
-                "workspace_mb": ecfg.trt_workspace_mb}
+        return out
 
     @dg.asset(
-        name="triton_repo", group_name=GROUP,
-        ins={**_onnx_ins(cfg), "ensemble_weights": dg.AssetIn(key="ensemble_weights"),
-             "gbdt_member": dg.AssetIn(key="gbdt_member"),
-             "tensorrt_engines": dg.AssetIn(key="tensorrt_engines")},
-        description="The Triton model repository (serving.triton_repo): one model per fold x "
-                    "head member + a Python BLS `scorer` (TEXT -> SCORE/BLENDED/MEMBERS) that "
-                    "averages folds, blends with the ensemble weights and thresholds.",
+        key=keys.BUNDLE, group_name=GROUP,
+        ins={**_onnx_ins(cfg), "ensemble_weights": dg.AssetIn(key=keys.ENSEMBLE),
+             "gbdt_member": dg.AssetIn(key=keys.GBDT),
+             "folded_essays": dg.AssetIn(key=keys.FOLDED)},
+        code_version=code_version(cfg.web, cfg.serving),
+        description="The serving bundle (serving.bundle_dir): manifest.json + the ensemble, "
+                    "its fold models, the GBDT member and typical essay statistics. Serving, "
+                    "the inbox, the rescoring schedule and the teachers' page read only this.",
+    )
+    def serving_bundle(context: dg.AssetExecutionContext, settings: PipelineSettings,
+                       ensemble_weights: EnsembleArtifact, gbdt_member: GbdtMemberResult,
+                       folded_essays: pd.DataFrame, **onnx_models) -> ServingManifest:
+        full = settings.config
+        stats = typical_stats(folded_essays, full.web.typical_low_q, full.web.typical_high_q)
+        manifest = build_bundle(full.bundle_dir, ensemble_weights, _exports(onnx_models),
+                                gbdt_member.model_dir, stats, profile=full.profile,
+                                config_hash=settings.config_hash)
+        context.add_output_metadata({
+            "bundle_dir": dg.MetadataValue.path(str(full.bundle_dir)),
+            "members": dg.MetadataValue.json(manifest.member_names()),
+            "fold_models": sum(len(m.folds) for m in manifest.members),
+            "git_commit": manifest.git_commit,
+        })
+        return manifest
+
+    @dg.asset(
+        key=keys.TRITON_REPO, group_name=GROUP,
+        ins={"serving_bundle": dg.AssetIn(key=keys.BUNDLE),
+             "tensorrt_engines": dg.AssetIn(key=keys.TENSORRT)},
+        code_version=code_version(cfg.serving),
+        description="The Triton model repository (serving.triton_repo), generated from the "
+                    "serving bundle: one model per fold x head member + a Python BLS `scorer` "
+                    "(TEXT -> SCORE/BLENDED/MEMBERS) that averages folds, blends and applies "
+                    "the thresholds.",
         kinds={"triton"},
     )
-    def triton_repo(context: dg.AssetExecutionContext, config: ServingConfig,
-                    settings: PipelineSettings, ensemble_weights: dict, gbdt_member: dict,
-                    tensorrt_engines: dict, **onnx_models) -> dict:
-        scfg = effective(settings.load().serving, config)
-        ensemble = EnsembleArtifact.model_validate(ensemble_weights)
-        by_member = _by_member(_gather(onnx_models))
-        member_dirs = {m: [meta["member_dir"] for meta in by_member.get(m, [])]
-                       for m in ensemble.members if m != GBDT_MEMBER}
-        missing = [m for m, d in member_dirs.items() if not d]
-        if missing:
-            raise ValueError(f"ensemble members {missing} have no onnx_models partitions; "
-                             f"exported members: {sorted(by_member)}")
-        gbdt_dir = gbdt_member.get("model_dir") if GBDT_MEMBER in ensemble.members else None
-        manifest = write_triton_repo(scfg.triton_repo, ensemble, member_dirs, scfg,
-                                     gbdt_dir=gbdt_dir, plans=tensorrt_engines.get("engines"))
+    def triton_repo(context: dg.AssetExecutionContext, config: ServingRun,
+                    settings: PipelineSettings, serving_bundle: ServingManifest,
+                    tensorrt_engines: dict) -> TritonRepoResult:
+        from aes_core.export.triton_repo import write_triton_repo
+
+        full = settings.resolve(serving=config)
+        scfg = full.serving
+        bundle = Bundle.load(full.bundle_dir)
+        written = write_triton_repo(scfg.triton_repo, bundle, scfg,
+                                    plans=tensorrt_engines.get("engines"))
         context.add_output_metadata({
             "repository": dg.MetadataValue.path(scfg.triton_repo),
-            "variant": manifest.variant, "models": len(manifest.model_names()),
-            "model_names": dg.MetadataValue.json(manifest.model_names()),
-            "plans": len(manifest.plans),
-            "scorer_config": dg.MetadataValue.md(
-                "```\n" + (Path(scfg.triton_repo) / "scorer" / "config.pbtxt").read_text()
-                + "```"),
+            "backend": written.backend, "models": len(written.model_names()),
+            "model_names": dg.MetadataValue.json(written.model_names()),
+            "plans": len(written.plans), **config_metadata(scfg),
         })
-        return {"repo": scfg.triton_repo, "variant": manifest.variant,
-                "models": manifest.members, "member_dirs": member_dirs,
-                "gbdt_dir": gbdt_dir, "ensemble": json.loads(ensemble.model_dump_json())}
+        return TritonRepoResult(repo=scfg.triton_repo, backend=written.backend,
+                                models=written.members,
+                                manifest_path=str(full.bundle_dir / "manifest.json"))
 
-    return [tensorrt_engines, triton_repo]
+    return [tensorrt_engines, serving_bundle, triton_repo]
+

@@ -1,76 +1,82 @@
-"""Serving stage: ``submission`` scores ``test_essays`` through a real Triton server.
+"""Serving stage: ``submission`` scores ``test_essays`` from the serving bundle through a real
+Triton server (in-process ONNX Runtime when no server is usable: identical scores)."""
 
-Triton serves when ``serving.use_triton`` and the server starts; otherwise (or if it fails to
-start) the in-process ONNX Runtime scorer gives the same scores from the same exported models.
-"""
 
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 
-from aes_assets.configs import ServingConfig, effective
-from aes_assets.metadata import md, score_histogram
-from aes_core.ensemble.artifact import EnsembleArtifact
+from aes_assets import keys
+from aes_assets.configs import run_config
+from aes_assets.metadata import code_version, config_metadata, md, score_histogram
+from aes_core.config import AesConfig
+from aes_core.contracts import TritonRepoResult
+from aes_core.metrics import qwk
 from aes_core.serving.base import score_frame
-from aes_core.serving.onnx_scorer import OnnxScorer
+from aes_core.serving.manifest import Bundle, ServingManifest
 from aes_core.serving.submission import evaluate_submission, write_submission
 from aes_resources.mlflow import MlflowTracker
 from aes_resources.settings import PipelineSettings
 from aes_resources.triton import TritonResource
 
 GROUP = "serving"
+MEMBER_PREDICTIONS = "test_member_predictions.parquet"
 
 
-@dg.asset(
-    group_name=GROUP, ins={"test_essays": dg.AssetIn(), "triton_repo": dg.AssetIn()},
-    description="submission.csv (essay_id, score 1..6, every test id once) scored through "
-                "Triton (or in-process ONNX Runtime, identical scores); QWK and confusion "
-                "matrix in the metadata when test labels exist.",
-    kinds={"csv"},
-)
-def submission(context: dg.AssetExecutionContext, config: ServingConfig,
-               settings: PipelineSettings, triton: TritonResource, mlflow: MlflowTracker,
-               test_essays: pd.DataFrame, triton_repo: dict) -> pd.DataFrame:
-    full = settings.load()
-    scfg = effective(full.serving, config)
-    ensemble = EnsembleArtifact.model_validate(triton_repo["ensemble"])
-    essays = test_essays[["essay_id", "full_text"]]
-    scored, via, fallback = None, "onnxruntime (in-process)", ""
-    if scfg.use_triton:
-        from aes_core.serving.triton import TritonError, TritonScorer
+def submission_asset(cfg: AesConfig) -> dg.AssetsDefinition:
+    ServingRun = run_config(cfg, "serving")
 
-        try:
-            with triton.serve(triton_repo["repo"], log=context.log) as server:
-                url = server if isinstance(server, str) else server.url
-                client = None if isinstance(server, str) else server.client()
-                scorer = TritonScorer(url, ensemble, batch_size=scfg.request_batch_size,
-                                      client=client)
-                scored = score_frame(scorer, essays)
-                via = f"triton ({url})"
-        except TritonError as e:
-            fallback = str(e).splitlines()[0]
-            context.log.warning(f"Triton unavailable, scoring in-process instead: {e}")
-    if scored is None:
-        scorer = OnnxScorer(ensemble, triton_repo["member_dirs"], triton_repo.get("gbdt_dir"),
-                            batch_size=scfg.request_batch_size,
-                            intra_op_threads=scfg.ort_threads, show_progress=True)
-        scored = score_frame(scorer, essays)
-    df = scored.to_frame()
-    path = write_submission(df, essays["essay_id"].astype(str).tolist(),
-                            Path(full.storage_root) / "submission.csv")
-    meta = {"path": dg.MetadataValue.path(str(path)), "rows": len(df), "scored_via": via,
-            "score_histogram": score_histogram(df)}
-    if fallback:
-        meta["triton_fallback_reason"] = fallback
-    ev = evaluate_submission(df, test_essays)
-    if ev is not None:
-        meta.update({"test_qwk": ev["qwk"], "labelled_rows": ev["n"],
-                     "confusion_matrix": md(ev["confusion"])})
-        with mlflow.run("submission", tags={"asset": "submission", "scored_via": via}) as run:
-            if run is not None:
-                import mlflow as mlflow_lib
+    @dg.asset(
+        key=keys.SUBMISSION, group_name=GROUP,
+        ins={"test_essays": dg.AssetIn(key=keys.TEST_ESSAYS),
+             "serving_bundle": dg.AssetIn(key=keys.BUNDLE),
+             "triton_repo": dg.AssetIn(key=keys.TRITON_REPO)},
+        code_version=code_version(cfg.serving),
+        description="submission.csv (essay_id, score 1..6, every test id once) scored from the "
+                    "serving bundle through Triton (or in-process ONNX Runtime, identical "
+                    "scores); QWK, per-member QWK and confusion matrix when test labels exist.",
+        kinds={"csv"},
+    )
+    def submission(context: dg.AssetExecutionContext, config: ServingRun,
+                   settings: PipelineSettings, triton: TritonResource, mlflow: MlflowTracker,
+                   test_essays: pd.DataFrame, serving_bundle: ServingManifest,
+                   triton_repo: TritonRepoResult) -> pd.DataFrame:
+        full = settings.resolve(serving=config)
+        bundle = Bundle.load(full.bundle_dir)
+        essays = test_essays[["essay_id", "full_text"]]
+        with triton.scorer(bundle, full.serving, log=context.log) as choice:
+            scored = score_frame(choice.scorer, essays)
+        df = scored.to_frame()
+        storage = Path(full.storage_root)
+        path = write_submission(df, essays["essay_id"].astype(str).tolist(),
+                                storage / "submission.csv")
+        preds = scored.to_frame(with_members=True)
+        preds.to_parquet(storage / MEMBER_PREDICTIONS, index=False)
+        meta = {"submission_csv": dg.MetadataValue.path(str(path)), "rows": len(df),
+                "scored_via": choice.via, "score_histogram": score_histogram(df),
+                "member_predictions": dg.MetadataValue.path(str(storage / MEMBER_PREDICTIONS)),
+                **config_metadata(full.serving)}
+        if choice.fallback_reason:
+            meta["triton_fallback_reason"] = choice.fallback_reason
+        ev = evaluate_submission(df, test_essays)
+        if ev is not None:
+            y = test_essays.set_index("essay_id")["score"]
+            labelled = preds[preds["essay_id"].map(y).notna()]
+            truth = labelled["essay_id"].map(y).astype(int).to_numpy()
+            per_member = {m: qwk(truth, np.clip(np.rint(labelled[m]), 1, 6))
+                          for m in scored.members}
+            meta.update({"test_qwk": ev["qwk"], "labelled_rows": ev["n"],
+                         "confusion_matrix": md(ev["confusion"]),
+                         **{f"test_qwk_rounded/{m}": q for m, q in per_member.items()}})
+            with mlflow.run("submission", tags={"asset": "submission",
+                                                "scored_via": choice.via,
+                                                "dagster_run_id": context.run_id}) as run:
+                run.metrics({"test_qwk": ev["qwk"],
+                             **{f"test_qwk_rounded.{m}": q for m, q in per_member.items()}})
+            context.log.info(f"submission: test QWK {ev['qwk']:.4f} via {choice.via}")
+        context.add_output_metadata(meta)
+        return df
 
-                mlflow_lib.log_metric("test_qwk", ev["qwk"])
-    context.add_output_metadata(meta)
-    return df
+    return submission

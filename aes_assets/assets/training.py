@@ -1,114 +1,156 @@
 """Training stage: the backbone-keyed asset factory and the out-of-fold table.
 
 Per configured backbone ``b`` (a config entry, no code): ``b/mlm_backbone`` and
-``b/fold_head_checkpoints`` (fold x head partitions, two-stage recipe). ``oof_predictions``
-gathers every backbone's partitions into one table. Other stages add their own per-backbone
-assets the same way: write ``def my_assets(cfg, backbone) -> list`` and extend
-``backbone_assets``.
+``b/fold_head_checkpoints`` (fold x head partitions, two-stage recipe). The partitioned asset
+has a single-run backfill policy: a backfill (or the pipeline driver) materializes any set of
+partitions in ONE step, which spreads them over the GPU resource's worker slots (K worker
+processes per GPU, or CPU workers). Every partition still gets its own materialization
+metadata and MLflow run, and can be re-run alone (``--partition 2|lstm``).
 """
 
+
+import time
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 
-from aes_assets.assets.backbone import backbone_group, mlm_backbone_asset
-from aes_assets.configs import TrainConfig, effective
-from aes_assets.metadata import md
-from aes_assets.partitions import FOLD_DIM, HEAD_DIM, fold_and_head, fold_head_partitions
+from aes_assets import keys
+from aes_assets.assets.backbone import mlm_backbone_asset
+from aes_assets.configs import run_config
+from aes_assets.metadata import code_version, config_metadata, md
+from aes_assets.partitions import fold_head_partitions, partition_key, split_partition_key
 from aes_core.config import AesConfig, BackboneSection
+from aes_core.contracts import FoldHeadCheckpoint, MlmBackbone
+from aes_core.training.parallel import JobFailure, failures, run_jobs
+from aes_core.training.stages import PartitionTask, stage_history, train_partition
 from aes_resources.gpu import GpuResource
 from aes_resources.mlflow import MlflowTracker
 from aes_resources.settings import PipelineSettings
 from aes_resources.storage import ArtifactStore
 
-FOLD_HEAD_ASSET = "fold_head_checkpoints"
-OOF_ASSET = "oof_predictions"
+FOLDED_FILE = "folded.parquet"
 
 
-def fold_head_key(backbone: str) -> dg.AssetKey:
-    return dg.AssetKey([backbone, FOLD_HEAD_ASSET])
+class Progress:
+    """"k of N" with elapsed and estimated remaining time, for long multi-partition steps."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.t0 = total, 0, time.time()
+
+    def step(self) -> str:
+        self.done += 1
+        elapsed = time.time() - self.t0
+        left = elapsed / self.done * (self.total - self.done)
+        return (f"{self.done} of {self.total} done, {elapsed / 60:.1f} min elapsed, "
+                f"~{left / 60:.1f} min left")
 
 
-def mlm_key(backbone: str) -> dg.AssetKey:
-    return dg.AssetKey([backbone, "mlm_backbone"])
-
-
-def partition_key(fold: int, head: str) -> str:
-    return str(dg.MultiPartitionKey({FOLD_DIM: str(fold), HEAD_DIM: head}))
+def _partition_metadata(r: FoldHeadCheckpoint) -> dict:
+    return {
+        "model_dir": dg.MetadataValue.path(r.model_dir),
+        "stage1_val_qwk": r.stage1_val_qwk, "stage2_val_qwk": r.stage2_val_qwk,
+        "kept_stage": r.kept_stage, "fold_qwk": r.fold_qwk, "fold_essays": r.fold_essays,
+        "train_tokens": r.train_tokens, "seconds": r.seconds,
+        "tokens_per_second": round(r.train_tokens / max(
+            r.stage1.seconds + (r.stage2.seconds if r.stage2 else 0.0), 1e-9)),
+        "peak_gpu_gib": r.peak_gpu_gib, "device": r.device, "reused": r.reused,
+        "notes": "; ".join(r.notes) or "none", "trainable_params": r.trainable_params,
+    }
 
 
 def fold_head_asset(cfg: AesConfig, backbone: BackboneSection) -> dg.AssetsDefinition:
     """``{backbone}/fold_head_checkpoints``: one partition = one fold x head, two stages."""
     name = backbone.name
+    TrainRun = run_config(cfg, "train")
 
     @dg.asset(
-        name=FOLD_HEAD_ASSET, key_prefix=[name], group_name=backbone_group(name),
+        key=keys.fold_head_key(name), group_name=keys.backbone_group(name),
         partitions_def=fold_head_partitions(cfg),
-        ins={"folded_essays": dg.AssetIn(key="folded_essays"),
-             "mlm_backbone": dg.AssetIn(key=mlm_key(name))},
-        description=f"Backbone {name!r} + head fine-tuned on folds != i in two stages; the "
-                    "final model folder, stage QWKs and OOF predictions on fold i.",
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        ins={"folded_essays": dg.AssetIn(key=keys.FOLDED),
+             "mlm_backbone": dg.AssetIn(key=keys.mlm_key(name))},
+        code_version=code_version(cfg.train, cfg.heads, backbone),
+        description=f"Backbone {name!r} + head fine-tuned on folds != i in two stages: the "
+                    "final model folder, stage QWKs and OOF predictions on fold i. A backfill "
+                    "trains its partitions in one step over the GPU worker slots.",
         kinds={"pytorch"},
     )
-    def _fold_head(context: dg.AssetExecutionContext, config: TrainConfig,
+    def _fold_head(context: dg.AssetExecutionContext, config: TrainRun,
                    settings: PipelineSettings, artifacts: ArtifactStore, mlflow: MlflowTracker,
-                   gpu: GpuResource, folded_essays: pd.DataFrame, mlm_backbone: dict) -> dict:
-        from pathlib import Path
-
-        from aes_core.training.stages import FoldHeadJob, train_fold_head
-
-        full = settings.load()
-        full = full.model_copy(update={"train": effective(full.train, config)})
-        fold, head = fold_and_head(context)
-        pk = context.partition_key
+                   gpu: GpuResource, folded_essays: pd.DataFrame, mlm_backbone: MlmBackbone):
+        full = settings.resolve(train=config)
+        pks = list(context.partition_keys)
+        step_dir = artifacts.folder(context.asset_key)
+        folded_path = step_dir / f"{FOLDED_FILE}.{context.run_id[:8]}"
+        folded_essays.to_parquet(folded_path, index=False)
+        slots = gpu.worker_slots(len(pks))
         tags = dict(context.run.tags)
-        out = artifacts.folder(context.asset_key, pk)
-        job = FoldHeadJob(
-            cfg=full, backbone=full.backbone(name), backbone_path=Path(mlm_backbone["path"]),
-            fold=fold, head=head, out_dir=out, trainer_kwargs=gpu.trainer_kwargs(pk, tags),
-            device=gpu.inference_device(pk, tags), amp_dtype=gpu.amp_dtype(),
-            log_fn=context.log.info,
-        )
-        context.log.info(f"{name} fold {fold} head {head}: trainer {job.trainer_kwargs}, "
-                         f"artifacts {out}")
-        params = {"train": full.train.model_dump(), "heads": full.heads.model_dump(),
-                  "backbone": full.backbone(name).model_dump(), "fold": fold, "head": head,
-                  "backbone_path": mlm_backbone["path"],
-                  "trainer": {k: str(v) for k, v in job.trainer_kwargs.items()}}
-        run_tags = {"asset": f"{name}/{FOLD_HEAD_ASSET}", "partition": pk, "backbone": name,
-                    "head": head, "fold": str(fold), "dagster_run_id": context.run_id}
-        with mlflow.run(f"{name}/{FOLD_HEAD_ASSET}[{pk}]", params=params, tags=run_tags) as run:
-            if run is not None:
-                from lightning.pytorch.loggers import MLFlowLogger
+        tasks = []
+        for pk in pks:
+            fold, head = split_partition_key(pk)
+            pinned = slots[0].in_process is False
+            tasks.append(PartitionTask(
+                cfg_json=full.model_dump_json(), backbone=name,
+                backbone_path=mlm_backbone.path, fold=fold, head=head,
+                out_dir=str(artifacts.folder(context.asset_key, pk)),
+                folded_path=str(folded_path),
+                trainer_kwargs=gpu.trainer_kwargs(pk, tags, 0 if pinned else None),
+                device=gpu.inference_device(pk, tags, 0 if pinned else None),
+                amp=gpu.amp_name()))
+        context.log.info(f"{name}: {len(pks)} partition(s) on {len(slots)} worker slot(s) "
+                         f"[{', '.join(s.describe() for s in slots)}]")
+        progress = Progress(len(pks))
 
-                def loggers(stage: str) -> list:
-                    return [MLFlowLogger(experiment_name=mlflow.experiment,
-                                         tracking_uri=mlflow.tracking_uri,
-                                         run_id=run.info.run_id, prefix=stage)]
+        def on_result(i: int, r: FoldHeadCheckpoint | JobFailure) -> None:
+            pk = pks[i]
+            if isinstance(r, JobFailure):
+                context.log.error(f"{name} [{pk}] failed: {r.summary} ({progress.step()})")
+                return
+            context.add_asset_metadata(_partition_metadata(r), partition_key=pk)
+            if not r.reused:
+                _track(mlflow, context.run_id, name, pk, full, r)
+            context.log.info(
+                f"{name} [{pk}]: fold QWK {r.fold_qwk:.4f}, {r.kept_stage} weights"
+                + (" (reused)" if r.reused else f", {r.seconds:.0f}s")
+                + f" - {progress.step()}")
 
-                job.loggers = loggers
-            result = train_fold_head(job, folded_essays)
-            if run is not None:
-                import mlflow as mlf
-
-                mlf.log_metrics({k: v for k, v in (
-                    ("stage1_val_qwk", result["stage1_val_qwk"]),
-                    ("stage2_val_qwk", result["stage2_val_qwk"]),
-                    ("fold_qwk", result["fold_qwk"])) if v is not None})
-                mlf.log_param("checkpoint_path", result["model_dir"])
-                mlf.set_tag("notes", "; ".join(result["notes"])[:5000] or "none")
-        context.add_output_metadata({
-            "model_dir": dg.MetadataValue.path(result["model_dir"]),
-            "stage1_val_qwk": result["stage1_val_qwk"],
-            "stage2_val_qwk": result["stage2_val_qwk"],
-            "fold_qwk": result["fold_qwk"], "fold_essays": result["fold_essays"],
-            "stage1_resumed_from": str(result["stage1"].get("resumed_from")),
-            "notes": "; ".join(result["notes"]) or "none",
-            "trainable_params": result["trainable_params"],
-        })
-        return result
+        results = run_jobs(train_partition, tasks, slots, on_result)
+        folded_path.unlink(missing_ok=True)
+        failed = failures(results)
+        if failed:
+            listed = "; ".join(f"{pks[f.index]}: {f.summary}" for f in failed)
+            raise dg.Failure(
+                description=f"{len(failed)} of {len(pks)} partition(s) failed: {listed}. The "
+                            f"others are complete and are reused when the step runs again; "
+                            f"re-run one alone with its partition key.",
+                metadata={"errors": dg.MetadataValue.md("\n\n".join(
+                    f"**{pks[f.index]}**\n```\n{f.error[-3000:]}\n```" for f in failed))})
+        context.add_output_metadata(config_metadata(full.train, full.heads))
+        if len(pks) == 1:
+            return results[0]
+        return dict(zip(pks, results, strict=True))
 
     return _fold_head
+
+
+def _track(mlflow: MlflowTracker, run_id: str, backbone: str, pk: str, cfg: AesConfig,
+           r: FoldHeadCheckpoint) -> None:
+    """One MLflow run per trained partition: config, stage metrics history, final figures."""
+    params = {"train": cfg.train.model_dump(), "heads": cfg.heads.model_dump(),
+              "backbone": cfg.backbone(backbone).model_dump(), "fold": r.fold, "head": r.head,
+              "checkpoint_path": r.model_dir, "device": r.device}
+    tags = {"asset": f"{backbone}/{keys.FOLD_HEAD_ASSET}", "partition": pk,
+            "backbone": backbone, "head": r.head, "fold": str(r.fold),
+            "dagster_run_id": run_id, "kept_stage": r.kept_stage,
+            "notes": "; ".join(r.notes) or "none"}
+    with mlflow.run(f"{backbone}/{keys.FOLD_HEAD_ASSET}[{pk}]", params=params,
+                    tags=tags) as run:
+        for stage, rows in stage_history(Path(r.model_dir).parent).items():
+            run.history(rows, prefix=f"{stage}-")
+        run.metrics({"stage1_val_qwk": r.stage1_val_qwk, "stage2_val_qwk": r.stage2_val_qwk,
+                     "fold_qwk": r.fold_qwk, "train_tokens": r.train_tokens,
+                     "seconds": r.seconds})
 
 
 def backbone_assets(cfg: AesConfig, backbone: BackboneSection) -> list[dg.AssetsDefinition]:
@@ -116,40 +158,43 @@ def backbone_assets(cfg: AesConfig, backbone: BackboneSection) -> list[dg.Assets
     return [mlm_backbone_asset(cfg, backbone), fold_head_asset(cfg, backbone)]
 
 
+def as_partition_dict(value: object) -> dict[str, object]:
+    """An all-partitions input as ``{partition key: value}`` (one stored partition arrives
+    as the value itself)."""
+    if isinstance(value, dict):
+        return value
+    return {} if value is None else {"?": value}
+
+
 def oof_predictions_asset(cfg: AesConfig) -> dg.AssetsDefinition:
     """``oof_predictions``: every backbone x head member's out-of-fold predictions."""
-    names = [b.name for b in cfg.backbones]
+    ins = {keys.ins_name(keys.fold_head_key(b.name)): dg.AssetIn(
+        key=keys.fold_head_key(b.name), metadata={"allow_missing_partitions": True})
+        for b in cfg.backbones}
+    ins["folded_essays"] = dg.AssetIn(key=keys.FOLDED)
 
-    @dg.asset(
-        name=OOF_ASSET, group_name="training",
-        deps=[fold_head_key(n) for n in names],
-        ins={"folded_essays": dg.AssetIn(key="folded_essays")},
-        description="Out-of-fold predictions (1..6) of every {backbone}__{head} member on "
-                    "every essay; fails listing partitions that are not trained.",
-    )
+    @dg.asset(key=keys.OOF, group_name="training", ins=ins,
+              code_version=code_version(cfg.heads, cfg.folds),
+              description="Out-of-fold predictions (1..6) of every {backbone}__{head} member "
+                          "on every essay; fails listing partitions that are not trained.")
     def _oof(context: dg.AssetExecutionContext, settings: PipelineSettings,
-             artifacts: ArtifactStore, mlflow: MlflowTracker,
-             folded_essays: pd.DataFrame) -> pd.DataFrame:
+             mlflow: MlflowTracker, folded_essays: pd.DataFrame, **checkpoints) -> pd.DataFrame:
         from aes_core.training.oof import MissingPartitionsError, build_oof_table, qwk_reports
-        full = settings.load()
-        dirs = {}
-        for bb in full.backbones:
-            for head in full.heads.heads:
-                for fold in range(full.folds.n_folds):
-                    dirs[(bb.name, head, fold)] = artifacts.path(
-                        fold_head_key(bb.name), partition_key(fold, head))
+
+        full = settings.config
+        found = [c for v in checkpoints.values() for c in as_partition_dict(v).values()]
+        expected = [(b.name, h, f) for b in full.backbones for h in full.heads.heads
+                    for f in range(full.folds.n_folds)]
         try:
-            table = build_oof_table(folded_essays, dirs)
+            table = build_oof_table(folded_essays, found, expected)
         except MissingPartitionsError as e:
             raise dg.Failure(description=str(e)) from e
         reports = qwk_reports(table)
         overall = reports["overall"]["qwk"].to_dict()
-        with mlflow.run(OOF_ASSET, params={"members": list(overall)},
-                        tags={"asset": OOF_ASSET}) as run:
-            if run is not None:
-                import mlflow as mlf
-
-                mlf.log_metrics({f"oof_qwk.{m}": v for m, v in overall.items()})
+        with mlflow.run(keys.OOF.to_user_string(), params={"members": list(overall)},
+                        tags={"asset": keys.OOF.to_user_string(),
+                              "dagster_run_id": context.run_id}) as run:
+            run.metrics({f"oof_qwk.{m}": v for m, v in overall.items()})
         for m, v in overall.items():
             context.log.info(f"OOF QWK {m}: {v:.4f}")
         context.add_output_metadata({
@@ -169,3 +214,6 @@ def training_assets(cfg: AesConfig) -> list[dg.AssetsDefinition]:
     for bb in cfg.backbones:
         out += backbone_assets(cfg, bb)
     return out + [oof_predictions_asset(cfg)]
+
+
+__all__ = ["training_assets", "partition_key", "fold_head_asset", "oof_predictions_asset"]

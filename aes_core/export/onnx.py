@@ -80,11 +80,19 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = 17) -> 
         )
     if not onnx_path.exists():
         raise ExportError(f"{model_dir}: torch.onnx.export wrote no file at {onnx_path}")
-    shutil.copy2(model_dir / SPEC_FILE, out_dir / SPEC_FILE)
-    if (out_dir / BACKBONE_DIR).exists():
-        shutil.rmtree(out_dir / BACKBONE_DIR)
-    shutil.copytree(model_dir / BACKBONE_DIR, out_dir / BACKBONE_DIR)
+    if not _same(model_dir / SPEC_FILE, out_dir / SPEC_FILE):  # a linked copy already has them
+        shutil.copy2(model_dir / SPEC_FILE, out_dir / SPEC_FILE)
+        if (out_dir / BACKBONE_DIR).exists():
+            shutil.rmtree(out_dir / BACKBONE_DIR)
+        shutil.copytree(model_dir / BACKBONE_DIR, out_dir / BACKBONE_DIR)
     return onnx_path
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
 
 
 @dataclass

@@ -10,6 +10,7 @@ so the pipeline still runs (Triton then serves the ONNX models).
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -137,3 +138,42 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, profile: SeqProfile
     shutil.move(tmp, plan)
     return EngineResult(plan_path=str(plan), skipped=False, reason="built",
                         tensorrt_version=getattr(trt, "__version__", None), **base)
+
+
+def build_engines(exports: list, texts: list[str], cfg: ExportSection,
+                  folder_for: Callable[[str], Path]) -> dict:
+    """An engine per exported fold model (``OnnxExport``s), profiles from ``texts``' token
+    lengths per member; ``folder_for(name)`` gives each engine's output folder.
+
+    Returns ``{engines: {member: [plan or None per fold]}, skipped, reason, profiles, rows}``.
+    """
+    from aes_core.models.regressor import load_regressor_tokenizer
+    from aes_core.serving.onnx_scorer import tokenize
+
+    by_member: dict[str, list] = {}
+    for e in exports:
+        by_member.setdefault(e.member, []).append(e)
+    engines: dict[str, list[str | None]] = {}
+    rows, reasons, profiles = [], set(), {}
+    for member, metas in sorted(by_member.items()):
+        metas = sorted(metas, key=lambda m: m.fold)
+        spec_dir = Path(metas[0].member_dir)
+        from aes_core.export.onnx import load_spec
+
+        spec = load_spec(spec_dir)
+        lengths = [len(s) for s in tokenize(load_regressor_tokenizer(spec_dir), texts, spec)]
+        profile = sequence_profile(lengths, spec.max_length, cfg)
+        profiles[member] = asdict(profile)
+        engines[member] = []
+        for meta in metas:
+            res = build_engine(meta.onnx_path, folder_for(f"{member}__f{meta.fold}"), profile,
+                               cfg)
+            engines[member].append(res.plan_path)
+            reasons.add(res.reason)
+            rows.append({"member": member, "fold": meta.fold, "built": not res.skipped,
+                         "min/opt/max len": f"{profile.min_len}/{profile.opt_len}/"
+                                            f"{profile.max_len}"})
+    skipped = not any(p for ps in engines.values() for p in ps)
+    return {"engines": engines, "skipped": skipped, "reason": "; ".join(sorted(reasons)),
+            "profiles": profiles, "rows": rows, "fp16": cfg.trt_fp16,
+            "workspace_mb": cfg.trt_workspace_mb}

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aes_core.config import PROJECT_ROOT, ServingSection
-from aes_core.ensemble.artifact import GBDT_MEMBER, EnsembleArtifact
+from aes_core.ensemble.artifact import GBDT_MEMBER
 from aes_core.export.onnx import ONNX_FILE, load_spec
 from aes_core.models.regressor import BACKBONE_DIR
+from aes_core.serving.manifest import Bundle
 
 TEMPLATES = Path(__file__).resolve().parent / "triton_models"
 SCORER = "scorer"
@@ -44,6 +45,11 @@ class RepoManifest:
     members: dict[str, list[str]] = field(default_factory=dict)
     scorer: str = SCORER
     plans: list[str] = field(default_factory=list)
+    bundle_version: str = ""
+
+    @property
+    def backend(self) -> str:
+        return f"{self.variant} (onnxruntime, CPU)" if self.variant == "python" else self.variant
 
     def model_names(self) -> list[str]:
         return [n for ms in self.members.values() for n in ms] + [self.scorer]
@@ -119,21 +125,19 @@ def _clear(repo: Path) -> None:
         shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
-def write_triton_repo(repo: str | Path, ensemble: EnsembleArtifact,
-                      members: dict[str, list[str | Path]], serving: ServingSection,
-                      gbdt_dir: str | Path | None = None,
+def write_triton_repo(repo: str | Path, bundle: Bundle, serving: ServingSection,
                       plans: dict[str, list[str | Path | None]] | None = None,
                       aes_root: str | Path = PROJECT_ROOT) -> RepoManifest:
-    """(Re)write ``repo`` for ``ensemble``: one model per member fold plus the scorer.
+    """(Re)write ``repo`` for a serving bundle: one model per member fold plus the scorer.
 
-    ``members`` maps member name -> exported fold folders (model.onnx + spec + tokenizer);
     ``plans`` optionally maps member name -> TensorRT engine per fold (native variant only;
     a fold without an engine falls back to its ONNX model).
     """
+    ensemble, members, gbdt_dir = bundle.ensemble, bundle.member_dirs(), bundle.gbdt_dir
     repo = Path(repo)
     variant = serving.triton_variant
     _clear(repo)
-    manifest = RepoManifest(repo=str(repo), variant=variant)
+    manifest = RepoManifest(repo=str(repo), variant=variant, bundle_version=bundle.version())
     scorer_dir = repo / SCORER / "1"
     scorer_dir.mkdir(parents=True)
     scorer_members: dict[str, dict] = {}
@@ -178,7 +182,16 @@ def write_triton_repo(repo: str | Path, ensemble: EnsembleArtifact,
     (scorer_dir / "scorer.json").write_text(json.dumps({
         "aes_root": str(aes_root), "ensemble": "ensemble.json", "members": scorer_members,
         "gbdt_dir": GBDT_MEMBER if GBDT_MEMBER in ensemble.members else None,
+        "bundle_version": bundle.version(), "bundle_dir": str(bundle.root),
     }, indent=2))
     _write_python_model(scorer_dir, "scorer_model.py", aes_root)
     (repo / SCORER / "config.pbtxt").write_text(scorer_config(serving, list(ensemble.members)))
     return manifest
+
+
+def repo_bundle_version(repo: str | Path) -> str | None:
+    """The bundle version a generated repository was written from (None: not generated)."""
+    path = Path(repo) / SCORER / "1" / "scorer.json"
+    if not path.exists():
+        return None
+    return json.loads(path.read_text()).get("bundle_version", "")

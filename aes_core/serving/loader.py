@@ -1,139 +1,125 @@
-"""Find the latest materialized ensemble and its members under ``storage_root`` and build a scorer.
+"""Build a scorer from a serving bundle, through Triton when it can, in-process otherwise.
 
-Storage layout (TableIOManager / ArtifactStore, see ARCHITECTURE.md)::
+This is the one place that chooses between the Triton server and in-process ONNX Runtime
+(both give the same scores: same tokenization, fold averaging and blending). Everything
+comes from the bundle (``serving.bundle_dir``), never from pipeline storage::
 
-    tables/ensemble_weights.json                      EnsembleArtifact
-    tables/<backbone>/onnx_models/<fold>__<head>.json {"member_dir": ..., "fold", "head", ...}
-    artifacts/<backbone>/onnx_models/<fold>__<head>/  model.onnx, aes_model.json, backbone/
-    tables/gbdt_member.json                           {"model_dir": ...}
-
-Usage (the teachers' page does exactly this)::
-
-    scorer = load_scorer(cfg)                       # in-process ONNX Runtime
-    scored = score_frame(scorer, essays_df)         # aes_core.serving.base
+    bundle = load_bundle(cfg)
+    with open_scorer(bundle, cfg.serving, start_server=True) as choice:
+        scored = score_frame(choice.scorer, essays_df)
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from aes_core.config import AesConfig
-from aes_core.ensemble.artifact import EnsembleArtifact
-from aes_core.export.onnx import ONNX_FILE
+from aes_core.config import AesConfig, ServingSection
 from aes_core.serving.base import Scorer
-from aes_core.serving.onnx_scorer import GBDT_MEMBER, OnnxScorer
+from aes_core.serving.manifest import Bundle, BundleError
+from aes_core.serving.onnx_scorer import OnnxScorer
 
 log = logging.getLogger(__name__)
+IN_PROCESS = "onnxruntime (in-process)"
 
-ENSEMBLE_KEY = ("ensemble_weights",)
-GBDT_KEY = ("gbdt_member",)
-ONNX_ASSET = "onnx_models"
+ScorerNotReady = BundleError  # the name callers used for "nothing materialized yet"
 
 
-class ScorerNotReady(FileNotFoundError):
-    """Something the scorer needs has not been materialized yet; the message says what."""
+def load_bundle(where: AesConfig | str | Path) -> Bundle:
+    """The bundle of a configuration (``cfg.bundle_dir``) or at a folder / manifest path."""
+    return Bundle.load(where.bundle_dir if isinstance(where, AesConfig) else where)
+
+
+def in_process_scorer(bundle: Bundle, serving: ServingSection,
+                      show_progress: bool = False) -> OnnxScorer:
+    return OnnxScorer(bundle.ensemble, bundle.member_dirs(), bundle.gbdt_dir,
+                      batch_size=serving.request_batch_size,
+                      intra_op_threads=serving.ort_threads, show_progress=show_progress)
 
 
 @dataclass
-class ServingArtifacts:
-    """Everything a scorer needs, resolved to paths."""
+class ScorerChoice:
+    """The scorer in use, how it scores (``via``) and why Triton was not used (if it was not)."""
 
-    ensemble: EnsembleArtifact
-    ensemble_path: Path
-    members: dict[str, list[Path]]     # member -> fold folders (model.onnx + tokenizer + spec)
-    gbdt_dir: Path | None
-
-
-def _table(root: Path, *key: str) -> Path:
-    return root / "tables" / Path(*key)
+    scorer: Scorer
+    via: str
+    fallback_reason: str = ""
 
 
-def load_ensemble(cfg: AesConfig) -> tuple[EnsembleArtifact, Path]:
-    path = _table(Path(cfg.storage_root), *ENSEMBLE_KEY).with_suffix(".json")
-    if not path.exists():
-        raise ScorerNotReady(f"no ensemble at {path}: materialize ensemble_weights first")
-    return EnsembleArtifact.model_validate(json.loads(path.read_text())), path
+def _triton_repo_matches(repo: str | Path, bundle: Bundle) -> str | None:
+    """None when ``repo`` was generated from this bundle, else why not."""
+    from aes_core.export.triton_repo import repo_bundle_version
+
+    found = repo_bundle_version(repo)
+    if found is None:
+        return f"{repo} is not a generated model repository: materialize triton_repo"
+    if found != bundle.version():
+        return (f"{repo} was generated for another bundle ({found}, current "
+                f"{bundle.version()}): materialize triton_repo")
+    return None
 
 
-def member_fold_dirs(cfg: AesConfig, backbone: str, head: str, n_folds: int = 0) -> list[Path]:
-    """Exported fold folders of one member, in fold order (from the onnx_models tables).
+@contextlib.contextmanager
+def open_scorer(bundle: Bundle, serving: ServingSection, start_server: bool = False,
+                triton_url: str | None = None, show_progress: bool = False,
+                logger: logging.Logger | None = None) -> Iterator[ScorerChoice]:
+    """Score through Triton when ``serving.use_triton`` and a server is usable, else in-process.
 
-    With ``n_folds``, folds >= n_folds (stale exports of an earlier run) are left out."""
-    root = Path(cfg.storage_root)
-    found: dict[int, Path] = {}
-    table_dir = _table(root, backbone, ONNX_ASSET)
-    for meta_path in sorted(table_dir.glob("*.json")):
-        meta = json.loads(meta_path.read_text())
-        if meta.get("head") == head and (Path(meta["member_dir"]) / ONNX_FILE).exists():
-            found[int(meta["fold"])] = Path(meta["member_dir"])
-    if not found:  # tables missing (e.g. copied artifacts only): fall back to the folders
-        art = root / "artifacts" / backbone / ONNX_ASSET
-        for d in sorted(art.glob(f"*__{head}")):
-            if (d / ONNX_FILE).exists():
-                found[int(d.name.split("__", 1)[0])] = d
-    return [found[k] for k in sorted(found) if not n_folds or k < n_folds]
+    A server is usable when one answers at ``triton_url`` / ``serving.triton_url`` and serves
+    this bundle's members, or (``start_server``) when the bundled ``tritonserver`` starts on
+    ``serving.triton_repo`` generated from this bundle. Any failure falls back, with the
+    reason in ``fallback_reason`` (and a warning).
+    """
+    from aes_core.serving.triton import TritonError, TritonScorer, TritonServer, server_ready
 
-
-def resolve_artifacts(cfg: AesConfig) -> ServingArtifacts:
-    """Resolve the ensemble and every member's exported folders; errors say what is missing."""
-    ensemble, path = load_ensemble(cfg)
-    members: dict[str, list[Path]] = {}
-    problems: list[str] = []
-    for m in ensemble.members:
-        if m == GBDT_MEMBER:
-            continue
-        if "__" not in m:
-            problems.append(f"member {m!r} is not '<backbone>__<head>' nor 'gbdt'")
-            continue
-        backbone, head = m.split("__", 1)
-        dirs = member_fold_dirs(cfg, backbone, head, ensemble.n_folds)
-        if not dirs:
-            problems.append(f"member {m!r}: no exported ONNX folds under "
-                            f"{Path(cfg.storage_root) / 'artifacts' / backbone / ONNX_ASSET} "
-                            f"(materialize {backbone}/onnx_models)")
-        elif ensemble.n_folds and len(dirs) != ensemble.n_folds:
-            log.warning("member %s: %d exported folds, ensemble was fit on %d", m, len(dirs),
-                        ensemble.n_folds)
-        members[m] = dirs
-    gbdt_dir = None
-    if GBDT_MEMBER in ensemble.members:
-        gpath = _table(Path(cfg.storage_root), *GBDT_KEY).with_suffix(".json")
-        if not gpath.exists():
-            problems.append(f"member 'gbdt': no {gpath} (materialize gbdt_member)")
-        elif not json.loads(gpath.read_text()).get("model_dir"):
-            problems.append(f"member 'gbdt': {gpath} has no model_dir (gbdt.enabled was false)")
-        else:
-            gbdt_dir = Path(json.loads(gpath.read_text())["model_dir"])
-    if problems:
-        raise ScorerNotReady("cannot build a scorer: " + "; ".join(problems))
-    return ServingArtifacts(ensemble, path, members, gbdt_dir)
+    logger = logger or log
+    url = triton_url or serving.triton_url
+    reason = "serving.use_triton is false"
+    with contextlib.ExitStack() as stack:
+        scorer = None
+        if serving.use_triton:
+            try:
+                if url:
+                    if not server_ready(url):
+                        raise TritonError(f"no Triton server answers at {url}")
+                    scorer = TritonScorer(url, bundle.ensemble,
+                                          batch_size=serving.request_batch_size)
+                elif start_server:
+                    mismatch = _triton_repo_matches(serving.triton_repo, bundle)
+                    if mismatch:
+                        raise TritonError(mismatch)
+                    server = stack.enter_context(TritonServer(
+                        serving.triton_repo, http_port=serving.http_port,
+                        grpc_port=serving.grpc_port, metrics_port=serving.metrics_port,
+                        startup_timeout_s=serving.startup_timeout_s,
+                        binary=serving.triton_binary))
+                    url = server.url
+                    scorer = TritonScorer(url, bundle.ensemble,
+                                          batch_size=serving.request_batch_size,
+                                          client=server.client())
+                else:
+                    reason = "no Triton server configured (serving.triton_url)"
+            except TritonError as e:
+                reason = str(e).splitlines()[0]
+                logger.warning(f"Triton unavailable, scoring in-process instead: {e}")
+                scorer = None
+        if scorer is not None:
+            yield ScorerChoice(scorer, f"triton ({url})")
+            return
+        yield ScorerChoice(in_process_scorer(bundle, serving, show_progress), IN_PROCESS,
+                           reason)
 
 
 def load_scorer(cfg: AesConfig, prefer_triton: bool = False,
                 triton_url: str | None = None) -> Scorer:
-    """The scorer for the latest materialized ensemble.
-
-    With ``prefer_triton`` and a Triton server answering at ``triton_url`` (default
-    ``cfg.serving.triton_url`` or ``127.0.0.1:<http_port>``) whose scorer model serves the
-    same members, a Triton client scorer; otherwise the in-process ONNX Runtime scorer.
-    Both give the same scores (same tokenization, fold averaging and blending).
-    """
-    arts = resolve_artifacts(cfg)
-    if prefer_triton:
-        from aes_core.serving.triton import TritonScorer, server_ready
-
-        url = triton_url or cfg.serving.triton_url or f"127.0.0.1:{cfg.serving.http_port}"
-        if server_ready(url):
-            try:
-                return TritonScorer(url, arts.ensemble,
-                                    batch_size=cfg.serving.request_batch_size)
-            except Exception as e:  # wrong repository on that server: fall back, loudly
-                log.warning("Triton at %s is not usable (%s); scoring in-process", url, e)
-        else:
-            log.warning("no Triton server answers at %s; scoring in-process", url)
-    return OnnxScorer(arts.ensemble, arts.members, arts.gbdt_dir,
-                      batch_size=cfg.serving.request_batch_size,
-                      intra_op_threads=cfg.serving.ort_threads)
+    """A long-lived scorer for the teachers' page: Triton at ``triton_url`` when
+    ``prefer_triton`` and it answers with this bundle's members, else in-process."""
+    bundle = load_bundle(cfg)
+    use = prefer_triton and cfg.serving.use_triton
+    serving = cfg.serving.model_copy(update={"use_triton": use})
+    url = triton_url or cfg.serving.triton_url or f"127.0.0.1:{cfg.serving.http_port}"
+    with open_scorer(bundle, serving, triton_url=url) as choice:
+        return choice.scorer

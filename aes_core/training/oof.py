@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 
+from aes_core.contracts import FoldHeadCheckpoint
 from aes_core.metrics import qwk
-from aes_core.training.stages import OOF_FILE, load_partition_result
 
 BASE_COLUMNS = ["essay_id", "fold", "score", "prompt_name", "flag"]
 
@@ -20,36 +21,35 @@ class MissingPartitionsError(RuntimeError):
     """Some fold x head partitions have not been trained (the message lists them)."""
 
 
-def build_oof_table(folded: pd.DataFrame,
-                    partition_dirs: dict[tuple[str, str, int], Path]) -> pd.DataFrame:
-    """Assemble OOF predictions from completed partition folders.
+def build_oof_table(folded: pd.DataFrame, checkpoints: Iterable[FoldHeadCheckpoint],
+                    expected: Iterable[tuple[str, str, int]]) -> pd.DataFrame:
+    """Assemble OOF predictions from completed partitions.
 
-    ``partition_dirs`` maps (backbone, head, fold) to the partition's artifact folder.
-    Raises ``MissingPartitionsError`` listing every partition without a completed result.
+    ``expected`` lists every (backbone, head, fold) the configuration trains; raises
+    ``MissingPartitionsError`` naming each one without a checkpoint.
     """
-    missing = [k for k, d in partition_dirs.items() if load_partition_result(d) is None]
+    by_key = {(c.backbone, c.head, c.fold): c for c in checkpoints}
+    expected = sorted(set(expected))
+    missing = [k for k in expected if k not in by_key]
     if missing:
         listed = ", ".join(f"{b}/fold_head_checkpoints fold={f} head={h}"
-                           for b, h, f in sorted(missing))
+                           for b, h, f in missing)
         raise MissingPartitionsError(
-            f"{len(missing)} of {len(partition_dirs)} fold x head partition(s) are not "
+            f"{len(missing)} of {len(expected)} fold x head partition(s) are not "
             f"materialized: {listed}. Backfill them first.")
     table = folded[BASE_COLUMNS].copy()
     table["essay_id"] = table["essay_id"].astype(str)
-    members = sorted({(b, h) for b, h, _ in partition_dirs})
-    for b, h in members:
+    for b, h in sorted({(b, h) for b, h, _ in expected}):
         col = member_name(b, h)
         parts = []
-        for (bb, hh, f), d in partition_dirs.items():
-            if (bb, hh) != (b, h):
-                continue
-            oof = pd.read_parquet(Path(d) / OOF_FILE)
-            expected = set(table.loc[table["fold"] == f, "essay_id"])
+        for f in sorted(f for bb, hh, f in expected if (bb, hh) == (b, h)):
+            oof = pd.read_parquet(Path(by_key[(b, h, f)].oof_path))
+            want = set(table.loc[table["fold"] == f, "essay_id"])
             got = set(oof["essay_id"].astype(str))
-            if got != expected:
+            if got != want:
                 raise ValueError(
                     f"{col} fold {f}: OOF predictions cover {len(got)} essays but fold {f} "
-                    f"has {len(expected)} ({len(expected - got)} missing, {len(got - expected)} "
+                    f"has {len(want)} ({len(want - got)} missing, {len(got - want)} "
                     f"unknown); the partition was trained on other folds: re-materialize it")
             parts.append(oof.assign(essay_id=oof["essay_id"].astype(str)))
         preds = pd.concat(parts).set_index("essay_id")["pred"]

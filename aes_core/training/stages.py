@@ -5,13 +5,19 @@ best weights, trains on folds != i with flag 1 on smoothed targets ``(1 - r) * y
 (``p`` = stage-1 prediction on those training essays) and validates on fold i with flag 0.
 The final model is scored on all of fold i (the out-of-fold predictions).
 
+Stage 2 is guarded (``train.stage2_guard``): when it scores worse on its validation essays
+than stage 1's weights did, the partition keeps stage 1's weights and says so in its notes.
+
 Folder layout of one partition (``out_dir``)::
 
     run_spec.json        what this partition trains (a changed spec starts over)
-    stage1/ stage2/      Lightning checkpoints: best*.ckpt, last.ckpt, done.json
+    stage1/ stage2/      Lightning checkpoints (best*.ckpt, last.ckpt; removed once complete
+                         unless train.keep_checkpoints = all), done.json, metrics.csv
     model/               EssayRegressor folder of the final model
     oof.parquet          essay_id, pred (1..6) on all of fold i
-    result.json          written last: the partition is complete
+    result.json          written last: the partition is complete (a FoldHeadCheckpoint)
+
+:func:`train_partition` is the same recipe for a worker process (see ``parallel.run_jobs``).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import hashlib
 import json
 import logging
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +39,8 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from aes_core.config import AesConfig, BackboneSection
+from aes_core.contracts import FoldHeadCheckpoint, StageInfo
+from aes_core.ensemble.artifact import member_name
 from aes_core.metrics import qwk
 from aes_core.models.backbone import load_tokenizer
 from aes_core.models.regressor import (
@@ -45,8 +54,9 @@ from aes_core.training.module import RegressorModule, prepare_encoder
 
 log = logging.getLogger(__name__)
 
-RESULT_FILE, OOF_FILE, SPEC_FILE, DONE_FILE, MODEL_DIR = (
-    "result.json", "oof.parquet", "run_spec.json", "done.json", "model")
+RESULT_FILE, OOF_FILE, SPEC_FILE, DONE_FILE, MODEL_DIR, METRICS_FILE = (
+    "result.json", "oof.parquet", "run_spec.json", "done.json", "model", "metrics.csv")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # ----------------------------------------------------------------------------- data selection
@@ -126,7 +136,7 @@ class FoldHeadJob:
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     amp_dtype: torch.dtype | None = None
-    loggers: Callable[[str], list] | None = None   # stage name -> Lightning loggers
+    loggers: Callable[[str], list] | None = None   # stage name -> extra Lightning loggers
     callbacks: list[Callback] = field(default_factory=list)
     log_fn: Callable[[str], None] | None = None
     progress: bool = True
@@ -158,28 +168,46 @@ def data_fingerprint(df: pd.DataFrame) -> str:
 
 
 def job_spec(job: FoldHeadJob, folded: pd.DataFrame) -> dict[str, Any]:
-    """What determines a partition's result; a change means its checkpoints cannot resume."""
+    """What determines a partition's result; a change means it cannot resume or be reused."""
+    from aes_core.tracking import code_hash
+
     return {"backbone": job.backbone.model_dump(), "backbone_path": str(job.backbone_path),
-            "fold": job.fold, "head": job.head, "train": job.cfg.train.model_dump(),
-            "heads": job.cfg.heads.model_dump(), "data": data_fingerprint(folded)}
+            "fold": job.fold, "head": job.head, "train": job.cfg.train.model_dump(
+                exclude={"reuse_completed", "keep_checkpoints", "num_workers",
+                         "log_every_n_steps"}),
+            "heads": job.cfg.heads.model_dump(), "data": data_fingerprint(folded),
+            "code": code_hash()}
 
 
-def _prepare_out_dir(job: FoldHeadJob, spec: dict[str, Any]) -> list[str]:
-    """Keep resumable state only for an interrupted run of the same spec."""
+def spec_hash(spec: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _clear(out: Path) -> None:
+    for child in out.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def _prepare_out_dir(job: FoldHeadJob, spec: dict[str, Any]) -> tuple[list[str],
+                                                                      FoldHeadCheckpoint | None]:
+    """Keep resumable state only for an interrupted run of the same spec; return a completed
+    result of the same spec when ``train.reuse_completed`` allows reusing it."""
     out, notes = job.out_dir, []
     spec_path = out / SPEC_FILE
-    if out.exists():
+    if out.exists() and any(out.iterdir()):
         same = spec_path.exists() and json.loads(spec_path.read_text()) == spec
-        if (out / RESULT_FILE).exists() or not same:
-            why = "re-materializing a completed partition" if same else "the spec changed"
-            for child in out.iterdir():
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
-            if any(True for _ in out.iterdir()):  # pragma: no cover
-                raise RuntimeError(f"could not clear {out}")
-            notes.append(f"starting fresh ({why})")
+        done = load_partition_result(out)
+        if same and done is not None and job.cfg.train.reuse_completed:
+            return notes, done.model_copy(update={"reused": True})
+        if done is not None or not same:
+            why = ("re-training a completed partition (train.reuse_completed is false)" if same
+                   else "its configuration, data or code changed" if spec_path.exists()
+                   else "the folder holds files of an unknown run")
+            _clear(out)
+            notes.append(f"starting over: {why}")
     out.mkdir(parents=True, exist_ok=True)
     spec_path.write_text(json.dumps(spec, indent=2, sort_keys=True))
-    return notes
+    return notes, None
 
 
 def _log(job: FoldHeadJob, msg: str) -> None:
@@ -210,8 +238,12 @@ def _ckpt_summary(path: Path) -> dict[str, Any]:
 
 def run_stage(job: FoldHeadJob, stage: str, model: EssayRegressor, tokenizer,
               train_df: pd.DataFrame, train_targets: np.ndarray, val_df: pd.DataFrame,
-              epochs: int) -> dict[str, Any]:
-    """Fit one stage (resuming from ``last.ckpt`` when present); load its best weights."""
+              epochs: int) -> tuple[StageInfo, str]:
+    """Fit one stage (resuming from ``last.ckpt`` when present); load its best weights.
+
+    Returns the stage's summary and the path of its best checkpoint."""
+    from lightning.pytorch.loggers import CSVLogger
+
     cfg, bb = job.cfg.train, job.backbone
     sdir = job.out_dir / stage
     done = sdir / DONE_FILE
@@ -219,8 +251,8 @@ def run_stage(job: FoldHeadJob, stage: str, model: EssayRegressor, tokenizer,
     if done.exists():
         info = json.loads(done.read_text())
         _load_best(module, info["best_ckpt"])
-        _log(job, f"{stage}: already complete, best val QWK {info['best_val_qwk']:.4f}")
-        return {**info, "resumed": "completed earlier"}
+        _log(job, f"{stage}: already complete, best val QWK {info['stage']['best_val_qwk']}")
+        return StageInfo.model_validate(info["stage"]), info["best_ckpt"]
     sdir.mkdir(parents=True, exist_ok=True)
     last = sdir / "last.ckpt"
     resume = str(last) if last.exists() else None
@@ -243,9 +275,12 @@ def run_stage(job: FoldHeadJob, stage: str, model: EssayRegressor, tokenizer,
     if job.log_fn:
         callbacks.append(EpochLog(stage, job.log_fn))
     callbacks += job.callbacks
+    loggers = [CSVLogger(str(sdir), name="", version="")]
+    if job.loggers:
+        loggers += job.loggers(stage)
     trainer = pl.Trainer(
         **job.trainer_kwargs, max_epochs=epochs, callbacks=callbacks,
-        logger=job.loggers(stage) if job.loggers else False, default_root_dir=str(sdir),
+        logger=loggers, default_root_dir=str(sdir),
         enable_progress_bar=job.progress, enable_model_summary=False,
         gradient_clip_val=cfg.gradient_clip_val or None,
         accumulate_grad_batches=cfg.accumulate_grad_batches,
@@ -255,18 +290,21 @@ def run_stage(job: FoldHeadJob, stage: str, model: EssayRegressor, tokenizer,
     _log(job, f"{stage}: {len(train_ds)} train essays ({train_ds.n_tokens} tokens), "
               f"{len(val_ds)} validation essays, {epochs} epoch(s)")
     module.model.train()  # HF loads in eval mode; Lightning keeps module modes as found
+    t0 = time.time()
     trainer.fit(module, tl, vl, ckpt_path=resume)
+    seconds = time.time() - t0
     best = ckpt_cb.best_model_path or str(last)
     _load_best(module, best)
     # read progress from last.ckpt: spawned DDP workers do not send it back to this process
     summary = _ckpt_summary(last if last.exists() else Path(best))
-    info = {"best_ckpt": best, "best_val_qwk": summary["best_model_score"],
-            "epochs_run": summary["epochs"], "global_step": summary["global_step"],
-            "train_essays": len(train_ds),
-            "val_essays": len(val_ds), "resumed_from": resume}
-    done.write_text(json.dumps(info, indent=2))
-    _log(job, f"{stage}: best val QWK {info['best_val_qwk']} ({best})")
-    return info
+    epochs_run = summary["epochs"]
+    info = StageInfo(best_val_qwk=summary["best_model_score"], epochs_run=epochs_run,
+                     global_step=summary["global_step"], train_essays=len(train_ds),
+                     val_essays=len(val_ds), train_tokens=epochs_run * train_ds.n_tokens,
+                     seconds=round(seconds, 2), resumed_from=resume)
+    done.write_text(json.dumps({"best_ckpt": best, "stage": info.model_dump()}, indent=2))
+    _log(job, f"{stage}: best val QWK {info.best_val_qwk} in {seconds:.0f}s")
+    return info, best
 
 
 def build_regressor(job: FoldHeadJob, tokenizer) -> tuple[EssayRegressor, dict[str, int]]:
@@ -289,34 +327,67 @@ def _predict(job: FoldHeadJob, model: EssayRegressor, tokenizer, df: pd.DataFram
     return logits_to_scores(torch.from_numpy(logits), job.cfg.train.loss).numpy()
 
 
-def train_fold_head(job: FoldHeadJob, folded: pd.DataFrame) -> dict[str, Any]:
-    """Run both stages for one fold x head; returns the partition's result (also result.json)."""
+def _stage2(job: FoldHeadJob, model: EssayRegressor, tokenizer, folded: pd.DataFrame,
+            best1: str, notes: list[str]) -> tuple[StageInfo | None, str]:
+    """Stage 2 with smoothed targets, guarded; returns its info and the stage whose weights
+    the model now holds."""
+    tcfg = job.cfg.train
+    s2 = stage2_split(folded, job.fold, tcfg.min_val_essays_per_stage)
+    if tcfg.stage2_epochs == 0:
+        notes.append("stage 2 skipped: train.stage2_epochs = 0")
+        return None, "stage1"
+    if s2.skipped:
+        notes.extend(s2.notes)
+        return None, "stage1"
+    train2 = subsample(s2.train, tcfg.max_train_essays, tcfg.seed + job.fold + 1000)
+    p1 = (_predict(job, model, tokenizer, train2) - 1.0) / 5.0
+    targets2 = smooth_targets(train2["score"].to_numpy(), p1, tcfg.smoothing_r)
+    stage1_on_val2 = qwk(s2.val["score"].to_numpy(), _predict(job, model, tokenizer, s2.val))
+    info2, _ = run_stage(job, "stage2", model, tokenizer, train2, targets2, s2.val,
+                         tcfg.stage2_epochs)
+    if (tcfg.stage2_guard and info2.best_val_qwk is not None
+            and info2.best_val_qwk < stage1_on_val2):
+        _load_best(RegressorModule(model, tcfg), best1)
+        notes.append(f"stage 2 validated worse than stage 1 on its {len(s2.val)} validation "
+                     f"essays (QWK {info2.best_val_qwk:.4f} < {stage1_on_val2:.4f}): kept "
+                     f"stage 1's weights (train.stage2_guard)")
+        return info2, "stage1"
+    return info2, "stage2"
+
+
+def _drop_checkpoints(out: Path) -> None:
+    for ckpt in out.glob("stage*/*.ckpt"):
+        ckpt.unlink()
+
+
+def train_fold_head(job: FoldHeadJob, folded: pd.DataFrame) -> FoldHeadCheckpoint:
+    """Run both stages for one fold x head; returns the partition's result (also result.json).
+
+    A completed partition of the identical spec is returned as it is (``reused``) when
+    ``train.reuse_completed``; an interrupted one resumes from its last checkpoint."""
     if job.head not in job.cfg.heads.heads:
         raise ValueError(f"head {job.head!r} is not configured; heads.heads = "
                          f"{job.cfg.heads.heads}")
+    t0 = time.time()
     tcfg = job.cfg.train
-    notes = _prepare_out_dir(job, job_spec(job, folded))
+    spec = job_spec(job, folded)
+    notes, reused = _prepare_out_dir(job, spec)
+    name = f"{job.backbone.name}/{job.head} fold {job.fold}"
+    if reused is not None:
+        _log(job, f"{name}: reusing the completed result (same configuration, data and code)")
+        return reused
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     tokenizer = load_tokenizer(job.backbone_path, job.backbone.add_newline_tokens)
     model, counts = build_regressor(job, tokenizer)
-    _log(job, f"{job.backbone.name}/{job.head} fold {job.fold}: {counts}")
+    _log(job, f"{name}: {counts}")
 
     s1 = stage1_split(folded, job.fold, tcfg.min_val_essays_per_stage)
     notes += s1.notes
     train1 = subsample(s1.train, tcfg.max_train_essays, tcfg.seed + job.fold)
-    info1 = run_stage(job, "stage1", model, tokenizer, train1, _targets(train1), s1.val,
-                      tcfg.stage1_epochs)
-    info2: dict[str, Any] | None = None
-    s2 = stage2_split(folded, job.fold, tcfg.min_val_essays_per_stage)
-    if tcfg.stage2_epochs == 0:
-        notes.append("stage 2 skipped: train.stage2_epochs = 0")
-    elif s2.skipped:
-        notes += s2.notes
-    else:
-        train2 = subsample(s2.train, tcfg.max_train_essays, tcfg.seed + job.fold + 1000)
-        p1 = (_predict(job, model, tokenizer, train2) - 1.0) / 5.0
-        targets2 = smooth_targets(train2["score"].to_numpy(), p1, tcfg.smoothing_r)
-        info2 = run_stage(job, "stage2", model, tokenizer, train2, targets2, s2.val,
-                          tcfg.stage2_epochs)
+    info1, best1 = run_stage(job, "stage1", model, tokenizer, train1, _targets(train1), s1.val,
+                             tcfg.stage1_epochs)
+    info2, kept = _stage2(job, model, tokenizer, folded, best1, notes)
     for n in notes:
         _log(job, n)
 
@@ -327,21 +398,75 @@ def train_fold_head(job: FoldHeadJob, folded: pd.DataFrame) -> dict[str, Any]:
     oof = pd.DataFrame({"essay_id": fold_df["essay_id"].astype(str).to_numpy(),
                         "pred": pred.astype(np.float64)})
     oof.to_parquet(job.out_dir / OOF_FILE, index=False)
-    result = {
-        "model_dir": str(model_dir), "oof_path": str(job.out_dir / OOF_FILE),
-        "backbone": job.backbone.name, "head": job.head, "fold": job.fold,
-        "stage1_val_qwk": info1.get("best_val_qwk"),
-        "stage2_val_qwk": info2.get("best_val_qwk") if info2 else None,
-        "fold_qwk": fold_qwk, "fold_essays": len(fold_df),
-        "stage1": info1, "stage2": info2, "notes": notes, **counts,
-    }
-    (job.out_dir / RESULT_FILE).write_text(json.dumps(result, indent=2, default=str))
-    _log(job, f"{job.backbone.name}/{job.head} fold {job.fold}: QWK on all of fold "
-              f"{job.fold} = {fold_qwk:.4f}")
+    if tcfg.keep_checkpoints == "best":
+        _drop_checkpoints(job.out_dir)
+    result = FoldHeadCheckpoint(
+        backbone=job.backbone.name, head=job.head, fold=job.fold,
+        member=member_name(job.backbone.name, job.head), model_dir=str(model_dir),
+        oof_path=str(job.out_dir / OOF_FILE), stage1_val_qwk=info1.best_val_qwk,
+        stage2_val_qwk=info2.best_val_qwk if info2 else None, kept_stage=kept,
+        fold_qwk=fold_qwk, fold_essays=len(fold_df), stage1=info1, stage2=info2, notes=notes,
+        trainable_params=counts["trainable_params"], frozen_params=counts["frozen_params"],
+        encoder_layers=counts["encoder_layers"],
+        train_tokens=info1.train_tokens + (info2.train_tokens if info2 else 0),
+        seconds=round(time.time() - t0, 2), device=job.device,
+        peak_gpu_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        if torch.cuda.is_available() else 0.0,
+        spec_hash=spec_hash(spec))
+    (job.out_dir / RESULT_FILE).write_text(result.model_dump_json(indent=2))
+    _log(job, f"{name}: QWK on all of fold {job.fold} = {fold_qwk:.4f} ({kept} weights)")
     return result
 
 
-def load_partition_result(folder: Path) -> dict[str, Any] | None:
-    """A completed partition's result (None when it never finished)."""
+def load_partition_result(folder: Path) -> FoldHeadCheckpoint | None:
+    """A completed partition's result (None when it never finished or is of an old format)."""
     p = Path(folder) / RESULT_FILE
-    return json.loads(p.read_text()) if p.exists() else None
+    if not p.exists():
+        return None
+    try:
+        return FoldHeadCheckpoint.model_validate_json(p.read_text())
+    except ValueError:
+        return None
+
+
+def stage_history(folder: Path) -> dict[str, list[dict[str, Any]]]:
+    """Per stage, the metric rows Lightning logged (``metrics.csv``), for experiment tracking."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for stage in ("stage1", "stage2"):
+        f = Path(folder) / stage / METRICS_FILE
+        if f.exists():
+            df = pd.read_csv(f)
+            out[stage] = [{k: v for k, v in row.items() if pd.notna(v)}
+                          for row in df.to_dict("records")]
+    return out
+
+
+# ----------------------------------------------------------------------------- worker entry
+@dataclass
+class PartitionTask:
+    """One fold x head partition for a worker process: plain, picklable data."""
+
+    cfg_json: str
+    backbone: str
+    backbone_path: str
+    fold: int
+    head: str
+    out_dir: str
+    folded_path: str
+    trainer_kwargs: dict[str, Any]
+    device: str
+    amp: str | None = None
+
+
+def train_partition(task: PartitionTask) -> FoldHeadCheckpoint:
+    """:func:`train_fold_head` in a worker process (see ``aes_core.training.parallel``)."""
+    from aes_core.logs import quiet_libraries
+
+    quiet_libraries()
+    cfg = AesConfig.model_validate_json(task.cfg_json)
+    job = FoldHeadJob(cfg=cfg, backbone=cfg.backbone(task.backbone),
+                      backbone_path=Path(task.backbone_path), fold=task.fold, head=task.head,
+                      out_dir=Path(task.out_dir), trainer_kwargs=task.trainer_kwargs,
+                      device=task.device, amp_dtype=AMP_DTYPES.get(task.amp or ""),
+                      progress=False)
+    return train_fold_head(job, pd.read_parquet(task.folded_path))

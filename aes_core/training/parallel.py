@@ -1,0 +1,136 @@
+"""Run many independent jobs (fold x head partitions, exports) over worker slots.
+
+A slot is one worker process pinned to one GPU (``CUDA_VISIBLE_DEVICES`` is set before the
+worker imports torch, so inside it the GPU is ``cuda:0``) or to the CPU with a thread budget.
+Workers are spawned once and take job after job, so model libraries load once per worker.
+One ``in_process`` slot runs the jobs one after another in the caller's process (no start-up
+cost; also where DDP must be launched from). A failing job does not stop the others: its
+error comes back as a :class:`JobFailure`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import traceback
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class WorkerSlot:
+    """Where one worker runs: a GPU index (None = CPU), its CPU threads, or in-process."""
+
+    gpu: int | None = None
+    threads: int | None = None
+    in_process: bool = False
+
+    def describe(self) -> str:
+        if self.in_process:
+            return "in-process"
+        return f"cuda:{self.gpu}" if self.gpu is not None else f"cpu x{self.threads or 1}"
+
+
+@dataclass
+class JobFailure:
+    """A job that raised: which one, and the worker's traceback."""
+
+    index: int
+    error: str
+
+    @property
+    def summary(self) -> str:
+        lines = [ln for ln in self.error.strip().splitlines() if ln.strip()]
+        return lines[-1] if lines else "unknown error"
+
+
+def _init_worker(gpu: int | None, threads: int | None) -> None:
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _call(fn: Callable[[T], R], job: T) -> R:
+    return fn(job)
+
+
+def run_jobs(fn: Callable[[T], R], jobs: Sequence[T], slots: Sequence[WorkerSlot],
+             on_result: Callable[[int, R | JobFailure], None] | None = None
+             ) -> list[R | JobFailure]:
+    """``fn(job)`` for every job over ``slots``; results in job order.
+
+    ``fn`` and the jobs must pickle (a module-level function and plain data) unless the only
+    slot is ``in_process``. ``on_result(index, result)`` is called in the caller's process as
+    each job finishes (progress, logging, tracking).
+    """
+    results: list[R | JobFailure | None] = [None] * len(jobs)
+
+    def done(i: int, r: R | JobFailure) -> None:
+        results[i] = r
+        if on_result is not None:
+            on_result(i, r)
+
+    if not slots:
+        raise ValueError("run_jobs: no worker slots")
+    if len(slots) == 1 and slots[0].in_process:
+        for i, job in enumerate(jobs):
+            try:
+                r: R | JobFailure = fn(job)
+            except Exception:  # noqa: BLE001 - reported per job
+                r = JobFailure(i, traceback.format_exc())
+            done(i, r)
+        return results  # type: ignore[return-value]
+
+    ctx = mp.get_context("spawn")
+    by_slot: dict[WorkerSlot, int] = {}
+    for s in slots:
+        by_slot[s] = by_slot.get(s, 0) + 1
+    pools = {s: ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker,
+                                    initargs=(s.gpu, s.threads))
+             for s, n in by_slot.items()}
+    free = dict(by_slot)
+    pending = list(range(len(jobs)))
+    running: dict[Future, tuple[int, WorkerSlot]] = {}
+    try:
+        while pending or running:
+            for s in pools:
+                while free[s] > 0 and pending:
+                    i = pending.pop(0)
+                    running[pools[s].submit(_call, fn, jobs[i])] = (i, s)
+                    free[s] -= 1
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in finished:
+                i, s = running.pop(fut)
+                free[s] += 1
+                try:
+                    r = fut.result()
+                except Exception as e:  # noqa: BLE001 - the worker's error, or its death
+                    r = JobFailure(i, "".join(traceback.format_exception(e)))
+                done(i, r)
+    finally:
+        for pool in pools.values():
+            pool.shutdown(wait=True, cancel_futures=True)
+    return results  # type: ignore[return-value]
+
+
+def cpu_slots(workers: int, n_jobs: int) -> list[WorkerSlot]:
+    """``workers`` CPU worker processes sharing the cores (one = in the caller's process)."""
+    n = max(1, min(workers, n_jobs))
+    if n == 1:
+        return [WorkerSlot(in_process=True)]
+    return [WorkerSlot(gpu=None, threads=max(1, (os.cpu_count() or 1) // n))] * n
+
+
+def failures(results: Sequence[Any]) -> list[JobFailure]:
+    return [r for r in results if isinstance(r, JobFailure)]
