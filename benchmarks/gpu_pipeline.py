@@ -13,8 +13,10 @@ Partitions that already finished in ``--work`` are reused, so a run cut by a tim
 continues where it stopped. ``--extra-members`` blends in members from an earlier run (e.g.
 another backbone): a parquet written by this script (``members_<backbone>.parquet``).
 
-    python benchmarks/gpu_pipeline.py --profile gpu-full --data-dir .carry/data \
-        --backbone minilm=.carry/minilm_fp16 --out $OUT --workers 4
+    python benchmarks/gpu_pipeline.py --profile gpu-full --data-dir DATA \
+        --backbone minilm=PATH/TO/minilm --out results/ --workers 4
+
+``DATA`` holds ``aes2/`` and ``persuade/``; ``--backbone`` defaults to the profile's backbones.
 
 On CPU (CI) it runs with a tiny profile: ``--profile path/to/tiny.yaml --workers 1``.
 """
