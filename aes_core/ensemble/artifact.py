@@ -13,6 +13,8 @@ import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
 from aes_core.ensemble.thresholds import cut
+from aes_core.members import GBDT_MEMBER as GBDT_MEMBER  # noqa: F401  (re-exported)
+from aes_core.members import member_name as member_name  # noqa: F401  (re-exported)
 
 
 class EnsembleArtifact(BaseModel):
@@ -80,9 +82,3 @@ def apply_thresholds(pred: np.ndarray, thresholds: list[float]) -> np.ndarray:
     """Serving's threshold rule is the fitting's rule: one implementation, ``thresholds.cut``."""
     return cut(pred, thresholds).astype(int)
 
-
-GBDT_MEMBER = "gbdt"  # the GBDT member's name; transformer members are member_name(...)
-
-
-def member_name(backbone: str, head: str) -> str:
-    return f"{backbone}__{head}"

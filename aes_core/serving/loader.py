@@ -23,8 +23,9 @@ from pathlib import Path
 from aes_core.config import AesConfig
 from aes_core.ensemble.artifact import EnsembleArtifact
 from aes_core.export.onnx import ONNX_FILE
+from aes_core.members import GBDT_MEMBER, split_member_name
 from aes_core.serving.base import Scorer
-from aes_core.serving.onnx_scorer import GBDT_MEMBER, OnnxScorer
+from aes_core.serving.onnx_scorer import OnnxScorer
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +86,11 @@ def resolve_artifacts(cfg: AesConfig) -> ServingArtifacts:
     for m in ensemble.members:
         if m == GBDT_MEMBER:
             continue
-        if "__" not in m:
-            problems.append(f"member {m!r} is not '<backbone>__<head>' nor 'gbdt'")
+        try:
+            backbone, head = split_member_name(m)
+        except ValueError as e:
+            problems.append(f"{e} nor '{GBDT_MEMBER}'")
             continue
-        backbone, head = m.split("__", 1)
         dirs = member_fold_dirs(cfg, backbone, head, ensemble.n_folds)
         if not dirs:
             problems.append(f"member {m!r}: no exported ONNX folds under "

@@ -6,14 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from aes_core.members import OOF_META_COLUMNS, member_columns, member_name
 from aes_core.metrics import qwk
 from aes_core.training.stages import OOF_FILE, load_partition_result
-
-BASE_COLUMNS = ["essay_id", "fold", "score", "prompt_name", "flag"]
-
-
-def member_name(backbone: str, head: str) -> str:
-    return f"{backbone}__{head}"
 
 
 class MissingPartitionsError(RuntimeError):
@@ -34,7 +29,7 @@ def build_oof_table(folded: pd.DataFrame,
         raise MissingPartitionsError(
             f"{len(missing)} of {len(partition_dirs)} fold x head partition(s) are not "
             f"materialized: {listed}. Backfill them first.")
-    table = folded[BASE_COLUMNS].copy()
+    table = folded[list(OOF_META_COLUMNS)].copy()
     table["essay_id"] = table["essay_id"].astype(str)
     members = sorted({(b, h) for b, h, _ in partition_dirs})
     for b, h in members:
@@ -58,10 +53,6 @@ def build_oof_table(folded: pd.DataFrame,
             folds_missing = sorted(table.loc[table[col].isna(), "fold"].unique().tolist())
             raise MissingPartitionsError(f"{col}: no predictions for folds {folds_missing}")
     return table.reset_index(drop=True)
-
-
-def member_columns(table: pd.DataFrame) -> list[str]:
-    return [c for c in table.columns if "__" in c]
 
 
 def qwk_reports(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
