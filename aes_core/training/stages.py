@@ -32,6 +32,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from aes_core.config import AesConfig, BackboneSection
+from aes_core.logs import quiet_libraries
 from aes_core.metrics import qwk
 from aes_core.models.backbone import load_tokenizer
 from aes_core.models.regressor import (
@@ -291,6 +292,7 @@ def _predict(job: FoldHeadJob, model: EssayRegressor, tokenizer, df: pd.DataFram
 
 def train_fold_head(job: FoldHeadJob, folded: pd.DataFrame) -> dict[str, Any]:
     """Run both stages for one fold x head; returns the partition's result (also result.json)."""
+    quiet_libraries()
     if job.head not in job.cfg.heads.heads:
         raise ValueError(f"head {job.head!r} is not configured; heads.heads = "
                          f"{job.cfg.heads.heads}")
