@@ -34,8 +34,12 @@ lint: install
 
 ## browsers: Debian's Chromium + ChromeDriver for the teachers' page browser tests
 browsers:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; else \
+	  echo "browsers: installing Debian's chromium and chromium-driver with apt-get (needs root):"; \
+	  echo "  the teachers' page tests drive headless Chromium. To skip them instead, run"; \
+	  echo "  .venv/bin/pytest -m 'not browser'"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	fi
 
 ## dev: the Dagster UI on http://127.0.0.1:3000
 dev: install

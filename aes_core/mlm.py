@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from aes_core.config import MlmSection
+from aes_core.logs import explain_loading, quiet_libraries
 from aes_core.models.backbone import encode_newlines, load_tokenizer
 from aes_core.models.regressor import encoder_overrides
 from aes_core.training.module import lr_lambda
@@ -31,7 +32,9 @@ def make_blocks(texts: Sequence[str], tokenizer, block_size: int) -> list[list[i
     inner = block_size - 2 if tokenizer.cls_token_id is not None else block_size
     sep = [tokenizer.sep_token_id] if tokenizer.sep_token_id is not None else []
     stream: list[int] = []
-    for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
+    # whole essays may exceed the model's max length: they are cut into blocks below, so the
+    # tokenizer's "longer than the specified maximum" warning does not apply (verbose=False)
+    for ids in tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]:
         stream.extend(ids + sep)
     blocks = []
     for s in range(0, len(stream) - inner + 1, inner):
@@ -125,8 +128,11 @@ def run_mlm(backbone_path: str | Path, out_dir: str | Path, texts: Sequence[str]
         raise ValueError(f"mlm.block_size={cfg.block_size} is longer than the texts provide "
                          f"({len(train)} train / {len(held)} held-out texts)")
     torch.manual_seed(cfg.seed)
-    model = AutoModelForMaskedLM.from_pretrained(str(backbone_path), local_files_only=True,
-                                                 **encoder_overrides(num_layers))
+    quiet_libraries()
+    model, info = AutoModelForMaskedLM.from_pretrained(str(backbone_path), local_files_only=True,
+                                                       output_loading_info=True,
+                                                       **encoder_overrides(num_layers))
+    explain_loading(model, info, str(backbone_path))
     if len(tokenizer) != model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     model.to(device)

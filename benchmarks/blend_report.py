@@ -27,18 +27,21 @@ from gpu_pipeline import ensemble_on_test  # noqa: E402
 
 from aes_core.config import load_config  # noqa: E402
 from aes_core.data import io  # noqa: E402
-from aes_core.ensemble.artifact import GBDT_MEMBER as GBDT  # noqa: E402
-from aes_core.ensemble.blend import member_columns  # noqa: E402
-from aes_core.training.oof import BASE_COLUMNS  # noqa: E402
+from aes_core.members import GBDT_MEMBER as GBDT  # noqa: E402
+from aes_core.members import (  # noqa: E402
+    OOF_META_COLUMNS,
+    member_columns,
+    split_member_name,
+)
 
 
 def member_groups(members: list[str]) -> dict[str, list[str]]:
     """{group name: members}: per backbone (``<backbone>__<head>``), transformers, GBDT, all."""
     groups: dict[str, list[str]] = {}
-    backbones = sorted({m.split("__", 1)[0] for m in members if "__" in m})
-    for bb in backbones:
-        groups[f"{bb} heads"] = [m for m in members if m.startswith(bb + "__")]
     transformers = [m for m in members if m != GBDT]
+    backbones = sorted({split_member_name(m)[0] for m in transformers})
+    for bb in backbones:
+        groups[f"{bb} heads"] = [m for m in transformers if split_member_name(m)[0] == bb]
     if len(backbones) > 1:
         groups["all transformer members"] = transformers
     if GBDT in members:
@@ -58,7 +61,7 @@ def blend_report(oof: pd.DataFrame, test_members: pd.DataFrame, test_y: np.ndarr
         raise ValueError(f"test predictions lack members {missing}")
     out = {}
     for name, group in member_groups(members).items():
-        table = oof[[*BASE_COLUMNS, *group]].dropna(subset=group)
+        table = oof[[*OOF_META_COLUMNS, *group]].dropna(subset=group)
         out[name] = ensemble_on_test(table, test_members, test_y, cfg)
     return out
 

@@ -13,8 +13,10 @@ Partitions that already finished in ``--work`` are reused, so a run cut by a tim
 continues where it stopped. ``--extra-members`` blends in members from an earlier run (e.g.
 another backbone): a parquet written by this script (``members_<backbone>.parquet``).
 
-    python benchmarks/gpu_pipeline.py --profile gpu-full --data-dir .carry/data \
-        --backbone minilm=.carry/minilm_fp16 --out $OUT --workers 4
+    python benchmarks/gpu_pipeline.py --profile gpu-full --data-dir DATA \
+        --backbone minilm=PATH/TO/minilm --out results/ --workers 4
+
+``DATA`` holds ``aes2/`` and ``persuade/``; ``--backbone`` defaults to the profile's backbones.
 
 On CPU (CI) it runs with a tiny profile: ``--profile path/to/tiny.yaml --workers 1``.
 """
@@ -40,11 +42,14 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from aes_core.config import AesConfig, load_config  # noqa: E402
-from aes_core.ensemble.artifact import GBDT_MEMBER, member_name  # noqa: E402
-from aes_core.ensemble.blend import member_columns  # noqa: E402
 from aes_core.hardware import hardware  # noqa: E402
+from aes_core.members import (  # noqa: E402
+    GBDT_MEMBER,
+    OOF_META_COLUMNS,
+    member_columns,
+    member_name,
+)
 from aes_core.metrics import qwk  # noqa: E402
-from aes_core.training.oof import BASE_COLUMNS  # noqa: E402
 
 
 def _device() -> tuple[str, Any, dict[str, Any]]:
@@ -250,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device, amp, _ = _device()
     members_test = pd.DataFrame({"essay_id": test["essay_id"]})
-    oof = folded[BASE_COLUMNS].copy()
+    oof = folded[list(OOF_META_COLUMNS)].copy()
     report["backbones"] = {}
     for bb in cfg.backbones:
         base = resolve_backbone_path(bb)
@@ -339,10 +344,10 @@ def main(argv: list[str] | None = None) -> int:
             oof[m] = col
             members_test[m] = np.mean([r["test_pred"] for r in rs], axis=0)
         report["backbones"][bb.name] = bb_report
-        pd.concat([oof.set_index("essay_id")[[c for c in oof.columns if c.startswith(
-            bb.name + "__")]].add_prefix("oof:"), members_test.set_index("essay_id")[[
-                c for c in members_test.columns if c.startswith(bb.name + "__")]].add_prefix(
-                "test:")], axis=0).reset_index().to_parquet(out / f"members_{bb.name}.parquet")
+        own = [m for m in (member_name(bb.name, h) for h in heads) if m in oof.columns]
+        pd.concat([oof.set_index("essay_id")[own].add_prefix("oof:"),
+                   members_test.set_index("essay_id")[own].add_prefix("test:")],
+                  axis=0).reset_index().to_parquet(out / f"members_{bb.name}.parquet")
 
     for extra in a.extra_members:
         ex = pd.read_parquet(extra).set_index("essay_id")
@@ -382,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
                     full.drop(columns=GBDT_MEMBER), members_test, test_y, cfg)
             if GBDT_MEMBER in members:
                 report["baseline_gbdt_alone"] = ensemble_on_test(
-                    full[[*BASE_COLUMNS, GBDT_MEMBER]],
+                    full[[*OOF_META_COLUMNS, GBDT_MEMBER]],
                     members_test, test_y, cfg)
         except Exception:  # the trained members and their files matter more than the blend
             report["ensemble_error"] = traceback.format_exc()

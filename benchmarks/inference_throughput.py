@@ -32,10 +32,10 @@ Scores of every path are compared with the naive fp32 path (always computed as t
 fraction of identical rounded 1..6 scores, and max |score - reference|. Tokenizer-only
 essays/s is reported separately: it is the ceiling of any end-to-end path.
 
-GPU machine (the repo is the CWD)::
+On a GPU host (the repo is the CWD)::
 
     python benchmarks/inference_throughput.py --model-dir PATH/TO/regressor \
-        --data .carry/data/aes2/test.csv.gz --out $OUT
+        --data DATA/aes2/test.csv.gz --out results/
 
 CPU smoke run (seconds; CUDA-only paths are skipped with their reason)::
 

@@ -1,10 +1,10 @@
 """Training throughput of backbone + head on the hardware it runs on (tokens/s, s per epoch).
 
 Needs only aes_core + torch / transformers / lightning / pydantic / pandas / yaml (no Dagster,
-no MLflow), so it runs as is on the GPU machine::
+no MLflow), so it runs on a GPU host without the rest of the stack::
 
     python benchmarks/train_throughput.py                       # packaged MiniLM, max length 512
-    python benchmarks/train_throughput.py --backbone /tmp/minilm_fp16 --batch-size 32
+    python benchmarks/train_throughput.py --backbone PATH/TO/minilm --batch-size 32
     python benchmarks/train_throughput.py --tiny --steps 3      # CI smoke run on CPU
 
 It trains one epoch (or ``--steps`` optimizer steps) on real essays with the project's Lightning

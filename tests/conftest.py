@@ -6,7 +6,10 @@ small data: slices of the bundled sample and models with a few thousand paramete
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +77,19 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "aes2" / "train.csv.gz").exists():
         pytest.skip(f"shared data not at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@contextmanager
+def records_of(*names: str) -> Iterator[list[logging.LogRecord]]:
+    """Every record the named loggers pass on (after their own filters), whatever prints them."""
+    got: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = got.append  # type: ignore[method-assign]
+    loggers = [logging.getLogger(n) for n in names]
+    for lg in loggers:
+        lg.addHandler(handler)
+    try:
+        yield got
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)

@@ -14,8 +14,9 @@ import pandas as pd
 
 from aes_core.config import SAMPLE_DIR, HeadSection
 from aes_core.data import io
-from aes_core.ensemble.artifact import EnsembleArtifact, member_name
+from aes_core.ensemble.artifact import EnsembleArtifact
 from aes_core.export.onnx import export_onnx
+from aes_core.members import member_name
 from aes_core.models.backbone import load_tokenizer
 from aes_core.models.regressor import EssayRegressor, RegressorSpec
 

@@ -2,6 +2,7 @@
 and the Dagster assets (gbdt_member/gbdt_oof, ensemble_weights, scoring_report, checks)."""
 
 import json
+import re
 
 import dagster as dg
 import mlflow
@@ -25,8 +26,10 @@ from aes_core.ensemble.thresholds import (
     fit_thresholds,
     validate_thresholds,
 )
+from aes_core.members import GBDT_MEMBER, member_columns, member_name, split_member_name
 from aes_core.metrics import qwk
 from aes_core.report import PLOTS, build_report
+from aes_core.training.oof import qwk_reports
 from tests.conftest import write_profile
 
 SCORE_P = [0.07, 0.27, 0.36, 0.22, 0.06, 0.02]
@@ -150,6 +153,19 @@ def test_oof_table_errors_name_members_and_essays():
     joined = assemble_oof(df, pd.DataFrame({"essay_id": df["essay_id"], "gbdt": 3.0}),
                           expected=["good", "gbdt"])
     assert "gbdt" in joined.columns and len(joined) == 60
+
+
+def test_member_names_round_trip_and_one_rule_for_member_columns():
+    name = member_name("minilm", "attention")
+    assert name == "minilm__attention" and split_member_name(name) == ("minilm", "attention")
+    for bad in (GBDT_MEMBER, "minilm", "__mean", "minilm__"):
+        with pytest.raises(ValueError, match=re.escape(repr(bad))):
+            split_member_name(bad)
+    df = synthetic_oof(60).rename(columns={"good": name})
+    joined = assemble_oof(df, pd.DataFrame({"essay_id": df["essay_id"], GBDT_MEMBER: 3.0}))
+    assert member_columns(joined) == [name, "noisy", "biased", GBDT_MEMBER]
+    # the training side's QWK report reads the members by the same rule, GBDT included
+    assert list(qwk_reports(joined)["overall"].index) == member_columns(joined)
 
 
 # ---------------------------------------------------------------- GBDT member

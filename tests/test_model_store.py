@@ -1,4 +1,4 @@
-"""Model store: split-zip assembly, verification, errors naming the part, idempotency.
+"""tools/model_store.py: split-zip assembly, verification, errors naming the part, idempotency.
 
 Nothing here downloads: a tiny random BERT folder is zipped and cut into 5 parts in tmp
 folders (loose ``.zip.00N`` files and fake part wheels); the downloader is replaced.
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from aes_core.models import model_store as ms
-from aes_core.models.model_store import ModelStoreError, install_model, split_zip_spec
 from tests.conftest import build_tiny_bert
+from tools import model_store as ms
+from tools.model_store import ModelStoreError, install_model, split_zip_spec
 
 N_PARTS = 5
 ZIP_NAME = "tiny-model.zip"

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from aes_core import logs
 from aes_core.config import load_config
 from aes_core.data import io
 from aes_core.data.folds import build_folded
@@ -25,7 +26,9 @@ from aes_core.training.stages import (
     stage2_split,
     train_fold_head,
 )
-from tests.conftest import tiny_overrides
+from tests.conftest import records_of, tiny_overrides
+
+LIBRARY_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "transformers.modeling_utils")
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +37,24 @@ def folded() -> pd.DataFrame:
     raw = io.load_train(cfg.data.train_path)
     df, _ = build_folded(raw, io.load_persuade(cfg.data.persuade_path), cfg.folds)
     return df
+
+
+def test_quiet_libraries_filters_lightning_chatter_and_verbose_restores_it(monkeypatch):
+    from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+    monkeypatch.setattr(logs, "_choice", None)
+    with records_of(*LIBRARY_LOGGERS) as got:
+        logs.quiet_libraries()
+        rank_zero_info("GPU available: False, used: False")
+        rank_zero_info("💡 Tip: For seamless cloud uploads and versioning, try litmodels")
+        rank_zero_info("Using bf16 Automatic Mixed Precision (AMP)")  # not chatter: kept
+        logs.quiet_libraries(verbose=True)
+        logs.quiet_libraries()  # library code keeps the entry point's explicit choice
+        rank_zero_info("GPU available: False, used: False")
+        logs.quiet_libraries(verbose=False)
+        rank_zero_info("TPU available: False, using: 0 TPU cores")
+    assert [r.getMessage() for r in got] == ["Using bf16 Automatic Mixed Precision (AMP)",
+                                             "GPU available: False, used: False"]
 
 
 def test_stage_data_never_trains_on_its_validation_essays(folded):
@@ -196,7 +217,10 @@ def test_interrupted_partition_resumes_from_last_checkpoint(tmp_path, tiny_backb
 
 def test_stage2_skipped_without_flag1(tmp_path, tiny_backbone, tiny_folded):
     job = _job(tmp_path, tiny_backbone, tmp_path / "p", stage1_epochs=1, max_train_essays=16)
-    result = train_fold_head(job, tiny_folded.assign(flag=0))
+    with records_of(*LIBRARY_LOGGERS) as chatter:
+        result = train_fold_head(job, tiny_folded.assign(flag=0))
+    # Lightning's banners/tips and transformers' load report are filtered (aes_core.logs)
+    assert [r.getMessage() for r in chatter] == []
     assert result["stage2"] is None and result["stage2_val_qwk"] is None
     assert any("stage 2 skipped" in n for n in result["notes"])
     assert any("validating on all" in n for n in result["notes"])

@@ -16,8 +16,9 @@ import torch
 
 from aes_core.config import SAMPLE_DIR, AesConfig, HeadSection, load_config
 from aes_core.data.io import load_train
-from aes_core.ensemble.artifact import EnsembleArtifact, member_name
+from aes_core.ensemble.artifact import EnsembleArtifact
 from aes_core.export.onnx import export_onnx
+from aes_core.members import member_name
 from aes_core.models.backbone import load_tokenizer
 from aes_core.models.regressor import EssayRegressor, RegressorSpec
 

@@ -7,7 +7,7 @@ Usage:
 
 The model lands in ``var/models/<name>/`` (``--store`` or ``$AES_MODEL_STORE`` to change),
 with ``aes_model_store.json`` describing its source packages, hashes and parameter count.
-Re-running on a complete store does nothing. The logic is aes_core.models.model_store.
+Re-running on a complete store does nothing. The logic is tools/model_store.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from aes_core.models.model_store import (
+from tools.model_store import (
     KNOWN_MODELS,
     ModelStoreError,
     backbone_entry,

@@ -16,8 +16,9 @@ from aes_assets.configs import run_config
 from aes_assets.metadata import code_version, config_metadata, md, png_md
 from aes_core.config import AesConfig
 from aes_core.contracts import GbdtMemberResult, ScoringReportResult
-from aes_core.ensemble.artifact import GBDT_MEMBER, EnsembleArtifact
+from aes_core.ensemble.artifact import EnsembleArtifact
 from aes_core.ensemble.blend import assemble_oof, expected_members, fit_ensemble
+from aes_core.members import GBDT_MEMBER
 from aes_core.report import build_report
 from aes_resources.mlflow import MlflowTracker
 from aes_resources.settings import PipelineSettings

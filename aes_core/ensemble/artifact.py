@@ -80,9 +80,3 @@ def apply_thresholds(pred: np.ndarray, thresholds: list[float]) -> np.ndarray:
     """Serving's threshold rule is the fitting's rule: one implementation, ``thresholds.cut``."""
     return cut(pred, thresholds).astype(int)
 
-
-GBDT_MEMBER = "gbdt"  # the GBDT member's name; transformer members are member_name(...)
-
-
-def member_name(backbone: str, head: str) -> str:
-    return f"{backbone}__{head}"

@@ -26,15 +26,15 @@ from scipy.optimize import minimize
 from tqdm.auto import tqdm
 
 from aes_core.config import AesConfig, EnsembleSection
-from aes_core.ensemble.artifact import GBDT_MEMBER, EnsembleArtifact, member_name
+from aes_core.ensemble.artifact import EnsembleArtifact
 from aes_core.ensemble.thresholds import (
     DEFAULT_THRESHOLDS,
     cut,
     fast_qwk,
     fit_thresholds,
 )
+from aes_core.members import GBDT_MEMBER, OOF_META_COLUMNS, member_columns, member_name
 
-META_COLUMNS = ("essay_id", "fold", "score", "prompt_name", "flag", "in_persuade")
 REQUIRED_COLUMNS = ("essay_id", "fold", "score")
 PRED_RANGE = (0.5, 6.5)
 EQUAL, BLEND = "equal_blend", "blend"
@@ -50,11 +50,6 @@ def expected_members(cfg: AesConfig) -> list[str]:
         return list(cfg.ensemble.members)
     names = [member_name(b.name, h) for b in cfg.backbones for h in cfg.heads.heads]
     return names + ([GBDT_MEMBER] if cfg.gbdt.enabled else [])
-
-
-def member_columns(df: pd.DataFrame) -> list[str]:
-    """Every column that is not an id/label/meta column is a member."""
-    return [c for c in df.columns if c not in META_COLUMNS]
 
 
 def _ids(df: pd.DataFrame, mask: np.ndarray, n: int = 5) -> str:
@@ -79,7 +74,7 @@ def assemble_oof(oof_predictions: pd.DataFrame, gbdt_oof: pd.DataFrame | None = 
     df["essay_id"] = df["essay_id"].astype(str)
     members = member_columns(df)
     if df["essay_id"].duplicated().any():
-        meta = [c for c in df.columns if c in META_COLUMNS and c != "essay_id"]
+        meta = [c for c in df.columns if c in OOF_META_COLUMNS and c != "essay_id"]
         agg = {**{c: "first" for c in meta}, **{m: "mean" for m in members}}
         df = df.groupby("essay_id", sort=False, as_index=False).agg(agg)
     if gbdt_oof is not None and len(gbdt_oof):

@@ -31,8 +31,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from tqdm.auto import tqdm
 
 from aes_core.config import GbdtSection
-from aes_core.ensemble.artifact import GBDT_MEMBER
 from aes_core.ensemble.features import FEATURE_NAMES, feature_matrix
+from aes_core.members import GBDT_MEMBER
 from aes_core.metrics import qwk
 
 META_FILE = "gbdt_member.json"

@@ -17,8 +17,9 @@ from pathlib import Path
 import pandas as pd
 
 from aes_core.contracts import FoldHeadCheckpoint, OnnxExport
-from aes_core.ensemble.artifact import GBDT_MEMBER, EnsembleArtifact
+from aes_core.ensemble.artifact import EnsembleArtifact
 from aes_core.export.onnx import ONNX_FILE, check_parity, export_onnx, load_spec
+from aes_core.members import GBDT_MEMBER
 from aes_core.serving.manifest import (
     ENSEMBLE_PATH,
     GBDT_DIR,

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aes_core.config import PROJECT_ROOT, ServingSection
-from aes_core.ensemble.artifact import GBDT_MEMBER
 from aes_core.export.onnx import ONNX_FILE, load_spec
+from aes_core.members import GBDT_MEMBER, split_member_name
 from aes_core.models.regressor import BACKBONE_DIR
 from aes_core.serving.manifest import Bundle
 
@@ -148,7 +148,7 @@ def write_triton_repo(repo: str | Path, bundle: Bundle, serving: ServingSection,
         if not folds:
             raise ValueError(f"member {m!r} of the ensemble has no exported folds")
         spec = load_spec(folds[0])
-        backbone = m.split("__", 1)[0]
+        backbone, _ = split_member_name(m)
         tok_dir = scorer_dir / "tokenizers" / backbone
         if not tok_dir.exists():
             shutil.copytree(folds[0] / BACKBONE_DIR, tok_dir)

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from aes_core.config import HeadSection
+from aes_core.logs import explain_loading, quiet_libraries
 from aes_core.models.heads import build_head
 
 SPEC_FILE = "aes_model.json"
@@ -80,8 +81,11 @@ class EssayRegressor(nn.Module):
         """
         from transformers import AutoModel
 
-        enc = AutoModel.from_pretrained(str(backbone_path), local_files_only=True,
-                                        **encoder_overrides(num_layers))
+        quiet_libraries()
+        enc, info = AutoModel.from_pretrained(str(backbone_path), local_files_only=True,
+                                              output_loading_info=True,
+                                              **encoder_overrides(num_layers))
+        explain_loading(enc, info, str(backbone_path))
         if vocab_size and vocab_size != enc.get_input_embeddings().num_embeddings:
             enc.resize_token_embeddings(vocab_size)
         return cls(enc, spec)

@@ -24,7 +24,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from aes_core.ensemble.artifact import GBDT_MEMBER, EnsembleArtifact
+from aes_core.ensemble.artifact import EnsembleArtifact
+from aes_core.members import GBDT_MEMBER
 from aes_core.models.regressor import BACKBONE_DIR, RegressorSpec
 
 MANIFEST_FILE = "manifest.json"

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from aes_core.ensemble.artifact import GBDT_MEMBER, EnsembleArtifact
+from aes_core.ensemble.artifact import EnsembleArtifact
 from aes_core.export.onnx import ONNX_FILE, OUTPUT_NAME, load_spec
+from aes_core.members import GBDT_MEMBER
 from aes_core.models.backbone import encode_newlines
 from aes_core.models.regressor import BACKBONE_DIR, RegressorSpec
 

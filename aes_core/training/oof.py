@@ -8,13 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from aes_core.contracts import FoldHeadCheckpoint
+from aes_core.members import OOF_META_COLUMNS, member_columns, member_name
 from aes_core.metrics import qwk
-
-BASE_COLUMNS = ["essay_id", "fold", "score", "prompt_name", "flag"]
-
-
-def member_name(backbone: str, head: str) -> str:
-    return f"{backbone}__{head}"
 
 
 class MissingPartitionsError(RuntimeError):
@@ -37,7 +32,7 @@ def build_oof_table(folded: pd.DataFrame, checkpoints: Iterable[FoldHeadCheckpoi
         raise MissingPartitionsError(
             f"{len(missing)} of {len(expected)} fold x head partition(s) are not "
             f"materialized: {listed}. Backfill them first.")
-    table = folded[BASE_COLUMNS].copy()
+    table = folded[list(OOF_META_COLUMNS)].copy()
     table["essay_id"] = table["essay_id"].astype(str)
     for b, h in sorted({(b, h) for b, h, _ in expected}):
         col = member_name(b, h)
@@ -58,10 +53,6 @@ def build_oof_table(folded: pd.DataFrame, checkpoints: Iterable[FoldHeadCheckpoi
             folds_missing = sorted(table.loc[table[col].isna(), "fold"].unique().tolist())
             raise MissingPartitionsError(f"{col}: no predictions for folds {folds_missing}")
     return table.reset_index(drop=True)
-
-
-def member_columns(table: pd.DataFrame) -> list[str]:
-    return [c for c in table.columns if "__" in c]
 
 
 def qwk_reports(table: pd.DataFrame) -> dict[str, pd.DataFrame]:

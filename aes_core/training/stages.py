@@ -40,7 +40,8 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from aes_core.config import AesConfig, BackboneSection
 from aes_core.contracts import FoldHeadCheckpoint, StageInfo
-from aes_core.ensemble.artifact import member_name
+from aes_core.logs import quiet_libraries
+from aes_core.members import member_name
 from aes_core.metrics import qwk
 from aes_core.models.backbone import load_tokenizer
 from aes_core.models.regressor import (
@@ -365,6 +366,7 @@ def train_fold_head(job: FoldHeadJob, folded: pd.DataFrame) -> FoldHeadCheckpoin
 
     A completed partition of the identical spec is returned as it is (``reused``) when
     ``train.reuse_completed``; an interrupted one resumes from its last checkpoint."""
+    quiet_libraries()
     if job.head not in job.cfg.heads.heads:
         raise ValueError(f"head {job.head!r} is not configured; heads.heads = "
                          f"{job.cfg.heads.heads}")
@@ -460,8 +462,6 @@ class PartitionTask:
 
 def train_partition(task: PartitionTask) -> FoldHeadCheckpoint:
     """:func:`train_fold_head` in a worker process (see ``aes_core.training.parallel``)."""
-    from aes_core.logs import quiet_libraries
-
     quiet_libraries()
     cfg = AesConfig.model_validate_json(task.cfg_json)
     job = FoldHeadJob(cfg=cfg, backbone=cfg.backbone(task.backbone),

@@ -47,6 +47,7 @@ class TritonPythonModel:
         from transformers import AutoTokenizer
 
         from aes_core.ensemble.artifact import EnsembleArtifact
+        from aes_core.members import GBDT_MEMBER
         from aes_core.models.regressor import RegressorSpec
         from aes_core.serving import onnx_scorer
 
@@ -54,7 +55,7 @@ class TritonPythonModel:
         self.ensemble = EnsembleArtifact.load(os.path.join(here, meta["ensemble"]))
         self.members = []
         for name in self.ensemble.members:
-            if name == onnx_scorer.GBDT_MEMBER:
+            if name == GBDT_MEMBER:
                 from aes_core.ensemble.gbdt import GbdtMember
 
                 self.members.append((name, GbdtMember.load(os.path.join(here, meta["gbdt_dir"])),

