@@ -324,6 +324,8 @@ class WebSection(Section):
     typical_high_q: float = Field(0.9, gt=0.5, le=1, description="upper quantile of typical range")
     prefer_triton: bool = Field(True, description="score through Triton when a server answers")
     triton_url: str | None = Field(None, description="Triton host:port; None = serving's")
+    min_words: int = Field(150, ge=1, description="fewer words get a 'too short' warning "
+                                                  "(the shortest training essay has 150)")
 
 
 class RunSection(Section):

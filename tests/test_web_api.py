@@ -26,6 +26,7 @@ from aes_core.serving.base import score_frame
 from aes_core.serving.loader import load_scorer
 from tests.web_support import HEADS, N_FOLDS, build_storage, sample_essays, web_config
 from web.app import create_app
+from web.essay_warnings import TOO_SHORT
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +98,8 @@ def test_info_lists_model_limits_and_ranges(client, cfg, reference):
     assert info["weights"] == pytest.approx(reference.ensemble.weights)
     assert info["limits"] == {"max_essay_chars": cfg.web.max_essay_chars,
                               "max_upload_bytes": cfg.web.max_upload_bytes,
-                              "max_rows": cfg.web.max_rows}
+                              "max_rows": cfg.web.max_rows,
+                              "min_words": cfg.web.min_words}
     assert info["typical_ranges"]["source_kind"] == "train_csv"
     assert info["typical_ranges"]["n_essays"] > 100
 
@@ -114,6 +116,7 @@ def test_score_one_essay_matches_the_scorer(client, reference, essays):
     assert body["blended"] == pytest.approx(float(ref.blended[0]), abs=1e-4)
     assert body["spread"] == pytest.approx(ref.spread[0].tolist(), abs=1e-4)
     assert sum(body["spread"]) == pytest.approx(1.0, abs=1e-3)
+    assert body["warnings"] == []  # a real essay of normal length
     assert [m["name"] for m in body["members"]] == ref.members
     assert [m["prediction"] for m in body["members"]] == pytest.approx(
         ref.member_preds[0].tolist(), abs=1e-4)
@@ -151,6 +154,28 @@ def test_onnx_members_agree_with_torch(client, storage, essays):
             preds.append(float(logits_to_scores(logit, "bce")[0]))
         assert m["prediction"] == pytest.approx(float(np.mean(preds)), abs=1e-3)
     assert {m["name"].split("__")[1] for m in body["members"]} == set(HEADS)
+
+
+@pytest.mark.parametrize("text, n_words", [("Dogs", 1), ("I like dogs. They are kind.", 6)])
+def test_short_essay_is_scored_with_a_warning(client, cfg, text, n_words):
+    r = client.post("/api/score", json={"text": text})
+    assert r.status_code == 200 and 1 <= r.json()["score"] <= 6
+    (warning,) = r.json()["warnings"]
+    assert set(warning) == {"code", "message", "evidence"}
+    assert warning["code"] == TOO_SHORT and "too short" in warning["message"]
+    assert warning["evidence"].startswith(f"{n_words} word")
+    assert f"at least {cfg.web.min_words:,} words" in warning["evidence"]
+
+
+def test_min_words_comes_from_the_config(tmp_path, storage, essays):
+    text = essays["full_text"].iloc[0]
+    words = essay_stats(text).words
+    for min_words, expected in ((words, []), (words + 1, [TOO_SHORT])):
+        cfg = web_config(tmp_path / str(min_words), storage, min_words=min_words)
+        with TestClient(create_app(cfg)) as c:
+            body = c.post("/api/score", json={"text": text}).json()
+            assert [w["code"] for w in body["warnings"]] == expected
+            assert c.get("/api/info").json()["limits"]["min_words"] == min_words
 
 
 @pytest.mark.parametrize("text, status, words", [
@@ -238,6 +263,30 @@ def test_csv_stream_reports_progress_and_matches_scorer(client, reference, essay
     spread = rows[[f"p_score_{k}" for k in range(1, 7)]].to_numpy()
     assert spread == pytest.approx(ref.spread, abs=1e-3)
     assert rows["words"].tolist() == [essay_stats(t).words for t in essays["full_text"]]
+    assert rows["warnings"].tolist() == [[]] * len(essays)
+
+
+def test_csv_flags_short_essays_in_rows_and_download(client, cfg, essays):
+    mixed = pd.concat([essays.head(2), pd.DataFrame({
+        "essay_id": ["one-word", "two-lines"],
+        "full_text": ["Hello", "I like dogs.\n\nThey are kind."],
+    }), essays.iloc[2:3]], ignore_index=True)
+    expected = [[TOO_SHORT] if essay_stats(t).words < cfg.web.min_words else []
+                for t in mixed["full_text"]]
+    assert expected == [[], [], [TOO_SHORT], [TOO_SHORT], []]
+    rows = client.post("/api/score-csv?format=json", content=_csv(mixed)).json()["rows"]
+    assert [[w["code"] for w in r["warnings"]] for r in rows] == expected
+    assert rows[2]["warnings"][0]["evidence"].startswith("1 word;")
+
+    r = client.post("/api/score-csv?format=csv&name=mixed.csv", content=_csv(mixed))
+    table = pd.read_csv(io.StringIO(r.text), dtype={"essay_id": str}, keep_default_na=False)
+    cols = table.columns.tolist()
+    assert cols[cols.index("score") + 1:cols.index("score") + 3] == ["warnings",
+                                                                     "warning_details"]
+    assert table["warnings"].tolist() == [";".join(e) for e in expected]
+    detail = table["warning_details"].tolist()
+    assert detail[0] == "" and "too short" in detail[2] and "(1 word;" in detail[2]
+    assert "(6 words;" in detail[3]
 
 
 def test_csv_download_as_file_multipart(client, reference, essays, cfg):
@@ -279,8 +328,10 @@ def test_keep_a_copy_uses_generated_names_only(module_tmp, storage, essays):
     names = sorted(p.name for p in keep_dir.iterdir())
     assert names == [f"{kept}-scored.csv", f"{kept}.csv"]
     assert (keep_dir / f"{kept}.csv").read_bytes() == raw
-    scored = pd.read_csv(keep_dir / f"{kept}-scored.csv", dtype={"essay_id": str})
+    scored = pd.read_csv(keep_dir / f"{kept}-scored.csv", dtype={"essay_id": str},
+                         keep_default_na=False)
     assert scored["essay_id"].tolist() == essays["essay_id"].head(3).tolist()
+    assert scored["warnings"].tolist() == [""] * 3  # text, not a Python list repr
     assert not (module_tmp / "evil.csv").exists() and not (keep_dir.parent / "evil.csv").exists()
 
 

@@ -1,7 +1,9 @@
 """End-to-end: the real server (``python -m web``) driven by headless Chromium through Selenium.
 
-Pastes an essay and reads the score off the page, shows the error for an empty essay,
-uploads a CSV, watches the table fill, downloads the scored CSV and rejects a bad CSV.
+Pastes an essay and reads the score off the page, shows the error for an empty essay and
+the warning for a too-short one, uploads a CSV, watches the table fill, downloads the scored
+CSV, rejects a bad CSV (progress reset, error shown) and checks that teachers see no internal
+model names or metrics unless they open "Technical details".
 Set ``AES_WEB_SCREENSHOT=<png path>`` to also save a screenshot of the scored page.
 """
 
@@ -23,6 +25,7 @@ from aes_core.serving.loader import load_scorer
 from aes_core.serving.triton import free_port
 from tests.conftest import write_profile
 from tests.web_support import build_storage, sample_essays, web_config, web_overrides
+from web.essay_warnings import TOO_SHORT
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -108,12 +111,22 @@ def _visible_text(driver, element_id: str) -> str:
     return el.text if el.is_displayed() else ""
 
 
+def _set_essay(driver, text: str) -> None:
+    box = driver.find_element("id", "essay-text")
+    driver.execute_script("arguments[0].value = arguments[1];"
+                          "arguments[0].dispatchEvent(new Event('input'));", box, text)
+
+
+def _internal_names(site) -> list[str]:
+    return list(load_scorer(site["cfg"]).ensemble.members)
+
+
 def test_paste_an_essay_and_read_the_score(site, browser):
     essay = sample_essays(3).iloc[2]
     ref = score_frame(load_scorer(site["cfg"]),
                       pd.DataFrame({"essay_id": ["x"], "full_text": [essay["full_text"]]}))
     browser.get(site["url"] + "/")
-    _wait(browser, lambda d: "ensemble of 2" in d.find_element("id", "model-info").text)
+    _wait(browser, lambda d: "ensemble of 2 models" in d.find_element("id", "model-info").text)
 
     # an empty essay shows a clear error and no score
     browser.find_element("id", "score-btn").click()
@@ -121,9 +134,7 @@ def test_paste_an_essay_and_read_the_score(site, browser):
     assert not browser.find_element("id", "result").is_displayed()
 
     box = browser.find_element("id", "essay-text")
-    browser.execute_script("arguments[0].value = arguments[1];"
-                           "arguments[0].dispatchEvent(new Event('input'));",
-                           box, essay["full_text"][:-40])
+    _set_essay(browser, essay["full_text"][:-40])
     box.send_keys(essay["full_text"][-40:])  # real typing for the last characters
     assert f"{len(essay['full_text']):,} characters" in browser.find_element(
         "id", "char-count").text
@@ -135,13 +146,47 @@ def test_paste_an_essay_and_read_the_score(site, browser):
     assert len(bars) == 6
     heights = [float(b.get_attribute("height")) for b in bars]
     assert int(max(range(6), key=heights.__getitem__)) == int(ref.spread[0].argmax())
+    words = browser.find_element("css selector", '[data-stat="words"] .stat-value').text
+    assert int(words.replace(",", "")) >= site["cfg"].web.min_words
+    assert not browser.find_element("id", "paste-warnings").is_displayed()
+
+    # teachers see no internal member names or metrics until they open the technical details
+    page = browser.find_element("tag name", "body").text
+    assert not [n for n in _internal_names(site) if n in page] and "QWK" not in page
+    assert not browser.find_element("id", "members-table").is_displayed()
+    browser.find_element("css selector", "#tech-details summary").click()
+    _wait(browser, lambda d: d.find_element("id", "members-table").is_displayed())
     preds = [float(e.text) for e in browser.find_elements("css selector", ".member-pred")]
     assert preds == pytest.approx(ref.member_preds[0].round(2).tolist(), abs=0.011)
-    words = browser.find_element("css selector", '[data-stat="words"] .stat-value').text
-    assert int(words.replace(",", "")) > 50
+    tech = browser.find_element("id", "tech-details").text
+    assert all(n in tech for n in _internal_names(site)) and "Validation QWK 0.500" in tech
+    browser.find_element("css selector", "#tech-details summary").click()  # closed again
     shot = os.environ.get("AES_WEB_SCREENSHOT")
     if shot:
         _save_screenshot(browser, Path(shot))
+
+
+def test_one_word_essay_gets_a_warning(site, browser):
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(site["url"] + "/")
+    _wait(browser, lambda d: "ensemble of" in d.find_element("id", "model-info").text)
+    box = browser.find_element("id", "essay-text")
+    box.send_keys("Dogs")
+    min_words = site["cfg"].web.min_words
+    assert f"under {min_words:,} words" in browser.find_element("id", "char-count").text
+    box.send_keys(Keys.CONTROL, Keys.ENTER)  # the keyboard shortcut scores too
+    _wait(browser, lambda d: d.find_element("id", "result").is_displayed())
+    assert browser.find_element("id", "score-value").text in list("123456")
+    warning = browser.find_element("css selector", "#paste-warnings .warning")
+    assert warning.is_displayed() and warning.get_attribute("data-code") == TOO_SHORT
+    assert "too short to score reliably" in warning.text
+    assert f"1 word; the model was trained on essays of at least {min_words:,} words" in (
+        warning.text)
+    # a long essay afterwards clears the warning
+    _set_essay(browser, sample_essays(1).iloc[0]["full_text"])
+    browser.find_element("id", "score-btn").click()
+    _wait(browser, lambda d: not d.find_element("id", "paste-warnings").is_displayed())
 
 
 def _save_screenshot(driver, path: Path) -> None:
@@ -161,6 +206,9 @@ def _save_screenshot(driver, path: Path) -> None:
 
 def test_upload_a_csv_and_download_scores(site, browser):
     essays = sample_essays(9)
+    essays = pd.concat([essays.iloc[:4], pd.DataFrame({"essay_id": ["short-one"],
+                                                       "full_text": ["Hello"]}),
+                        essays.iloc[4:]], ignore_index=True)
     path = site["tmp"] / "my class.csv"
     essays[["essay_id", "full_text"]].to_csv(path, index=False)
     ref = score_frame(load_scorer(site["cfg"]), essays)
@@ -176,22 +224,56 @@ def test_upload_a_csv_and_download_scores(site, browser):
     assert ids == essays["essay_id"].tolist()
     assert scores == ref.score.tolist()
     assert f"{len(essays)} essays scored" in browser.find_element("id", "csv-summary").text
+    flags = [e.text for e in browser.find_elements("css selector", "#csv-table .row-warnings")]
+    assert [bool(f) for f in flags] == [i == "short-one" for i in ids]
+    assert "Too short" in flags[ids.index("short-one")]
+    summary = browser.find_element("id", "csv-warn-summary")
+    assert summary.is_displayed() and "1 essay needs a check" in summary.text
+    assert "short-one: This essay is too short" in summary.text
+    page = browser.find_element("tag name", "body").text
+    assert not [n for n in _internal_names(site) if n in page] and "blended" not in page
 
     browser.find_element("id", "download-btn").click()
     target = browser.downloads / "scored_my class.csv"
     _wait(browser, lambda d: target.exists() and target.stat().st_size > 0, timeout=20)
-    table = pd.read_csv(target, dtype={"essay_id": str})
+    table = pd.read_csv(target, dtype={"essay_id": str}, keep_default_na=False)
     assert table["essay_id"].tolist() == ids and table["score"].tolist() == scores
+    assert table["warnings"].tolist() == [TOO_SHORT if i == "short-one" else "" for i in ids]
+    assert "(1 word;" in table["warning_details"][ids.index("short-one")]
+    assert set(_internal_names(site)) <= set(table.columns)  # details stay in the file
     assert not Path(site["cfg"].web.keep_dir).exists()  # nothing kept unless asked
 
 
-def test_bad_csv_shows_the_row(site, browser):
+def test_bad_csv_shows_the_row_and_resets_the_progress(site, browser):
     bad = site["tmp"] / "bad.csv"
     bad.write_bytes(b"essay_id,full_text\na,fine essay\nb,caf\xe9\n")
     browser.get(site["url"] + "/")
     browser.find_element("id", "tab-csv").click()
+    assert browser.find_element("id", "panel-csv").is_displayed()
+    # no empty progress bar before anything is uploaded
+    assert not browser.find_element("id", "csv-progress-wrap").is_displayed()
+    assert not browser.find_element("id", "csv-progress").is_displayed()
     browser.find_element("id", "csv-file").send_keys(str(bad))
     browser.find_element("id", "csv-btn").click()
     msg = _wait(browser, lambda d: _visible_text(d, "csv-error"))
     assert "bad.csv, row 2" in msg and "UTF-8" in msg
     assert not browser.find_element("id", "csv-result").is_displayed()
+    # the rejected upload leaves no stuck "Uploading…" and no progress bar
+    assert not browser.find_element("id", "csv-progress-wrap").is_displayed()
+    assert "Uploading" not in browser.find_element("tag name", "body").text
+
+
+def test_keyboard_switches_tabs(site, browser):
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(site["url"] + "/")
+    paste = browser.find_element("id", "tab-paste")
+    paste.send_keys(Keys.ARROW_RIGHT)
+    _wait(browser, lambda d: d.find_element("id", "panel-csv").is_displayed())
+    active = browser.switch_to.active_element
+    assert active.get_attribute("id") == "tab-csv"
+    assert active.get_attribute("aria-selected") == "true"
+    assert not browser.find_element("id", "panel-paste").is_displayed()
+    active.send_keys(Keys.ARROW_LEFT)
+    _wait(browser, lambda d: d.find_element("id", "panel-paste").is_displayed())
+    assert browser.find_element("id", "tab-csv").get_attribute("tabindex") == "-1"

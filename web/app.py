@@ -1,4 +1,4 @@
-"""The teachers' scoring page: paste or upload essays, see scores, spread, members and statistics.
+"""The teachers' scoring page: paste or upload essays, see scores, spread, warnings, statistics.
 
 ``create_app(cfg, scorer_factory)`` builds the FastAPI app. Scoring goes through
 :func:`aes_core.serving.base.score_frame` with the same scorer as the ``submission`` asset
@@ -37,7 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from aes_core.config import AesConfig, load_config
+from aes_core.config import AesConfig, WebSection, load_config
 from aes_core.data.io import DataError, load_essays
 from aes_core.essay_stats import (
     STAT_LABELS,
@@ -47,6 +47,7 @@ from aes_core.essay_stats import (
     load_typical_ranges,
 )
 from aes_core.serving.base import ScoredEssays, Scorer, score_frame
+from web.essay_warnings import essay_warnings, warning_codes, warning_details
 
 ScorerFactory = Callable[[], Scorer]
 log = logging.getLogger(__name__)
@@ -210,9 +211,10 @@ class ScoringService:
             return score_frame(scorer, essays)
 
     def describe(self, scored: ScoredEssays, i: int, text: str) -> dict[str, Any]:
-        """One essay's full result: score, spread, members, statistics vs typical range."""
+        """One essay's full result: score, spread, warnings, members, stats vs typical range."""
         ens = self.scorer().ensemble
-        stats = essay_stats(text).as_dict()
+        own = essay_stats(text)
+        stats = own.as_dict()
         score = int(scored.score[i])
         ranges = (self.ranges() or {}).get("ranges", {}).get(str(score), {})
         return {
@@ -220,6 +222,7 @@ class ScoringService:
             "score": score,
             "blended": round(float(scored.blended[i]), 4),
             "spread": [round(float(p), 4) for p in scored.spread[i]],
+            "warnings": [x.model_dump() for x in essay_warnings(own, self.cfg.web)],
             "members": [
                 {"name": m, "weight": round(float(w), 4),
                  "prediction": round(float(scored.member_preds[i, j]), 4)}
@@ -237,7 +240,8 @@ class ScoringService:
         out: dict[str, Any] = {
             "profile": self.cfg.profile,
             "limits": {"max_essay_chars": w.max_essay_chars,
-                       "max_upload_bytes": w.max_upload_bytes, "max_rows": w.max_rows},
+                       "max_upload_bytes": w.max_upload_bytes, "max_rows": w.max_rows,
+                       "min_words": w.min_words},
             "ready": False,
         }
         try:
@@ -254,18 +258,30 @@ class ScoringService:
         return out
 
 
-def scored_table(scored: ScoredEssays, texts: list[str]) -> pd.DataFrame:
-    """The downloadable table: id, score, blended, spread per score, members, statistics."""
+def scored_table(scored: ScoredEssays, texts: list[str], web: WebSection) -> pd.DataFrame:
+    """The scored table: id, score, warnings (lists), blended, members, spread, statistics."""
     df = scored.to_frame(with_members=True)
     for col in ["blended", *scored.members]:
         df[col] = df[col].astype(float).round(4)
+    own = [essay_stats(t) for t in texts]
+    df.insert(df.columns.get_loc("score") + 1, "warnings",
+              pd.Series([[x.model_dump() for x in essay_warnings(s, web)] for s in own],
+                        index=df.index, dtype=object))
     for k in range(6):
         df[f"p_score_{k + 1}"] = np.round(scored.spread[:, k], 4) if len(df) else []
-    stats = pd.DataFrame([essay_stats(t).as_dict() for t in texts], columns=list(STAT_NAMES)
-                         + ["sentences"])
+    stats = pd.DataFrame([s.as_dict() for s in own], columns=list(STAT_NAMES) + ["sentences"])
     for n in STAT_NAMES:
         df[n] = stats[n].to_numpy()
     return df
+
+
+def csv_table(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`scored_table` for a CSV file: warnings as codes plus a ``warning_details`` text."""
+    out = table.copy()
+    at = out.columns.get_loc("warnings")
+    out.insert(at + 1, "warning_details", table["warnings"].map(warning_details))
+    out["warnings"] = table["warnings"].map(warning_codes)
+    return out
 
 
 def _mtime(path: Path) -> int | None:
@@ -425,7 +441,7 @@ def create_app(cfg: AesConfig | None = None,
         suffix = ".csv.gz" if raw[:2] == b"\x1f\x8b" else ".csv"
         (folder / f"{stem}{suffix}").write_bytes(raw)
         if table is not None:
-            table.to_csv(folder / f"{stem}-scored.csv", index=False)
+            csv_table(table).to_csv(folder / f"{stem}-scored.csv", index=False)
         return stem
 
     def _rows_json(table: pd.DataFrame) -> list[dict[str, Any]]:
@@ -449,7 +465,7 @@ def create_app(cfg: AesConfig | None = None,
         def score_all() -> Iterator[pd.DataFrame]:
             for start in range(0, len(essays), step):
                 part = essays.iloc[start:start + step]
-                yield scored_table(service.score(part), texts[start:start + step])
+                yield scored_table(service.score(part), texts[start:start + step], w)
 
         if format != "ndjson":
             table = pd.concat(await run_in_threadpool(lambda: list(score_all())),
@@ -460,7 +476,7 @@ def create_app(cfg: AesConfig | None = None,
                 headers = {"Content-Disposition": f'attachment; filename="{out_name}"'}
                 if kept:
                     headers["X-Kept-As"] = kept
-                return Response(table.to_csv(index=False), media_type="text/csv",
+                return Response(csv_table(table).to_csv(index=False), media_type="text/csv",
                                 headers=headers)
             return JSONResponse({"name": label, "total": len(table), "kept_as": kept,
                                  "rows": _rows_json(table)})
@@ -486,4 +502,5 @@ def create_app(cfg: AesConfig | None = None,
     return app
 
 
-__all__ = ["create_app", "default_scorer_factory", "ScorerUnavailable", "scored_table"]
+__all__ = ["create_app", "csv_table", "default_scorer_factory", "ScorerUnavailable",
+           "scored_table"]
