@@ -31,10 +31,11 @@ ROWS_SHOWN = 10               # rows named in a message before "(+N more)"
 
 
 class DataError(ValueError):
-    """Bad input: the message names the file, row and field."""
+    """Bad input: the message names the file, row and field; ``reason`` is the rule's message."""
 
     def __init__(self, source: str, message: str, rows: Iterable[int] = (), field: str = ""):
         self.source = source
+        self.reason = message
         self.rows = list(rows)
         self.field = field
         super().__init__(f"{source}{_where(self.rows, field)}: {message}")
