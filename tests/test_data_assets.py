@@ -39,7 +39,8 @@ def test_sample_profile_materializes_with_checks(tmp_path):
         assert sorted(folded["fold"].unique()) == [0, 1, 2]
         checks = _check_results(result)
         assert checks and all(checks.values()), checks
-        assert {"raw_essays_unique_ids", "folded_one_fold_each", "folded_balance"} <= set(checks)
+        assert {"raw_essays_schema", "folded_schema", "folded_one_fold_each", "folded_balance",
+                "test_essays_contract"} <= set(checks)
         mat = instance.get_latest_materialization_event(dg.AssetKey("folded_essays"))
         meta = mat.asset_materialization.metadata
         assert meta["rows"].value == 900

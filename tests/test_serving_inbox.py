@@ -143,7 +143,7 @@ def test_sensor_scores_every_essay_exactly_once_across_restarts(env):
 
     assert f"line {line_of(',orphan text')}: essay_id='': empty essay_id" in report
     assert f"line {line_of(rows[6][0] + ',dup')}: essay_id={rows[6][0]!r}: duplicate" in report
-    assert f"line {line_of(rows[11][0] + ',')}: essay_id={rows[11][0]!r}: empty full_text" \
+    assert f"line {line_of(rows[11][0] + ',')}: essay_id={rows[11][0]!r}: empty essay text" \
         in report
     assert list((tmp / "rejected").glob("b.*.csv"))  # the original, kept for inspection
     assert not list(inbox.glob("*.csv"))              # processed files left the inbox

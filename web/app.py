@@ -13,14 +13,11 @@ and an upload is written to disk only when the user ticks "keep a copy" (into
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import re
 import threading
 import uuid
-import zlib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from importlib import resources
@@ -120,41 +117,6 @@ def _safe_label(name: str | None) -> str:
     base = re.split(r"[\\/]", name or "")[-1]
     base = re.sub(r"[^\w.\- ]", "_", base).strip()[:80]
     return base or "upload.csv"
-
-
-def _decode_row(raw: bytes, pos: int) -> int:
-    """1-based data row (header not counted) holding byte ``pos`` of a CSV."""
-    prefix = raw[:pos].decode("utf-8", errors="replace")
-    records = list(csv.reader(io.StringIO(prefix)))
-    if prefix.endswith("\n") or not records:
-        return max(len(records), 1)
-    return max(len(records) - 1, 1)
-
-
-def _unpack_upload(raw: bytes, label: str, limit: int) -> bytes:
-    """Gunzip (bounded), drop a UTF-8 byte-order mark, and check UTF-8 naming the bad row."""
-    if raw[:2] == b"\x1f\x8b":
-        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            out = d.decompress(raw, limit * 10 + 1)
-        except zlib.error as e:
-            raise DataError(label, f"corrupt gzip file: {e}") from e
-        if len(out) > limit * 10:
-            raise DataError(label, f"the unpacked file is larger than {limit * 10:,} bytes")
-        raw = out
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        row = _decode_row(raw, e.start)
-        raise DataError(
-            label,
-            f"the file is not UTF-8 text (bad byte {raw[e.start:e.start + 1]!r} at byte "
-            f"{e.start}); save it as 'CSV UTF-8' and upload again",
-            rows=[row],
-        ) from e
-    return raw
 
 
 class ScoringService:
@@ -417,21 +379,9 @@ def create_app(cfg: AesConfig | None = None,
         return raw, label
 
     def _validate(raw: bytes, label: str) -> pd.DataFrame:
-        data = _unpack_upload(raw, label, w.max_upload_bytes)
-        essays = load_essays(data, name=label)
-        if essays.empty:
-            raise DataError(label, "the file has a header but no essays")
-        if len(essays) > w.max_rows:
-            raise DataError(label, f"the file has {len(essays):,} essays; the limit is "
-                                   f"{w.max_rows:,} per upload (split the file)")
-        lengths = essays["full_text"].str.len()
-        too_long = (lengths > w.max_essay_chars).to_numpy().nonzero()[0]
-        if len(too_long):
-            raise DataError(label, f"essay longer than {w.max_essay_chars:,} characters "
-                                   f"({int(lengths.iloc[too_long[0]]):,})",
-                            rows=[int(i) + 1 for i in too_long], field="full_text")
-        essays["essay_id"] = essays["essay_id"].str.strip()
-        return essays
+        """The upload as a valid Essays table (schema rules + the web limits), else DataError."""
+        return load_essays(raw, name=label, max_unpacked_bytes=w.max_upload_bytes * 10,
+                           max_rows=w.max_rows, max_text_chars=w.max_essay_chars)
 
     def _keep(raw: bytes, table: pd.DataFrame | None) -> str:
         """Save an upload (and its scores) under a generated name; never a requested path."""

@@ -1,61 +1,21 @@
-"""The data contract of the essay tables, as pure checks returning (passed, description)."""
+"""Asset checks on the folds that go beyond one schema (``Table.check`` covers the rest).
+
+The expectations come from the configuration, never from the data checked: ``n_folds`` from
+the folds config, the balance tolerance from ``folds.balance_tolerance``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pandas as pd
 
+from aes_core.data import schema
 from aes_core.data.folds import fold_balance
-from aes_core.data.io import SCORE_MAX, SCORE_MIN
-
-FOLDED_COLUMNS = {"essay_id": "object", "full_text": "object", "score": "int",
-                  "prompt_name": "object", "flag": "int", "fold": "int"}
-
-
-@dataclass
-class CheckResult:
-    passed: bool
-    description: str
-    details: dict | None = None
-
-
-def check_schema(df: pd.DataFrame, schema: dict[str, str]) -> CheckResult:
-    problems = []
-    for col, kind in schema.items():
-        if col not in df.columns:
-            problems.append(f"missing column {col!r}")
-        elif kind == "int" and not pd.api.types.is_integer_dtype(df[col]):
-            problems.append(f"{col!r} is {df[col].dtype}, expected integers")
-        elif kind == "object" and not df[col].map(lambda v: isinstance(v, str)).all():
-            problems.append(f"{col!r} holds non-text values")
-    return CheckResult(not problems, "; ".join(problems) or "all columns present with types")
-
-
-def check_unique_ids(df: pd.DataFrame) -> CheckResult:
-    dup = df["essay_id"][df["essay_id"].duplicated()].unique().tolist()
-    return CheckResult(not dup, f"duplicate ids: {dup[:10]}" if dup else "essay_id is unique")
-
-
-def check_score_range(df: pd.DataFrame) -> CheckResult:
-    bad = df.index[(df["score"] < SCORE_MIN) | (df["score"] > SCORE_MAX)].tolist()
-    return CheckResult(not bad, f"rows out of 1..6: {bad[:10]}" if bad else "scores within 1..6")
-
-
-def check_texts(df: pd.DataFrame) -> CheckResult:
-    bad = df.index[~df["full_text"].map(lambda t: isinstance(t, str) and bool(t.strip()))]
-    return CheckResult(len(bad) == 0, f"empty/non-text rows: {bad.tolist()[:10]}" if len(bad)
-                       else "every essay has text")
+from aes_core.data.schema import CheckResult as CheckResult  # re-exported for the checks
 
 
 def check_one_fold_each(df: pd.DataFrame, n_folds: int) -> CheckResult:
-    bad = df.index[~df["fold"].between(0, n_folds - 1)].tolist()
-    counts = df["fold"].value_counts().reindex(range(n_folds), fill_value=0)
-    empty = counts.index[counts == 0].tolist()
-    ok = not bad and not empty and df["essay_id"].is_unique
-    desc = (f"every essay in exactly one of {n_folds} folds (sizes {counts.tolist()})" if ok else
-            f"rows without a valid fold: {bad[:10]}; empty folds: {empty}")
-    return CheckResult(ok, desc, {"fold_sizes": counts.tolist()})
+    """Every essay (unique id) in exactly one of the configured ``n_folds`` folds, none empty."""
+    return schema.FoldedEssays.check(df, columns=("essay_id", "fold"), n_folds=n_folds)
 
 
 def check_fold_balance(df: pd.DataFrame, tolerance: float) -> CheckResult:

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from aes_core.data.io import decode_bytes
+from aes_core.data.schema import DataError, Essays
 from aes_core.serving.base import Scorer, score_frame
 
-REQUIRED = ("essay_id", "full_text")
 HASH_LEN = 12
 
 
@@ -65,15 +66,18 @@ class ParsedFile:
 def parse_essay_csv(path: str | Path) -> ParsedFile:
     """Read ``essay_id, full_text`` rows; every bad row is reported with its line and reason.
 
-    Bad rows: wrong number of fields, empty essay_id, empty full_text, an essay_id seen
-    earlier in the same file. Unknown extra columns are ignored.
+    The file's structure is read here: a row with the wrong number of fields is bad, an
+    unclosed quote stops the reading (reported at its line), blank lines are skipped. The
+    rows are then split by the ``Essays`` schema (:mod:`aes_core.data.schema`): the same
+    rules and reasons as a strict load (empty id or text, a repeated id, ...). Problems of the
+    whole file (not UTF-8, missing column, no rows) are fatal. Extra columns are ignored.
     """
     path = Path(path)
-    empty = pd.DataFrame({"essay_id": pd.Series(dtype=str), "full_text": pd.Series(dtype=str)})
+    empty = pd.DataFrame({c: pd.Series(dtype=str) for c in Essays.names})
     try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        return ParsedFile(empty, fatal=f"{path.name}: not UTF-8 text ({e})")
+        text = decode_bytes(path.read_bytes(), path.name)
+    except DataError as e:
+        return ParsedFile(empty, fatal=str(e))
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # unclosed quote: error
     try:
         header = [h.strip() for h in next(reader)]
@@ -81,12 +85,12 @@ def parse_essay_csv(path: str | Path) -> ParsedFile:
         return ParsedFile(empty, fatal=f"{path.name}: empty file (no header)")
     except csv.Error as e:
         return ParsedFile(empty, fatal=f"{path.name}: unreadable CSV header ({e})")
-    missing = [c for c in REQUIRED if c not in header]
-    if missing:
-        return ParsedFile(empty, fatal=f"{path.name}: missing column(s) {missing}; "
-                                       f"header is {header}")
-    i_id, i_text = header.index("essay_id"), header.index("full_text")
-    good_ids, good_texts, bad, seen = [], [], [], set()
+    try:
+        Essays.require_columns(header, path.name)
+    except DataError as e:
+        return ParsedFile(empty, fatal=str(e))
+    index = [header.index(c) for c in Essays.names]
+    records, lines, bad = [], [], []
     while True:
         line = reader.line_num + 1  # where this record starts (quoted texts span lines)
         try:
@@ -98,20 +102,21 @@ def parse_essay_csv(path: str | Path) -> ParsedFile:
             break
         if not any(c.strip() for c in row):
             continue  # blank line
-        essay_id = row[i_id].strip() if len(row) > i_id else ""
         if len(row) != len(header):
+            essay_id = row[index[0]].strip() if len(row) > index[0] else ""
             bad.append(BadRow(line, essay_id, f"{len(row)} fields, expected {len(header)}"))
-        elif not essay_id:
-            bad.append(BadRow(line, essay_id, "empty essay_id"))
-        elif not row[i_text].strip():
-            bad.append(BadRow(line, essay_id, "empty full_text"))
-        elif essay_id in seen:
-            bad.append(BadRow(line, essay_id, "duplicate essay_id in this file"))
-        else:
-            seen.add(essay_id)
-            good_ids.append(essay_id)
-            good_texts.append(row[i_text])
-    return ParsedFile(pd.DataFrame({"essay_id": good_ids, "full_text": good_texts}), bad)
+            continue
+        records.append([row[i] for i in index])
+        lines.append(line)
+    if not records and bad:
+        return ParsedFile(empty, bad)
+    try:
+        good, bad_rows = Essays.split_rows(pd.DataFrame(records, columns=Essays.names),
+                                           path.name)
+    except DataError as e:
+        return ParsedFile(empty, bad, fatal=str(e))
+    bad += [BadRow(lines[row - 1], essay_id, reason) for row, essay_id, reason in bad_rows]
+    return ParsedFile(good, sorted(bad, key=lambda b: b.line))
 
 
 @dataclass
