@@ -1,7 +1,6 @@
 """Asset checks: the stored essay tables against their schemas (aes_core.data.schema), with
 expectations from the configuration the asset was built with (never from the checked data)."""
 
-from __future__ import annotations
 
 import dagster as dg
 import pandas as pd

@@ -1,21 +1,19 @@
 """Simple essay statistics (words, paragraphs, sentence length) and their typical range per score.
 
 The teachers' page shows an essay's statistics next to the range that essays of the same
-score usually have in the training data (per-score quantiles, cached as JSON).
+score usually have in the training data (per-score quantiles the export stage writes into
+the serving bundle).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from aes_core.data.io import SCORE_MAX, SCORE_MIN, load_train
+from aes_core.data.io import SCORE_MAX, SCORE_MIN
 
 STAT_NAMES = ("words", "paragraphs", "mean_sentence_words")
 STAT_LABELS = {
@@ -80,56 +78,6 @@ def typical_ranges(texts: list[str], scores: list[int] | np.ndarray, low_q: floa
             for name in STAT_NAMES
         }
     return out
-
-
-def _training_source(storage_root: str | Path, train_path: str | Path) -> tuple[Path, str]:
-    """The folded training table when the pipeline has run, else the raw train CSV."""
-    folded = Path(storage_root) / "tables" / "folded_essays.parquet"
-    if folded.exists():
-        return folded, "folded_essays"
-    return Path(train_path), "train_csv"
-
-
-def load_typical_ranges(storage_root: str | Path, train_path: str | Path, low_q: float = 0.1,
-                        high_q: float = 0.9, cache_dir: str | Path | None = None) -> dict:
-    """Per-score typical ranges from the training essays, cached by source content and quantiles.
-
-    Returns ``{"source": ..., "low_q", "high_q", "ranges": {score: {stat: {...}}}}``.
-    The cache lives in ``cache_dir`` (default ``<storage_root>/web``) and is rebuilt whenever
-    the source file changes.
-    """
-    src, kind = _training_source(storage_root, train_path)
-    if not src.exists():
-        raise FileNotFoundError(f"no training essays for typical ranges: {src} does not exist")
-    stat = src.stat()
-    key = hashlib.sha256(
-        f"{RANGES_VERSION}|{src.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{low_q}|{high_q}"
-        .encode()).hexdigest()[:16]
-    cache = Path(cache_dir) if cache_dir else Path(storage_root) / "web"
-    cache_file = cache / f"typical_ranges_{key}.json"
-    if cache_file.exists():
-        try:
-            return json.loads(cache_file.read_text())
-        except json.JSONDecodeError:
-            pass  # a torn cache file: rebuild it below
-    if kind == "folded_essays":
-        df = pd.read_parquet(src, columns=["full_text", "score"])
-    else:
-        df = load_train(src)
-    result = {
-        "source": str(src),
-        "source_kind": kind,
-        "n_essays": int(len(df)),
-        "low_q": low_q,
-        "high_q": high_q,
-        "ranges": typical_ranges(df["full_text"].tolist(), df["score"].astype(int).to_numpy(),
-                                 low_q, high_q),
-    }
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(cache_file)
-    return result
 
 
 def compare_to_range(value: float, rng: dict[str, float] | None) -> str:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from aes_core.config import AesConfig, ConfigError, apply_run_overrides, load_config
+from aes_core.config import AesConfig, ConfigError, load_config, resolve_section
 from tests.conftest import write_profile
 
 
@@ -67,10 +67,20 @@ def test_overrides_merge_deeply():
     assert cfg.train.batch_size == load_config("cpu-small").train.batch_size
 
 
-def test_run_overrides_only_change_non_default_fields():
+def test_run_values_always_win_and_none_means_the_profile():
     profile = load_config("gpu-full").folds
-    run = type(profile)()  # every field at its built-in default: nothing overrides
-    assert apply_run_overrides(profile, run) == profile
-    run = type(profile)(seed=123)
-    merged = apply_run_overrides(profile, run)
-    assert merged.seed == 123 and merged.n_folds == profile.n_folds == 5
+    assert profile.n_folds == 5  # differs from the built-in default (3)
+    # a value equal to the built-in default is still applied
+    assert resolve_section(profile, {"n_folds": 3}).n_folds == 3
+    # None means "the profile's value"; unknown launchpad keys are ignored only if None
+    merged = resolve_section(profile, {"n_folds": None, "seed": 123})
+    assert merged.n_folds == 5 and merged.seed == 123
+    with pytest.raises(ConfigError, match="n_folds"):
+        resolve_section(profile, {"n_folds": 1})
+
+
+def test_loaded_config_is_frozen():
+    cfg = load_config("cpu-small")
+    with pytest.raises(ValueError, match="frozen"):
+        cfg.train.lr = 1.0
+    assert cfg.model_copy(update={"profile": "x"}).profile == "x"

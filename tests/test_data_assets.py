@@ -12,11 +12,40 @@ DATA_ASSETS = ["raw_essays", "test_essays", "persuade_reference", "unlabelled_es
                "folded_essays"]
 
 
-def _materialize(profile, instance, selection=DATA_ASSETS, raise_on_error=True):
+def _materialize(profile, instance, selection=DATA_ASSETS, raise_on_error=True,
+                 run_config=None):
     defs = build_definitions(str(profile))
     assets = list(defs.assets) + list(defs.asset_checks or [])
     return dg.materialize(assets, selection=selection, instance=instance,
-                          resources=defs.resources, raise_on_error=raise_on_error)
+                          resources=defs.resources, raise_on_error=raise_on_error,
+                          run_config=run_config)
+
+
+def _fold_config_field(defs, name):
+    job = defs.resolve_implicit_global_asset_job_def()
+    ops = job.run_config_schema.config_type.fields["ops"].config_type.fields
+    return ops["folded_essays"].config_type.fields["config"].config_type.fields[name]
+
+
+def test_launchpad_shows_the_profile_and_a_default_valued_override_applies(tmp_path):
+    """The profile sets n_folds 4 (built-in default 3): the launchpad shows 4, and a run that
+    sets n_folds back to 3 - the built-in default - gets 3 folds, checked against 3."""
+    profile = write_profile(tmp_path, {"storage_root": str(tmp_path / "s"),
+                                       "mlflow_tracking_uri": f"sqlite:///{tmp_path}/m.db",
+                                       "folds": {"n_folds": 4}})
+    defs = build_definitions(str(profile))
+    assert _fold_config_field(defs, "n_folds").default_value == 4
+    with dg.instance_for_test() as instance:
+        res = _materialize(profile, instance, run_config={
+            "ops": {"folded_essays": {"config": {"n_folds": 3}}}})
+        folded = res.output_for_node("folded_essays")
+        assert sorted(folded["fold"].unique()) == [0, 1, 2]
+        assert _check_results(res)["folded_one_fold_each"]
+        meta = instance.get_latest_materialization_event(
+            dg.AssetKey("folded_essays")).asset_materialization.metadata
+        assert meta["config"].value["FoldSection"]["n_folds"] == 3  # recorded with the run
+        res = _materialize(profile, instance)  # no launchpad value: the profile's 4
+        assert res.output_for_node("folded_essays")["fold"].nunique() == 4
 
 
 def _check_results(result):

@@ -36,14 +36,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aes_core.config import AesConfig, WebSection, load_config
 from aes_core.data.io import DataError, load_essays
-from aes_core.essay_stats import (
-    STAT_LABELS,
-    STAT_NAMES,
-    compare_to_range,
-    essay_stats,
-    load_typical_ranges,
-)
+from aes_core.essay_stats import STAT_LABELS, STAT_NAMES, compare_to_range, essay_stats
 from aes_core.serving.base import ScoredEssays, Scorer, score_frame
+from aes_core.serving.loader import load_bundle
+from aes_core.serving.manifest import MANIFEST_FILE
 from web.essay_warnings import essay_warnings, warning_codes, warning_details
 
 ScorerFactory = Callable[[], Scorer]
@@ -155,14 +151,14 @@ class ScoringService:
             return self._scorer
 
     def ranges(self) -> dict | None:
-        w = self.cfg.web
-        key = (_mtime(Path(self.cfg.storage_root) / "tables" / "folded_essays.parquet"),
-               _mtime(Path(self.cfg.data.train_path)))
+        """Typical essay statistics per score, from the serving bundle (None without one)."""
+        key = bundle_version(self.cfg)()
         if key != self._ranges_key:
             self._ranges_key, self._ranges, self._ranges_error = key, None, None
             try:
-                self._ranges = load_typical_ranges(self.cfg.storage_root, self.cfg.data.train_path,
-                                                   w.typical_low_q, w.typical_high_q)
+                self._ranges = load_bundle(self.cfg).essay_stats()
+                if self._ranges is None:
+                    self._ranges_error = "the serving bundle holds no essay statistics"
             except Exception as e:  # the page works without ranges; it says why
                 self._ranges_error = f"{type(e).__name__}: {e}"
         return self._ranges
@@ -253,9 +249,9 @@ def _mtime(path: Path) -> int | None:
         return None
 
 
-def ensemble_version(cfg: AesConfig) -> Callable[[], object]:
-    """Changes whenever the pipeline writes a new ``ensemble_weights`` table."""
-    path = Path(cfg.storage_root) / "tables" / "ensemble_weights.json"
+def bundle_version(cfg: AesConfig) -> Callable[[], object]:
+    """Changes whenever the pipeline commits a new serving bundle (its manifest)."""
+    path = cfg.bundle_dir / MANIFEST_FILE
     return lambda: _mtime(path)
 
 
@@ -263,10 +259,8 @@ def default_scorer_factory(cfg: AesConfig) -> ScorerFactory:
     """The scorer of the ``submission`` asset: Triton when it answers, else ONNX Runtime."""
 
     def make() -> Scorer:
-        try:
-            from aes_core.serving.loader import load_scorer
-        except ImportError as e:
-            raise ScorerUnavailable(f"the serving loader is not available ({e})") from e
+        from aes_core.serving.loader import load_scorer
+
         try:
             return load_scorer(cfg, prefer_triton=cfg.web.prefer_triton,
                                triton_url=cfg.web.triton_url)
@@ -289,7 +283,7 @@ def create_app(cfg: AesConfig | None = None,
     cfg = cfg or load_config()
     w = cfg.web
     if scorer_factory is None:
-        service = ScoringService(cfg, default_scorer_factory(cfg), ensemble_version(cfg))
+        service = ScoringService(cfg, default_scorer_factory(cfg), bundle_version(cfg))
     else:
         service = ScoringService(cfg, scorer_factory)
     static = {name: _read_static(name) for name in STATIC_FILES}
