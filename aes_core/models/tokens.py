@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -25,6 +26,16 @@ from aes_core.models.backbone import encode_newlines
 INPUT_IDS, ATTENTION_MASK, WINDOW_WEIGHTS = "input_ids", "attention_mask", "window_weights"
 #: a word every tokenizer encodes to some ids; finds where the special tokens go
 _PROBE = "essay"
+
+
+class TokenSource(Protocol):
+    """How a model reads essays: a BackboneSection, a RegressorSpec or a TokenPlan."""
+
+    max_length: int
+    add_newline_tokens: bool
+    chunking: bool
+    chunk_overlap: int
+    max_chunks: int
 
 
 @dataclass(frozen=True)
@@ -38,7 +49,7 @@ class TokenPlan:
     max_chunks: int = 1
 
     @classmethod
-    def of(cls, source) -> TokenPlan:
+    def of(cls, source: TokenSource) -> TokenPlan:
         """From a ``BackboneSection``, a ``RegressorSpec`` or a ``TokenPlan``."""
         if isinstance(source, TokenPlan):
             return source
@@ -75,7 +86,7 @@ def window_starts(n_tokens: int, body: int, overlap: int, max_chunks: int) -> li
     return starts
 
 
-def tokenize(tokenizer, texts: Sequence[str], spec) -> list[list[int]]:
+def tokenize(tokenizer, texts: Sequence[str], spec: TokenSource) -> list[list[int]]:
     """Token ids per essay truncated to ``max_length`` (newline tokens as in training)."""
     plan = TokenPlan.of(spec)
     enc = tokenizer([encode_newlines(str(t), plan.add_newline_tokens) for t in texts],
@@ -83,7 +94,8 @@ def tokenize(tokenizer, texts: Sequence[str], spec) -> list[list[int]]:
     return [list(ids) for ids in enc["input_ids"]]
 
 
-def tokenize_windows(tokenizer, texts: Sequence[str], spec) -> list[list[list[int]]]:
+def tokenize_windows(tokenizer, texts: Sequence[str],
+                     spec: TokenSource) -> list[list[list[int]]]:
     """The windows of every essay: ``[tokenize(...)]`` per essay unless ``spec.chunking``."""
     plan = TokenPlan.of(spec)
     if not plan.chunking:
@@ -155,14 +167,14 @@ class EssayBatch:
         return self.input_ids.shape[0] if w is None else w.shape[0]
 
     def feeds(self) -> dict[str, np.ndarray]:
-        """Inputs by name (ONNX Runtime, Triton)."""
+        """Inputs by name (ONNX Runtime, Triton), in ``EssayRegressor.forward``'s order."""
         out = {INPUT_IDS: self.input_ids, ATTENTION_MASK: self.attention_mask}
         if self.window_weights is not None:
             out[WINDOW_WEIGHTS] = self.window_weights
         return out
 
     def tensors(self) -> dict:
-        """The same as torch tensors (sharing memory), for collate functions."""
+        """``feeds`` as torch tensors (sharing memory), in ``EssayRegressor.forward``'s order."""
         import torch
 
         return {k: torch.from_numpy(v) for k, v in self.feeds().items()}
@@ -181,7 +193,7 @@ def collate(essays: Sequence[Sequence[Sequence[int]]], pad_id: int, chunked: boo
     return EssayBatch(ids, mask, pooling_matrix([len(e) for e in essays], mask.sum(axis=1)))
 
 
-def encode_batch(tokenizer, texts: Sequence[str], spec) -> EssayBatch:
+def encode_batch(tokenizer, texts: Sequence[str], spec: TokenSource) -> EssayBatch:
     """Texts -> one padded batch, exactly as the model was trained to read them."""
     plan = TokenPlan.of(spec)
     return collate(tokenize_windows(tokenizer, texts, plan), pad_id_of(tokenizer), plan.chunking)

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from aes_core.models.tokens import (
     WINDOW_WEIGHTS,
     TokenPlan,
+    TokenSource,
     collate,
     length_sorted_batches,
     pad_id_of,
@@ -29,7 +30,7 @@ class EssayDataset(Dataset):
     the model reads essays: a ``TokenPlan``, ``BackboneSection`` or ``RegressorSpec``.
     """
 
-    def __init__(self, texts: Sequence[str], tokenizer, max_length: int | TokenPlan | object,
+    def __init__(self, texts: Sequence[str], tokenizer, max_length: int | TokenSource,
                  targets: Sequence[float] | np.ndarray | None = None,
                  add_newline_tokens: bool = False):
         if targets is not None and len(targets) != len(texts):
