@@ -86,6 +86,20 @@ class BackboneSection(Section):
     num_layers: int | None = Field(
         None, ge=1, description="keep only the first N encoder layers (faster; None = all)"
     )
+    chunking: bool = Field(
+        False, description="read whole essays as overlapping max_length windows, pooled per essay"
+    )
+    chunk_overlap: int = Field(
+        128, ge=0, description="tokens shared by consecutive windows (at most max_length / 2)"
+    )
+    max_chunks: int = Field(8, ge=1, description="windows per essay at most; the rest is cut")
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> BackboneSection:
+        if self.chunking and self.chunk_overlap > self.max_length // 2:
+            raise ValueError(f"chunk_overlap {self.chunk_overlap} exceeds half of max_length "
+                             f"{self.max_length} (backbone {self.name!r})")
+        return self
 
 
 class MlmSection(Section):

@@ -102,8 +102,7 @@ def _train_partition(args: tuple) -> dict[str, Any]:
         test = pd.read_parquet(test_path)
         model = EssayRegressor.from_pretrained(result["model_dir"])
         tok = load_regressor_tokenizer(result["model_dir"])
-        ds = EssayDataset(test["full_text"].tolist(), tok, model.spec.max_length,
-                          add_newline_tokens=model.spec.add_newline_tokens)
+        ds = EssayDataset(test["full_text"].tolist(), tok, model.spec)  # truncated or windows
         t1 = time.time()
         logits = predict_logits(model, ds, tok, cfg.train.eval_batch_size, device, amp)
         result["test_pred"] = logits_to_scores(torch.from_numpy(logits),

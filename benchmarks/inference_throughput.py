@@ -64,6 +64,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from aes_core.hardware import hardware  # noqa: E402
+from aes_core.models import tokens  # noqa: E402
 from aes_core.models.tiny import build_tiny_bert  # noqa: E402
 
 ALL_PATHS = ["naive_fp32_pad512", "bf16_sdpa_pad512", "bf16_sdpa_dynamic_sorted",
@@ -129,10 +130,6 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _round_up(n: int, k: int, cap: int) -> int:
-    return min(cap, -(-n // k) * k) if k > 1 else n
-
-
 def _gpu_used_mib(device: str) -> float | None:
     if device != "cuda":
         return None
@@ -157,13 +154,7 @@ def set_attention(model, impl: str) -> str:
 def collate(input_ids: list[list[int]], idx: np.ndarray, pad_id: int, multiple: int,
             cap: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad one batch to its longest essay, rounded up to ``multiple`` (at most ``cap``)."""
-    rows = [input_ids[i] for i in idx]
-    width = _round_up(max(len(r) for r in rows), multiple, cap)
-    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(rows), width), dtype=np.int64)
-    for j, r in enumerate(rows):
-        ids[j, :len(r)] = r
-        mask[j, :len(r)] = 1
+    ids, mask = tokens.pad_batch([input_ids[i] for i in idx], pad_id, multiple, cap)
     return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
@@ -212,27 +203,17 @@ class PassLog:
                     padded=self.padded, used=self.used)
 
 
-def sorted_index_batches(lengths: np.ndarray, bs: int) -> list[np.ndarray]:
-    """Essay indices, longest first (stable), in batches of ``bs``."""
-    order = np.argsort(-lengths, kind="stable")
-    return [order[s:s + bs] for s in range(0, len(order), bs)]
-
-
 class Runner:
     """Everything one pass needs; each ``pass_*`` returns scores in essay order + stats."""
 
     def __init__(self, model, tok, spec, device: str, pad_multiple: int):
         self.model, self.tok, self.spec, self.device = model, tok, spec, device
         self.max_len = spec.max_length
-        self.pad_id = 0 if tok.pad_token_id is None else int(tok.pad_token_id)
+        self.pad_id = tokens.pad_id_of(tok)
         self.pad_multiple = pad_multiple
 
     def encode(self, texts: list[str]) -> list[list[int]]:
-        from aes_core.models.backbone import encode_newlines
-
-        if self.spec.add_newline_tokens:
-            texts = [encode_newlines(t, True) for t in texts]
-        return self.tok(texts, truncation=True, max_length=self.max_len)["input_ids"]
+        return tokens.tokenize(self.tok, texts, self.spec)
 
     def encode_with_lengths(self, texts: list[str]) -> tuple[list[list[int]], np.ndarray]:
         input_ids = self.encode(texts)
@@ -281,7 +262,7 @@ class Runner:
         out = np.zeros(len(texts), dtype=np.float32)
         log = PassLog(self.device)
         input_ids, lengths = self.encode_with_lengths(texts)
-        for idx in sorted_index_batches(lengths, bs):
+        for idx in tokens.length_sorted_batches(lengths, bs):
             b0 = time.perf_counter()
             ids, mask = collate(input_ids, idx, self.pad_id, self.pad_multiple, self.max_len)
             out[idx] = run_batch(ids, mask)
@@ -291,23 +272,21 @@ class Runner:
     # -- 5b, 5c: batches tokenized in worker processes while the device scores earlier ones
     @torch.inference_mode()
     def pass_pipelined(self, texts: list[str], bs: int, pool, run_batch: Callable) -> dict:
-        from aes_core.serving.onnx_scorer import length_sorted_batches
-
         out = np.zeros(len(texts), dtype=np.float32)
         log = PassLog(self.device)
-        batches = length_sorted_batches(texts, bs)
+        batches = tokens.text_batches(texts, bs)
         encoded = pool.map([[texts[i] for i in idx] for idx in batches])
-        for idx, (ids, mask) in zip(batches, encoded, strict=True):
+        for idx, b in zip(batches, encoded, strict=True):
             b0 = time.perf_counter()  # latency from "tokens ready" to "scores on host"
-            out[idx] = run_batch(torch.from_numpy(ids), torch.from_numpy(mask))
-            log.batch_done(b0, int(mask.sum()), ids.size)
+            out[idx] = run_batch(torch.from_numpy(b.input_ids), torch.from_numpy(b.attention_mask))
+            log.batch_done(b0, int(b.attention_mask.sum()), b.input_ids.size)
         return log.result(self._to_scores, out)
 
     # -- 5d: forward only, inputs already on the device
     def device_batches(self, texts: list[str], bs: int) -> list[tuple]:
         input_ids, lengths = self.encode_with_lengths(texts)
         out = []
-        for idx in sorted_index_batches(lengths, bs):
+        for idx in tokens.length_sorted_batches(lengths, bs):
             ids, mask = collate(input_ids, idx, self.pad_id, self.pad_multiple, self.max_len)
             out.append((idx, self._h2d(ids), self._h2d(mask), int(lengths[idx].sum())))
         _sync(self.device)
@@ -348,8 +327,8 @@ class Runner:
         for s in range(0, len(rows), rows_per_batch):
             b0 = time.perf_counter()
             brows = rows[s:s + rows_per_batch]
-            width = _round_up(max(int(lengths[r].sum()) for r in brows), self.pad_multiple,
-                              self.max_len)
+            width = tokens.round_up(max(int(lengths[r].sum()) for r in brows),
+                                    self.pad_multiple, self.max_len)
             B = len(brows)
             ids = np.full((B, width), self.pad_id, dtype=np.int64)
             pos = np.zeros((B, width), dtype=np.int64)
@@ -595,6 +574,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = EssayRegressor.from_pretrained(model_dir).eval().to(device)
     tok = load_regressor_tokenizer(model_dir)
     spec = model.spec
+    if spec.chunking:
+        raise SystemExit(f"{model_dir} reads essays in windows (chunking): these paths measure "
+                         f"truncating models; benchmarks/chunking_cost.py compares both")
     runner = Runner(model, tok, spec, device, args.pad_multiple)
     print(f"model: {model_desc}; head={spec.head} max_length={spec.max_length}; data: "
           f"{data_path} ({n_unique} unique essays -> {len(texts)}); device={device}", flush=True)
@@ -846,7 +828,7 @@ def build_path(name: str, args, runner: Runner, texts: list[str], batch_sizes: l
         if not onnx_path.exists():
             onnx_path = export_onnx(model_dir, work / "onnx")
         mb = max(batch_sizes)
-        opt_len = _round_up(int(np.median(lengths)), args.pad_multiple, runner.max_len)
+        opt_len = tokens.round_up(int(np.median(lengths)), args.pad_multiple, runner.max_len)
         prof = SeqProfile(min_len=1, opt_len=opt_len, max_len=runner.max_len, min_batch=1,
                           opt_batch=mb, max_batch=mb)
         t0 = time.perf_counter()
@@ -877,7 +859,6 @@ def _tokenizer_pool(args, runner: Runner, model_dir: Path, texts: list[str],
     if "tok" in _SHARED:
         return _SHARED["tok"]
     from aes_core.models.regressor import BACKBONE_DIR
-    from aes_core.serving.onnx_scorer import length_sorted_batches
     from aes_core.serving.parallel_tokenize import ParallelTokenizer
 
     pool = ParallelTokenizer(Path(model_dir) / BACKBONE_DIR, runner.spec, args.tok_workers,
@@ -886,7 +867,7 @@ def _tokenizer_pool(args, runner: Runner, model_dir: Path, texts: list[str],
     walls = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        for _b in pool.map([[texts[i] for i in idx] for idx in length_sorted_batches(texts, 256)]):
+        for _b in pool.map([[texts[i] for i in idx] for idx in tokens.text_batches(texts, 256)]):
             pass
         walls.append(time.perf_counter() - t0)
     info["parallel_tokenizer"] = {"workers": pool.workers, "batch_size": 256,

@@ -29,12 +29,15 @@ def sample_essays(n: int = 24) -> pd.DataFrame:
 
 
 def make_regressor(backbone_dir: Path, out: Path, head: str, seed: int,
-                   max_length: int = 64) -> Path:
+                   max_length: int = 64, chunked: bool = False,
+                   backbone_name: str = BACKBONE) -> Path:
+    """A saved regressor; ``chunked`` reads whole essays as windows (overlap 16, at most 4)."""
     import torch
 
     torch.manual_seed(seed)
     spec = RegressorSpec(head=head, heads_cfg=HEADS_CFG, max_length=max_length,
-                         backbone_name=BACKBONE)
+                         backbone_name=backbone_name, chunking=chunked, chunk_overlap=16,
+                         max_chunks=4)
     model = EssayRegressor.from_backbone(backbone_dir, spec)
     with torch.no_grad():  # spread the random head's outputs so essays get different scores
         model.head.out.weight.mul_(3.0)

@@ -3,8 +3,10 @@
 An exported member folder is self-contained (what the ONNX Runtime scorer, the Triton
 repository and the teachers' page read)::
 
-    model.onnx        inputs input_ids / attention_mask [batch, seq] int64 -> logits [batch]
-    aes_model.json    the RegressorSpec (head, loss, max_length, newline tokens)
+    model.onnx        inputs input_ids / attention_mask [batch, seq] int64 -> logits [batch];
+                      chunked models: input_ids / attention_mask [windows, seq] int64 and
+                      window_weights [essays, windows] float32 -> logits [essays]
+    aes_model.json    the RegressorSpec (head, loss, max_length, newline tokens, chunking)
     backbone/         tokenizer + HF config (no weights)
 
 The TorchScript exporter (``dynamo=False``) is used: it handles all registered heads,
@@ -30,9 +32,10 @@ from aes_core.models.regressor import (
     load_regressor_tokenizer,
     logits_to_scores,
 )
+from aes_core.models.tokens import ATTENTION_MASK, INPUT_IDS, WINDOW_WEIGHTS, encode_batch
 
 ONNX_FILE = "model.onnx"
-INPUT_NAMES = ["input_ids", "attention_mask"]
+INPUT_NAMES = [INPUT_IDS, ATTENTION_MASK]
 OUTPUT_NAME = "logits"
 
 
@@ -49,6 +52,30 @@ class _LogitsOnly(torch.nn.Module):
         return self.model(input_ids, attention_mask)
 
 
+class _PooledLogits(_LogitsOnly):
+    """Chunked models: the third input pools windows into essays."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                window_weights: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids, attention_mask, window_weights)
+
+
+def _example_inputs(chunked: bool) -> tuple[tuple[torch.Tensor, ...], dict[str, dict[int, str]]]:
+    """Tracing inputs and dynamic axes: 2 essays (chunked: 3 windows, 2 + 1)."""
+    rows = 3 if chunked else 2
+    ids = torch.randint(low=1000, high=2000, size=(rows, 16), dtype=torch.long)
+    mask = torch.ones_like(ids)
+    mask[-1, 10:] = 0
+    if not chunked:
+        return (ids, mask), {INPUT_IDS: {0: "batch", 1: "seq"},
+                             ATTENTION_MASK: {0: "batch", 1: "seq"}, OUTPUT_NAME: {0: "batch"}}
+    weights = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float32)
+    return (ids, mask, weights), {INPUT_IDS: {0: "windows", 1: "seq"},
+                                  ATTENTION_MASK: {0: "windows", 1: "seq"},
+                                  WINDOW_WEIGHTS: {0: "essays", 1: "windows"},
+                                  OUTPUT_NAME: {0: "essays"}}
+
+
 def load_spec(folder: str | Path) -> RegressorSpec:
     """The RegressorSpec stored in a regressor or exported member folder."""
     path = Path(folder) / SPEC_FILE
@@ -60,23 +87,21 @@ def load_spec(folder: str | Path) -> RegressorSpec:
 def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = 17) -> Path:
     """Export ``model_dir`` (EssayRegressor folder) to ``out_dir/model.onnx`` + tokenizer/spec.
 
-    Batch and sequence axes are dynamic. Returns the ONNX file path.
+    Batch (chunked: windows and essays) and sequence axes are dynamic. Returns the ONNX path.
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = EssayRegressor.from_pretrained(model_dir)
-    wrapper = _LogitsOnly(model).eval()
-    ids = torch.randint(low=1000, high=2000, size=(2, 16), dtype=torch.long)
-    mask = torch.ones_like(ids)
-    mask[1, 10:] = 0
+    chunked = model.spec.chunking
+    wrapper = (_PooledLogits if chunked else _LogitsOnly)(model).eval()
+    inputs, axes = _example_inputs(chunked)
     onnx_path = out_dir / ONNX_FILE
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            wrapper, (ids, mask), str(onnx_path), input_names=INPUT_NAMES,
-            output_names=[OUTPUT_NAME], opset_version=opset, dynamo=False,
-            dynamic_axes={"input_ids": {0: "batch", 1: "seq"},
-                          "attention_mask": {0: "batch", 1: "seq"}, OUTPUT_NAME: {0: "batch"}},
+            wrapper, inputs, str(onnx_path),
+            input_names=INPUT_NAMES + ([WINDOW_WEIGHTS] if chunked else []),
+            output_names=[OUTPUT_NAME], opset_version=opset, dynamo=False, dynamic_axes=axes,
         )
     if not onnx_path.exists():
         raise ExportError(f"{model_dir}: torch.onnx.export wrote no file at {onnx_path}")
@@ -116,15 +141,14 @@ class ParityReport:
 
 def check_parity(model_dir: str | Path, onnx_path: str | Path, texts: list[str],
                  atol: float = 1e-3, batch_size: int = 8) -> ParityReport:
-    """Run PyTorch and ONNX Runtime on the same tokenized essays (padded batches).
+    """Run PyTorch and ONNX Runtime on the same tokenized essays (padded batches, the windows
+    of chunked models).
 
     Final scores are compared after rounding to the 1..6 integer scale (the thresholds of
     the ensemble are applied later to the blend; identical rounded member scores and a
     tiny max difference together guarantee identical served scores in practice).
     """
     import onnxruntime as ort
-
-    from aes_core.models.backbone import encode_newlines
 
     if not texts:
         raise ExportError(f"{model_dir}: parity needs at least one essay")
@@ -134,15 +158,10 @@ def check_parity(model_dir: str | Path, onnx_path: str | Path, texts: list[str],
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     torch_logits, onnx_logits = [], []
     for i in range(0, len(texts), batch_size):
-        chunk = [encode_newlines(t, spec.add_newline_tokens) for t in texts[i:i + batch_size]]
-        enc = tok(chunk, truncation=True, max_length=spec.max_length, padding=True,
-                  return_tensors="np")
-        ids = enc["input_ids"].astype(np.int64)
-        mask = enc["attention_mask"].astype(np.int64)
+        batch = encode_batch(tok, texts[i:i + batch_size], spec)
         with torch.no_grad():
-            torch_logits.append(model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy())
-        onnx_logits.append(sess.run([OUTPUT_NAME], {"input_ids": ids,
-                                                    "attention_mask": mask})[0])
+            torch_logits.append(model(*batch.tensors().values()).numpy())
+        onnx_logits.append(sess.run([OUTPUT_NAME], batch.feeds())[0])
     t = np.concatenate(torch_logits).astype(np.float64)
     o = np.concatenate(onnx_logits).astype(np.float64)
     ts = logits_to_scores(torch.from_numpy(t), spec.loss).numpy()

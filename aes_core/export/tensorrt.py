@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from aes_core.config import ExportSection
+from aes_core.models.tokens import WINDOW_WEIGHTS
 
 PLAN_FILE = "model.plan"
 INPUTS = ("input_ids", "attention_mask")
@@ -127,6 +128,10 @@ def build_engine(onnx_path: str | Path, out_dir: str | Path, profile: SeqProfile
     mn, op, mx = profile.shapes()
     for name in INPUTS:
         opt.set_shape(name, mn, op, mx)
+    names = {network.get_input(i).name for i in range(network.num_inputs)}
+    if WINDOW_WEIGHTS in names:  # chunked model: [essays, windows], both within the batch range
+        b = (profile.min_batch, profile.opt_batch, profile.max_batch)
+        opt.set_shape(WINDOW_WEIGHTS, (b[0], b[0]), (b[1], b[1]), (b[2], b[2]))
     config.add_optimization_profile(opt)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:

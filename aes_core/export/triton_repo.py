@@ -25,6 +25,7 @@ from aes_core.config import PROJECT_ROOT, ServingSection
 from aes_core.export.onnx import ONNX_FILE, load_spec
 from aes_core.members import GBDT_MEMBER, split_member_name
 from aes_core.models.regressor import BACKBONE_DIR
+from aes_core.models.tokens import WINDOW_WEIGHTS
 from aes_core.serving.manifest import Bundle
 
 TEMPLATES = Path(__file__).resolve().parent / "triton_models"
@@ -69,25 +70,36 @@ def _instances(serving: ServingSection, kind: str) -> str:
 
 
 def member_config(name: str, serving: ServingSection, variant: str, max_length: int,
-                  plan: bool = False) -> str:
-    """config.pbtxt of one fold model: INT64 [batch, seq] in, FP32 logits [batch, 1] out."""
+                  plan: bool = False, chunked: bool = False) -> str:
+    """config.pbtxt of one fold model: INT64 [batch, seq] in, FP32 logits [batch, 1] out.
+
+    Chunked models take INT64 [windows, seq] + FP32 ``window_weights`` [essays, windows] and
+    give FP32 logits [essays]: the two leading axes differ, so Triton gets no batch axis
+    (``max_batch_size: 0``) and never merges requests (each one is a whole batch already).
+    """
     if variant == "python":
         head = f'name: "{name}"\nbackend: "python"\n'
-        out_dims = "dims: [ 1 ]"
+        out_dims = "dims: [ -1 ]" if chunked else "dims: [ 1 ]"
         kind = "KIND_CPU"
     else:
         platform = "tensorrt_plan" if plan else "onnxruntime_onnx"
         head = f'name: "{name}"\nplatform: "{platform}"\n'
-        out_dims = "dims: [ 1 ] reshape: { shape: [ ] }"
+        out_dims = "dims: [ -1 ]" if chunked else "dims: [ 1 ] reshape: { shape: [ ] }"
         kind = "KIND_GPU"
+    if chunked:
+        inputs = ('  { name: "input_ids" data_type: TYPE_INT64 dims: [ -1, -1 ] },\n'
+                  '  { name: "attention_mask" data_type: TYPE_INT64 dims: [ -1, -1 ] },\n'
+                  f'  {{ name: "{WINDOW_WEIGHTS}" data_type: TYPE_FP32 dims: [ -1, -1 ] }}\n')
+        batching = "max_batch_size: 0\n"
+    else:
+        inputs = ('  { name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ] },\n'
+                  '  { name: "attention_mask" data_type: TYPE_INT64 dims: [ -1 ] }\n')
+        batching = f"max_batch_size: {serving.max_batch_size}\n"
     return (
-        head
-        + f"max_batch_size: {serving.max_batch_size}\n"
-        + 'input [\n'
-        + '  { name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ] },\n'
-        + '  { name: "attention_mask" data_type: TYPE_INT64 dims: [ -1 ] }\n]\n'
+        head + batching
+        + f"input [\n{inputs}]\n"
         + f'output [\n  {{ name: "logits" data_type: TYPE_FP32 {out_dims} }}\n]\n'
-        + _batching(serving) + _instances(serving, kind)
+        + ("" if chunked else _batching(serving)) + _instances(serving, kind)
         + _params({"intra_op_threads": str(serving.ort_threads), "max_length": str(max_length)})
     )
 
@@ -168,7 +180,8 @@ def write_triton_repo(repo: str | Path, bundle: Bundle, serving: ServingSection,
             if variant == "python":
                 _write_python_model(vdir, "member_model.py", aes_root)
             (repo / name / "config.pbtxt").write_text(
-                member_config(name, serving, variant, spec.max_length, plan=bool(plan)))
+                member_config(name, serving, variant, spec.max_length, plan=bool(plan),
+                              chunked=spec.chunking))
             names.append(name)
         manifest.members[m] = names
         scorer_members[m] = {"models": names, "tokenizer": f"tokenizers/{backbone}",

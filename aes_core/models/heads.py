@@ -1,6 +1,9 @@
 """Pooling heads over encoder hidden states. A new head is one registered class.
 
-Every head maps (hidden_states: tuple of [B, T, H], attention_mask [B, T]) -> [B] logits.
+Every head maps (hidden_states: tuple of [W, T, H], attention_mask [W, T]) -> [B] logits in
+three steps: ``pool`` each window to a vector [W, D], ``combine`` the windows of each essay
+with ``window_weights`` [B, W] (chunked models; None: one window per essay, W = B), then the
+output layer.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class Head(nn.Module):
-    """Base class: subclasses implement ``pool`` -> [B, D]; a linear layer gives the logit."""
+    """Base class: subclasses implement ``pool`` -> [W, D]; a linear layer gives the logit."""
 
     name: str = ""
     #: how many of the last hidden layers the head needs (1 = last only)
@@ -49,8 +52,18 @@ class Head(nn.Module):
     def pool(self, hidden_states: tuple[torch.Tensor, ...], mask: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, hidden_states: tuple[torch.Tensor, ...], mask: torch.Tensor) -> torch.Tensor:
-        return self.out(self.dropout(self.pool(hidden_states, mask))).squeeze(-1)
+    @staticmethod
+    def combine(pooled: torch.Tensor, window_weights: torch.Tensor | None) -> torch.Tensor:
+        """[W, D] window vectors -> [B, D] essay vectors (weighted mean, in float32)."""
+        if window_weights is None:
+            return pooled
+        mixed = (window_weights.float().unsqueeze(-1) * pooled.float().unsqueeze(0)).sum(1)
+        return mixed.to(pooled.dtype)
+
+    def forward(self, hidden_states: tuple[torch.Tensor, ...], mask: torch.Tensor,
+                window_weights: torch.Tensor | None = None) -> torch.Tensor:
+        pooled = self.combine(self.pool(hidden_states, mask), window_weights)
+        return self.out(self.dropout(pooled)).squeeze(-1)
 
 
 @register_head("mean")

@@ -2,7 +2,7 @@
 
 A saved regressor is a self-contained folder::
 
-    aes_model.json       RegressorSpec (head, head config, loss, max_length, ...)
+    aes_model.json       RegressorSpec (head, head config, loss, max_length, chunking, ...)
     backbone/            HF config + tokenizer files (no weights)
     model.safetensors    the full state dict (backbone + head)
 """
@@ -33,6 +33,9 @@ class RegressorSpec(BaseModel):
     max_length: int = 512
     add_newline_tokens: bool = False
     backbone_name: str = "minilm"
+    chunking: bool = False     # whole essay as overlapping windows (BackboneSection.chunking)
+    chunk_overlap: int = 128
+    max_chunks: int = 8
 
 
 def encoder_overrides(num_layers: int | None) -> dict:
@@ -94,10 +97,13 @@ class EssayRegressor(nn.Module):
         super().__setstate__(state)
         _reregister_output_capturing(self)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                window_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """[W, T] windows -> [B] logits; ``window_weights`` [B, W] pools windows per essay
+        (chunked models, see ``aes_core.models.tokens``); without it one window = one essay."""
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                            output_hidden_states=True, return_dict=True)
-        return self.head(out.hidden_states, attention_mask)
+        return self.head(out.hidden_states, attention_mask, window_weights)
 
     def save_pretrained(self, folder: str | Path, tokenizer=None) -> Path:
         folder = Path(folder)

@@ -1,10 +1,11 @@
 """In-process ONNX Runtime scorer: exported members (folds × heads) + optional GBDT member.
 
 Essays are sorted by length (characters, longest first) and cut into batches of
-``batch_size`` padded only to the longest essay of each batch (dynamic padding). The Triton
-client sends exactly these batches as requests and the Triton scorer runs each request as one
-padded batch, so both paths see identical inputs: this matters for the BiLSTM head, whose
-backward pass runs over the padding.
+``batch_size`` padded only to the longest window of each batch (dynamic padding; chunked
+members read every essay as windows, ``aes_core.models.tokens``). The Triton client sends
+exactly these batches as requests and the Triton scorer runs each request as one padded batch,
+so both paths see identical inputs: this matters for the BiLSTM head, whose backward pass runs
+over the padding.
 """
 
 from __future__ import annotations
@@ -17,8 +18,14 @@ import numpy as np
 from aes_core.ensemble.artifact import EnsembleArtifact
 from aes_core.export.onnx import ONNX_FILE, OUTPUT_NAME, load_spec
 from aes_core.members import GBDT_MEMBER
-from aes_core.models.backbone import encode_newlines
 from aes_core.models.regressor import BACKBONE_DIR, RegressorSpec
+from aes_core.models.tokens import (  # pad_batch, tokenize: imported from here elsewhere
+    EssayBatch,
+    encode_batch,
+    pad_batch,  # noqa: F401
+    text_batches,
+    tokenize,  # noqa: F401
+)
 
 
 def logits_to_scores_np(logits: np.ndarray, loss: str) -> np.ndarray:
@@ -27,30 +34,6 @@ def logits_to_scores_np(logits: np.ndarray, loss: str) -> np.ndarray:
     if loss == "bce":
         x = 1.0 / (1.0 + np.exp(-x))
     return 1.0 + 5.0 * x
-
-
-def tokenize(tokenizer, texts: list[str], spec: RegressorSpec) -> list[list[int]]:
-    """Token ids per essay (no padding), exactly as in training: newline tokens, truncation."""
-    enc = tokenizer([encode_newlines(t, spec.add_newline_tokens) for t in texts],
-                    truncation=True, max_length=spec.max_length, padding=False)
-    return [list(ids) for ids in enc["input_ids"]]
-
-
-def pad_batch(seqs: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad to the longest sequence: (input_ids, attention_mask) int64 [B, T]."""
-    width = max((len(s) for s in seqs), default=1) or 1
-    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(seqs), width), dtype=np.int64)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = s
-        mask[i, :len(s)] = 1
-    return ids, mask
-
-
-def length_sorted_batches(texts: list[str], batch_size: int) -> list[np.ndarray]:
-    """Indices grouped into batches of similar character length (longest first, stable)."""
-    order = np.argsort(-np.asarray([len(t) for t in texts], dtype=np.int64), kind="stable")
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def fold_average(fold_logits: list[np.ndarray], loss: str) -> np.ndarray:
@@ -80,9 +63,9 @@ class OnnxMember:
                                     providers=["CPUExecutionProvider"])
         return cls(folder=folder, spec=load_spec(folder), session=sess)
 
-    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        out = self.session.run([OUTPUT_NAME], {"input_ids": input_ids,
-                                               "attention_mask": attention_mask})[0]
+    def logits(self, batch: EssayBatch) -> np.ndarray:
+        """[B] logits, one per essay of the batch."""
+        out = self.session.run([OUTPUT_NAME], batch.feeds())[0]
         return np.asarray(out, dtype=np.float32).reshape(-1)
 
 
@@ -126,17 +109,14 @@ class OnnxScorer:
     def predict_batch(self, name: str, texts: list[str]) -> np.ndarray:
         """[B] fold-averaged scores of one member for one batch (padded together)."""
         folds = self.members[name]
-        tok = self._tokenizer(folds[0].folder)
-        seqs = tokenize(tok, texts, folds[0].spec)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        ids, mask = pad_batch(seqs, pad)
-        return fold_average([m.logits(ids, mask) for m in folds], folds[0].spec.loss)
+        batch = encode_batch(self._tokenizer(folds[0].folder), texts, folds[0].spec)
+        return fold_average([m.logits(batch) for m in folds], folds[0].spec.loss)
 
     def predict_members(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), len(self.ensemble.members)), dtype=np.float64)
         if not texts:
             return out
-        batches = length_sorted_batches(texts, self.batch_size)
+        batches = text_batches(texts, self.batch_size)
         if self.show_progress:
             from tqdm.auto import tqdm
 

@@ -7,8 +7,9 @@ runs in other processes while the accelerator works: ``ParallelTokenizer.map`` y
 batches in order while the workers keep tokenizing the next ones, so a pass takes about as long
 as tokenization alone (BENCHMARKS.md: 8.0k vs 3.8k essays/s end to end).
 
-Each worker uses ``onnx_scorer.tokenize`` + ``pad_batch``: the batches are identical to the
-in-process ones (same newline tokens, truncation, right padding to the batch's longest essay).
+Each worker uses ``aes_core.models.tokens.encode_batch``: the batches are identical to the
+in-process ones (same newline tokens, truncation or windows, right padding to the batch's
+longest window, window weights for chunked models).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from aes_core.models.regressor import RegressorSpec
-from aes_core.serving.onnx_scorer import pad_batch, tokenize
+from aes_core.models.tokens import EssayBatch, concat_batches, encode_batch, pad_id_of
 
 _WORKER: dict = {}
 
@@ -36,23 +37,23 @@ def _init_worker(tokenizer_path: str, spec_json: str) -> None:
     tok = AutoTokenizer.from_pretrained(tokenizer_path, local_files_only=True)
     _WORKER["tok"] = tok
     _WORKER["spec"] = RegressorSpec.model_validate_json(spec_json)
-    _WORKER["pad_id"] = 0 if tok.pad_token_id is None else int(tok.pad_token_id)
+    _WORKER["pad_id"] = pad_id_of(tok)
 
 
-def _tokenize_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
-    pad_id = _WORKER["pad_id"]
-    ids, mask = pad_batch(tokenize(_WORKER["tok"], texts, _WORKER["spec"]), pad_id)
+def _tokenize_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+    b = encode_batch(_WORKER["tok"], texts, _WORKER["spec"])
     # int32 + lengths: a quarter of the bytes through the pipe of int64 ids + mask
-    return ids.astype(np.int32), mask.sum(axis=1).astype(np.int32), pad_id
+    return (b.input_ids.astype(np.int32), b.attention_mask.sum(axis=1).astype(np.int32),
+            b.window_weights, _WORKER["pad_id"])
 
 
-def _unpack(ids32: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _unpack(ids32: np.ndarray, lengths: np.ndarray, weights: np.ndarray | None) -> EssayBatch:
     mask = (np.arange(ids32.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
-    return ids32.astype(np.int64), mask
+    return EssayBatch(ids32.astype(np.int64), mask, weights)
 
 
 class ParallelTokenizer:
-    """A pool of tokenizer processes; ``map`` turns batches of texts into (ids, mask) arrays."""
+    """A pool of tokenizer processes; ``map`` turns batches of texts into ``EssayBatch``es."""
 
     def __init__(self, tokenizer_path: str | Path, spec: RegressorSpec, workers: int | None = None,
                  chunk_size: int = 32):
@@ -71,13 +72,14 @@ class ParallelTokenizer:
         """Start every worker (and load its tokenizer) before anything is timed."""
         list(self._pool.map(_tokenize_batch, [["warm up"]] * self.workers))
 
-    def map(self, batches: Iterable[list[str]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(input_ids, attention_mask) int64 per batch, in order.
+    def map(self, batches: Iterable[list[str]]) -> Iterator[EssayBatch]:
+        """One ``EssayBatch`` per batch of texts, in order.
 
         Every batch is cut into chunks of at most ``chunk_size`` essays and all chunks are
         queued at once: the workers run ahead of the consumer, and a large batch is tokenized
         by many workers instead of one. The chunks of a batch are re-padded to its longest
-        essay, so the result equals tokenizing the batch in one piece.
+        window (window weights joined block-diagonally), so the result equals tokenizing the
+        batch in one piece.
         """
         sizes, chunks = [], []
         for batch in batches:
@@ -87,11 +89,8 @@ class ParallelTokenizer:
         done = self._pool.map(_tokenize_batch, chunks)
         for n in sizes:
             parts = [next(done) for _ in range(n)]
-            width = max(ids.shape[1] for ids, _, _ in parts)
-            ids32 = np.concatenate([np.pad(ids, ((0, 0), (0, width - ids.shape[1])),
-                                           constant_values=pad_id)
-                                    for ids, _, pad_id in parts])
-            yield _unpack(ids32, np.concatenate([lens for _, lens, _ in parts]))
+            yield concat_batches([_unpack(ids, lens, w) for ids, lens, w, _ in parts],
+                                 parts[0][3])
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

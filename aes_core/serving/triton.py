@@ -27,7 +27,7 @@ import numpy as np
 
 from aes_core.config import PROJECT_ROOT
 from aes_core.ensemble.artifact import EnsembleArtifact
-from aes_core.serving.onnx_scorer import length_sorted_batches
+from aes_core.models.tokens import text_batches
 
 log = logging.getLogger(__name__)
 SCORER_MODEL = "scorer"
@@ -259,7 +259,7 @@ class TritonScorer:
 
     def predict_members(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), len(self.ensemble.members)), dtype=np.float64)
-        for idx in length_sorted_batches(texts, self.batch_size):
+        for idx in text_batches(texts, self.batch_size):
             out[idx] = self.infer([texts[i] for i in idx])["MEMBERS"]
         return out
 

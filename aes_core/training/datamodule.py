@@ -1,4 +1,8 @@
-"""Essay datasets: tokenization at max_length, dynamic padding, length-sorted inference batches."""
+"""Essay datasets: tokenization (truncated or windows), dynamic padding, length-sorted batches.
+
+Tokenization, padding and sorting are ``aes_core.models.tokens``; a batch is a set of essays
+(one target each) whose windows the collate function pads and pools (``window_weights``).
+"""
 
 from __future__ import annotations
 
@@ -8,34 +12,47 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from aes_core.models.backbone import encode_newlines
+from aes_core.models.tokens import (
+    WINDOW_WEIGHTS,
+    TokenPlan,
+    TokenSource,
+    collate,
+    length_sorted_batches,
+    pad_id_of,
+    tokenize_windows,
+)
 
 
 class EssayDataset(Dataset):
-    """Token ids of each essay (truncated to ``max_length``) and an optional float target."""
+    """The windows of each essay and an optional float target.
 
-    def __init__(self, texts: Sequence[str], tokenizer, max_length: int,
+    ``max_length`` is an int (truncation at that many tokens, + ``add_newline_tokens``) or how
+    the model reads essays: a ``TokenPlan``, ``BackboneSection`` or ``RegressorSpec``.
+    """
+
+    def __init__(self, texts: Sequence[str], tokenizer, max_length: int | TokenSource,
                  targets: Sequence[float] | np.ndarray | None = None,
                  add_newline_tokens: bool = False):
         if targets is not None and len(targets) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(targets)} targets")
-        texts = [encode_newlines(str(t), add_newline_tokens) for t in texts]
-        enc = tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True)
-        self.input_ids: list[list[int]] = enc["input_ids"]
+        self.plan = (TokenPlan(max_length, add_newline_tokens) if isinstance(max_length, int)
+                     else TokenPlan.of(max_length))
+        self.windows: list[list[list[int]]] = tokenize_windows(tokenizer, texts, self.plan)
         self.targets = None if targets is None else np.asarray(targets, dtype=np.float32)
 
     def __len__(self) -> int:
-        return len(self.input_ids)
+        return len(self.windows)
 
     def __getitem__(self, i: int) -> dict:
-        item = {"input_ids": self.input_ids[i]}
+        item = {"windows": self.windows[i]}
         if self.targets is not None:
             item["target"] = float(self.targets[i])
         return item
 
     @property
     def lengths(self) -> np.ndarray:
-        return np.array([len(x) for x in self.input_ids], dtype=np.int64)
+        """Tokens the model reads per essay (all its windows)."""
+        return np.array([sum(len(w) for w in e) for e in self.windows], dtype=np.int64)
 
     @property
     def n_tokens(self) -> int:
@@ -43,20 +60,14 @@ class EssayDataset(Dataset):
 
 
 class PadCollate:
-    """Dynamic padding: pad every batch to its own longest essay (picklable for DDP spawn)."""
+    """Dynamic padding: pad every batch to its own longest window (picklable for DDP spawn)."""
 
-    def __init__(self, pad_id: int):
+    def __init__(self, pad_id: int, chunked: bool = False):
         self.pad_id = int(pad_id)
+        self.chunked = chunked
 
     def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
-        longest = max(len(b["input_ids"]) for b in batch)
-        ids = torch.full((len(batch), longest), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), longest), dtype=torch.long)
-        for j, b in enumerate(batch):
-            n = len(b["input_ids"])
-            ids[j, :n] = torch.tensor(b["input_ids"], dtype=torch.long)
-            mask[j, :n] = 1
-        out = {"input_ids": ids, "attention_mask": mask}
+        out = collate([b["windows"] for b in batch], self.pad_id, self.chunked).tensors()
         if "target" in batch[0]:
             out["target"] = torch.tensor([b["target"] for b in batch], dtype=torch.float32)
         return out
@@ -66,20 +77,22 @@ class LengthSortedBatchSampler(Sampler[list[int]]):
     """Batches of similar length (longest first) so inference pads as little as possible."""
 
     def __init__(self, lengths: Sequence[int], batch_size: int):
-        self.order = np.argsort(-np.asarray(lengths), kind="stable")
-        self.batch_size = batch_size
+        self.batches = length_sorted_batches(lengths, batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
-        for s in range(0, len(self.order), self.batch_size):
-            yield self.order[s:s + self.batch_size].tolist()
+        for idx in self.batches:
+            yield idx.tolist()
 
     def __len__(self) -> int:
-        return (len(self.order) + self.batch_size - 1) // self.batch_size
+        return len(self.batches)
 
 
-def pad_id_of(tokenizer) -> int:
-    pid = tokenizer.pad_token_id
-    return 0 if pid is None else int(pid)
+def model_inputs(batch: dict[str, torch.Tensor], device: str | torch.device = "cpu") -> list:
+    """Positional arguments of ``EssayRegressor.forward`` from a collated batch."""
+    args = [batch["input_ids"], batch["attention_mask"]]
+    if WINDOW_WEIGHTS in batch:
+        args.append(batch[WINDOW_WEIGHTS])
+    return [a.to(device) for a in args]
 
 
 def train_loader(ds: EssayDataset, tokenizer, batch_size: int, seed: int,
@@ -87,18 +100,19 @@ def train_loader(ds: EssayDataset, tokenizer, batch_size: int, seed: int,
     g = torch.Generator()
     g.manual_seed(seed)
     return DataLoader(ds, batch_size=batch_size, shuffle=True, generator=g,
-                      collate_fn=PadCollate(pad_id_of(tokenizer)), num_workers=num_workers,
+                      collate_fn=PadCollate(pad_id_of(tokenizer), ds.plan.chunking),
+                      num_workers=num_workers,
                       persistent_workers=num_workers > 0, drop_last=False)
 
 
 def eval_loader(ds: EssayDataset, tokenizer, batch_size: int, num_workers: int = 0,
                 length_sorted: bool = True) -> DataLoader:
     """Validation/inference loader; length-sorted batches unless a sampler must be injected."""
-    collate = PadCollate(pad_id_of(tokenizer))
+    pad = PadCollate(pad_id_of(tokenizer), ds.plan.chunking)
     if length_sorted:
         return DataLoader(ds, batch_sampler=LengthSortedBatchSampler(ds.lengths, batch_size),
-                          collate_fn=collate, num_workers=num_workers)
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate,
+                          collate_fn=pad, num_workers=num_workers)
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=pad,
                       num_workers=num_workers)
 
 
@@ -109,7 +123,8 @@ def predict_logits(model: torch.nn.Module, ds: EssayDataset, tokenizer, batch_si
     """Logits for every essay of ``ds`` in dataset order (length-sorted batches inside)."""
     model.eval().to(device)
     sampler = LengthSortedBatchSampler(ds.lengths, batch_size)
-    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=PadCollate(pad_id_of(tokenizer)))
+    loader = DataLoader(ds, batch_sampler=sampler,
+                        collate_fn=PadCollate(pad_id_of(tokenizer), ds.plan.chunking))
     out = np.zeros(len(ds), dtype=np.float32)
     it = loader
     if progress:
@@ -118,10 +133,8 @@ def predict_logits(model: torch.nn.Module, ds: EssayDataset, tokenizer, batch_si
         it = tqdm(loader, desc="predict", leave=False)
     device_type = torch.device(device).type
     for idx, batch in zip(sampler, it, strict=True):
-        ids = batch["input_ids"].to(device)
-        mask = batch["attention_mask"].to(device)
         with torch.autocast(device_type=device_type, dtype=amp_dtype or torch.float32,
                             enabled=amp_dtype is not None):
-            logits = model(ids, mask)
+            logits = model(*model_inputs(batch, device))
         out[idx] = logits.float().cpu().numpy()
     return out

@@ -15,6 +15,7 @@ from torch import nn
 from aes_core.config import TrainSection
 from aes_core.metrics import qwk
 from aes_core.models.regressor import EssayRegressor, logits_to_scores
+from aes_core.models.tokens import WINDOW_WEIGHTS
 
 NO_DECAY = re.compile(r"(bias|norm|LayerNorm|layernorm|layer_norm)", re.IGNORECASE)
 LAYER_INDEX = re.compile(r"\.(?:layer|layers)\.(\d+)\.")
@@ -132,23 +133,28 @@ class RegressorModule(pl.LightningModule):
         self._val_logits: list[torch.Tensor] = []
         self._val_targets: list[torch.Tensor] = []
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids, attention_mask)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                window_weights: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(input_ids, attention_mask, window_weights)
+
+    def _logits(self, batch: dict) -> torch.Tensor:
+        """One logit per essay (chunked batches pool their windows with ``window_weights``)."""
+        return self(batch["input_ids"], batch["attention_mask"], batch.get(WINDOW_WEIGHTS))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        logits = self(batch["input_ids"], batch["attention_mask"])
+        logits = self._logits(batch)
         loss = compute_loss(logits, batch["target"], self.loss_name)
-        bs = batch["input_ids"].shape[0]
+        bs = batch["target"].shape[0]
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True,
                  on_epoch=False, batch_size=bs)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self(batch["input_ids"], batch["attention_mask"])
+        logits = self._logits(batch)
         loss = compute_loss(logits, batch["target"], self.loss_name)
         self.log("val_loss", loss, prog_bar=True, on_epoch=True, sync_dist=True,
-                 batch_size=batch["input_ids"].shape[0])
+                 batch_size=batch["target"].shape[0])
         self._val_logits.append(logits.detach().float())
         self._val_targets.append(batch["target"].detach().float())
 

@@ -259,11 +259,8 @@ def run_stage(job: FoldHeadJob, stage: str, model: EssayRegressor, tokenizer,
     resume = str(last) if last.exists() else None
     if resume:
         _log(job, f"{stage}: resuming from {last}")
-    nl = bb.add_newline_tokens
-    train_ds = EssayDataset(train_df["full_text"].tolist(), tokenizer, bb.max_length,
-                            train_targets, nl)
-    val_ds = EssayDataset(val_df["full_text"].tolist(), tokenizer, bb.max_length,
-                          _targets(val_df), nl)
+    train_ds = EssayDataset(train_df["full_text"].tolist(), tokenizer, bb, train_targets)
+    val_ds = EssayDataset(val_df["full_text"].tolist(), tokenizer, bb, _targets(val_df))
     devices = job.trainer_kwargs.get("devices", 1)
     multi = (devices if isinstance(devices, int) else len(devices)) > 1
     tl = train_loader(train_ds, tokenizer, cfg.batch_size, cfg.seed + job.fold, cfg.num_workers)
@@ -312,7 +309,9 @@ def build_regressor(job: FoldHeadJob, tokenizer) -> tuple[EssayRegressor, dict[s
     spec = RegressorSpec(head=job.head, heads_cfg=job.cfg.heads, loss=job.cfg.train.loss,
                          max_length=job.backbone.max_length,
                          add_newline_tokens=job.backbone.add_newline_tokens,
-                         backbone_name=job.backbone.name)
+                         backbone_name=job.backbone.name, chunking=job.backbone.chunking,
+                         chunk_overlap=job.backbone.chunk_overlap,
+                         max_chunks=job.backbone.max_chunks)
     pl.seed_everything(job.cfg.train.seed + job.fold, workers=True, verbose=False)
     model = EssayRegressor.from_backbone(job.backbone_path, spec, vocab_size=len(tokenizer),
                                          num_layers=job.backbone.num_layers)
@@ -321,8 +320,7 @@ def build_regressor(job: FoldHeadJob, tokenizer) -> tuple[EssayRegressor, dict[s
 
 def _predict(job: FoldHeadJob, model: EssayRegressor, tokenizer, df: pd.DataFrame) -> np.ndarray:
     """Scores on the 1..6 scale for the rows of ``df`` in order."""
-    ds = EssayDataset(df["full_text"].tolist(), tokenizer, job.backbone.max_length,
-                      add_newline_tokens=job.backbone.add_newline_tokens)
+    ds = EssayDataset(df["full_text"].tolist(), tokenizer, job.backbone)
     logits = predict_logits(model, ds, tokenizer, job.cfg.train.eval_batch_size, job.device,
                             job.amp_dtype, progress=job.progress)
     return logits_to_scores(torch.from_numpy(logits), job.cfg.train.loss).numpy()

@@ -1,6 +1,7 @@
 """Triton Python-backend BLS model ``scorer``: essay TEXT in, SCORE / BLENDED / MEMBERS out.
 
-For each request (one batch of essays): tokenize per member exactly like training, call the
+For each request (one batch of essays): tokenize per member exactly like training (windows and
+their ``window_weights`` for chunked members, ``aes_core.models.tokens``), call the
 member fold models (``<backbone>__<head>__f<fold>``) through BLS, average folds, add the GBDT
 member in-process, then blend and threshold with ``EnsembleArtifact`` — the same library
 code the in-process scorer uses. ``scorer.json`` next to this file names the members, their
@@ -48,10 +49,12 @@ class TritonPythonModel:
 
         from aes_core.ensemble.artifact import EnsembleArtifact
         from aes_core.members import GBDT_MEMBER
+        from aes_core.models import tokens
         from aes_core.models.regressor import RegressorSpec
         from aes_core.serving import onnx_scorer
 
         self.lib = onnx_scorer
+        self.tokens = tokens
         self.ensemble = EnsembleArtifact.load(os.path.join(here, meta["ensemble"]))
         self.members = []
         for name in self.ensemble.members:
@@ -67,10 +70,10 @@ class TritonPythonModel:
             spec = RegressorSpec.model_validate(m["spec"])
             self.members.append((name, tok, spec, list(m["models"])))
 
-    def _fold_logits(self, model_name, ids, mask):
+    def _fold_logits(self, model_name, batch):
         req = pb_utils.InferenceRequest(
             model_name=model_name, requested_output_names=["logits"],
-            inputs=[pb_utils.Tensor("input_ids", ids), pb_utils.Tensor("attention_mask", mask)])
+            inputs=[pb_utils.Tensor(k, v) for k, v in batch.feeds().items()])
         resp = req.exec()
         if resp.has_error():
             raise ScoringError(f"member model {model_name}: {resp.error().message()}")
@@ -94,11 +97,9 @@ class TritonPythonModel:
             if spec is None:  # GBDT member, in-process
                 preds[:, j] = np.asarray(tok.predict(texts), dtype=np.float64).reshape(-1)
                 continue
-            seqs = self.lib.tokenize(tok, texts, spec)
-            pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-            ids, mask = self.lib.pad_batch(seqs, pad)
+            batch = self.tokens.encode_batch(tok, texts, spec)
             preds[:, j] = self.lib.fold_average(
-                [self._fold_logits(m, ids, mask) for m in models], spec.loss)
+                [self._fold_logits(m, batch) for m in models], spec.loss)
         blended = self.ensemble.blend(preds)
         scores = self.ensemble.to_scores(blended)
         return pb_utils.InferenceResponse(output_tensors=[

@@ -1,0 +1,233 @@
+"""Essays -> model inputs, in one place for training, export, serving and benchmarks.
+
+An essay is read either truncated to ``max_length`` tokens (one window) or, with chunking, as
+overlapping windows of ``max_length`` tokens that cover the whole essay (at most
+``max_chunks``). Every window is ``prefix + essay tokens + suffix`` with the tokenizer's own
+special tokens (``[CLS] ... [SEP]`` for BERT), so window 0 is exactly the truncated essay.
+
+A batch holds essays: ``input_ids`` / ``attention_mask`` [W, T] have one row per window
+(right-padded to the batch's longest window) and, for chunked models, ``window_weights``
+[B, W] averages each essay's windows (weighted by their token counts, rows sum to 1) into one
+vector per essay before the output layer. Non-chunked batches have no weights (W = B).
+
+Only numpy at import time: the Triton Python-backend models import this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from aes_core.models.backbone import encode_newlines
+
+INPUT_IDS, ATTENTION_MASK, WINDOW_WEIGHTS = "input_ids", "attention_mask", "window_weights"
+#: a word every tokenizer encodes to some ids; finds where the special tokens go
+_PROBE = "essay"
+
+
+class TokenSource(Protocol):
+    """How a model reads essays: a BackboneSection, a RegressorSpec or a TokenPlan."""
+
+    max_length: int
+    add_newline_tokens: bool
+    chunking: bool
+    chunk_overlap: int
+    max_chunks: int
+
+
+@dataclass(frozen=True)
+class TokenPlan:
+    """How a model reads an essay (the token fields of a BackboneSection or RegressorSpec)."""
+
+    max_length: int
+    add_newline_tokens: bool = False
+    chunking: bool = False
+    chunk_overlap: int = 0
+    max_chunks: int = 1
+
+    @classmethod
+    def of(cls, source: TokenSource) -> TokenPlan:
+        """From a ``BackboneSection``, a ``RegressorSpec`` or a ``TokenPlan``."""
+        if isinstance(source, TokenPlan):
+            return source
+        return cls(max_length=source.max_length, add_newline_tokens=source.add_newline_tokens,
+                   chunking=source.chunking, chunk_overlap=source.chunk_overlap,
+                   max_chunks=source.max_chunks)
+
+
+def pad_id_of(tokenizer) -> int:
+    pid = tokenizer.pad_token_id
+    return 0 if pid is None else int(pid)
+
+
+def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
+    """The ids a tokenizer puts before and after an essay's tokens (BERT: [CLS], [SEP])."""
+    body = list(tokenizer(_PROBE, add_special_tokens=False)["input_ids"])
+    full = list(tokenizer(_PROBE)["input_ids"])
+    for i in range(len(full) - len(body) + 1):
+        if full[i:i + len(body)] == body:
+            return full[:i], full[i + len(body):]
+    raise ValueError(f"{type(tokenizer).__name__}: cannot locate the essay tokens inside the "
+                     f"encoded text {full} (probe {_PROBE!r} -> {body})")
+
+
+def window_starts(n_tokens: int, body: int, overlap: int, max_chunks: int) -> list[int]:
+    """Offsets of windows of ``body`` tokens that cover ``n_tokens``, consecutive windows sharing
+    ``overlap`` tokens; the last window may be shorter. At most ``max_chunks`` windows."""
+    if not 0 <= overlap < body:
+        raise ValueError(f"chunk_overlap {overlap} must be in [0, {body}) for windows of {body} "
+                         f"essay tokens")
+    starts = [0]
+    while starts[-1] + body < n_tokens and len(starts) < max_chunks:
+        starts.append(starts[-1] + body - overlap)
+    return starts
+
+
+def tokenize(tokenizer, texts: Sequence[str], spec: TokenSource) -> list[list[int]]:
+    """Token ids per essay truncated to ``max_length`` (newline tokens as in training)."""
+    plan = TokenPlan.of(spec)
+    enc = tokenizer([encode_newlines(str(t), plan.add_newline_tokens) for t in texts],
+                    truncation=True, max_length=plan.max_length, padding=False)
+    return [list(ids) for ids in enc["input_ids"]]
+
+
+def tokenize_windows(tokenizer, texts: Sequence[str],
+                     spec: TokenSource) -> list[list[list[int]]]:
+    """The windows of every essay: ``[tokenize(...)]`` per essay unless ``spec.chunking``."""
+    plan = TokenPlan.of(spec)
+    if not plan.chunking:
+        return [[ids] for ids in tokenize(tokenizer, texts, plan)]
+    prefix, suffix = special_tokens(tokenizer)
+    body = plan.max_length - len(prefix) - len(suffix)
+    if not 0 <= plan.chunk_overlap < body:
+        raise ValueError(f"chunk_overlap {plan.chunk_overlap} must be below the {body} essay "
+                         f"tokens of a window (max_length {plan.max_length} minus "
+                         f"{len(prefix) + len(suffix)} special tokens)")
+    enc = tokenizer([encode_newlines(str(t), plan.add_newline_tokens) for t in texts],
+                    add_special_tokens=False, padding=False, verbose=False)
+    out = []
+    for ids in enc["input_ids"]:
+        ids = list(ids)
+        out.append([prefix + ids[s:s + body] + suffix
+                    for s in window_starts(len(ids), body, plan.chunk_overlap, plan.max_chunks)])
+    return out
+
+
+def round_up(n: int, multiple: int = 1, cap: int | None = None) -> int:
+    """``n`` rounded up to a multiple of ``multiple``, at most ``cap`` (never below ``n``)."""
+    if multiple <= 1:
+        return n
+    up = -(-n // multiple) * multiple
+    return max(n, min(up, cap)) if cap else up
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, multiple: int = 1,
+              cap: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad to the longest sequence (rounded up to ``multiple``, at most ``cap``):
+    (input_ids, attention_mask) int64 [N, T]."""
+    width = round_up(max((len(s) for s in seqs), default=1) or 1, multiple, cap)
+    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(seqs), width), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = s
+        mask[i, :len(s)] = 1
+    return ids, mask
+
+
+def pooling_matrix(windows_per_essay: Sequence[int], window_lengths: Sequence[int]) -> np.ndarray:
+    """[B, W] float32: row b averages the windows of essay b (consecutive rows of the batch),
+    weighted by their token counts; every row sums to 1."""
+    counts = np.asarray(windows_per_essay, dtype=np.int64)
+    lengths = np.asarray(window_lengths, dtype=np.float64)
+    if (counts < 1).any():
+        raise ValueError(f"every essay needs at least one window, got counts {counts.tolist()}")
+    if int(counts.sum()) != len(lengths):
+        raise ValueError(f"{int(counts.sum())} windows counted but {len(lengths)} lengths given")
+    if (lengths <= 0).any():
+        raise ValueError("every window needs at least one token")
+    m = np.zeros((len(counts), len(lengths)), dtype=np.float64)
+    m[np.repeat(np.arange(len(counts)), counts), np.arange(len(lengths))] = lengths
+    return (m / m.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+@dataclass
+class EssayBatch:
+    """Model inputs for a batch of essays (see the module docstring)."""
+
+    input_ids: np.ndarray                 # [W, T] int64
+    attention_mask: np.ndarray            # [W, T] int64
+    window_weights: np.ndarray | None     # [B, W] float32, None = one window per essay
+
+    @property
+    def n_essays(self) -> int:
+        w = self.window_weights
+        return self.input_ids.shape[0] if w is None else w.shape[0]
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        """Inputs by name (ONNX Runtime, Triton), in ``EssayRegressor.forward``'s order."""
+        out = {INPUT_IDS: self.input_ids, ATTENTION_MASK: self.attention_mask}
+        if self.window_weights is not None:
+            out[WINDOW_WEIGHTS] = self.window_weights
+        return out
+
+    def tensors(self) -> dict:
+        """``feeds`` as torch tensors (sharing memory), in ``EssayRegressor.forward``'s order."""
+        import torch
+
+        return {k: torch.from_numpy(v) for k, v in self.feeds().items()}
+
+
+def collate(essays: Sequence[Sequence[Sequence[int]]], pad_id: int, chunked: bool,
+            multiple: int = 1, cap: int | None = None) -> EssayBatch:
+    """One batch from the windows of each essay (``tokenize_windows`` output)."""
+    windows = [w for e in essays for w in e]
+    ids, mask = pad_batch(windows, pad_id, multiple, cap)
+    if not chunked:
+        if len(windows) != len(essays):
+            raise ValueError(f"{len(essays)} essays have {len(windows)} windows: a model "
+                             f"without chunking reads one window per essay")
+        return EssayBatch(ids, mask, None)
+    return EssayBatch(ids, mask, pooling_matrix([len(e) for e in essays], mask.sum(axis=1)))
+
+
+def encode_batch(tokenizer, texts: Sequence[str], spec: TokenSource) -> EssayBatch:
+    """Texts -> one padded batch, exactly as the model was trained to read them."""
+    plan = TokenPlan.of(spec)
+    return collate(tokenize_windows(tokenizer, texts, plan), pad_id_of(tokenizer), plan.chunking)
+
+
+def concat_batches(batches: Sequence[EssayBatch], pad_id: int) -> EssayBatch:
+    """Batches as one: windows re-padded to the widest, weights combined block-diagonally."""
+    width = max(b.input_ids.shape[1] for b in batches)
+
+    def widen(a: np.ndarray, fill: int) -> np.ndarray:
+        return np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=fill)
+
+    ids = np.concatenate([widen(b.input_ids, pad_id) for b in batches])
+    mask = np.concatenate([widen(b.attention_mask, 0) for b in batches])
+    if all(b.window_weights is None for b in batches):
+        return EssayBatch(ids, mask, None)
+    if any(b.window_weights is None for b in batches):
+        raise ValueError("cannot concatenate chunked and non-chunked batches")
+    weights = np.zeros((sum(b.n_essays for b in batches), ids.shape[0]), dtype=np.float32)
+    r = c = 0
+    for b in batches:
+        e, w = b.window_weights.shape
+        weights[r:r + e, c:c + w] = b.window_weights
+        r, c = r + e, c + w
+    return EssayBatch(ids, mask, weights)
+
+
+def length_sorted_batches(lengths: Sequence[int] | np.ndarray,
+                          batch_size: int) -> list[np.ndarray]:
+    """Indices grouped into batches of similar length (longest first, stable order)."""
+    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def text_batches(texts: Sequence[str], batch_size: int) -> list[np.ndarray]:
+    """``length_sorted_batches`` by characters: serving batches essays before tokenizing."""
+    return length_sorted_batches([len(t) for t in texts], batch_size)
