@@ -145,15 +145,15 @@ def test_tiny_chunked_model_trains_end_to_end(tmp_path, tiny_backbone, folded):
     job = FoldHeadJob(cfg, cfg.backbones[0], tiny_backbone, 0, "attention", tmp_path / "part",
                       {"accelerator": "cpu", "devices": 1}, progress=False)
     result = train_fold_head(job, folded)
-    assert result["stage2"] is not None and result["stage1"]["train_essays"] == 20
-    model = EssayRegressor.from_pretrained(result["model_dir"])
+    assert result.stage2 is not None and result.stage1.train_essays == 20
+    model = EssayRegressor.from_pretrained(result.model_dir)
     assert (model.spec.chunking, model.spec.chunk_overlap, model.spec.max_chunks) == (True, 16, 4)
     fold = folded[folded.fold == 0]
     tok = load_tokenizer(tiny_backbone)
     ds = EssayDataset(fold["full_text"].tolist(), tok, model.spec)
     assert sum(len(w) for w in ds.windows) > 2 * len(ds)  # the essays were read in windows
     direct = logits_to_scores(torch.from_numpy(predict_logits(model, ds, tok, 8)), "bce").numpy()
-    oof = pd.read_parquet(result["oof_path"])
+    oof = pd.read_parquet(result.oof_path)
     assert oof["essay_id"].tolist() == fold["essay_id"].astype(str).tolist()
     np.testing.assert_allclose(oof["pred"].to_numpy(), direct, atol=1e-4)
 
