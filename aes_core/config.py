@@ -162,6 +162,14 @@ class TrainSection(Section):
     min_val_essays_per_stage: int = Field(
         1, ge=1, description="fewer validation essays than this: the stage is skipped/falls back"
     )
+    method: Literal["finetune", "ridge"] = Field(
+        "finetune", description="finetune: the two-stage recipe; ridge: the encoder stays "
+        "frozen and the mean head is a closed-form ridge fit on its pooled features of folds "
+        "!= i (seconds on a CPU; heads must be [mean])")
+    ridge_alpha: float = Field(10.0, gt=0, description="ridge: L2 penalty of the head")
+    length_group_batches: int = Field(
+        0, ge=0, description="training batches of similar length: shuffle, sort groups of this "
+        "many batches by length (less padding); 0 = plain shuffled batches")
     stage2_guard: bool = Field(
         True, description="keep stage 1's weights when stage 2 scores worse on stage 2's "
         "validation essays (the partition's notes say so)")

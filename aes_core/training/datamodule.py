@@ -95,13 +95,46 @@ def model_inputs(batch: dict[str, torch.Tensor], device: str | torch.device = "c
     return [a.to(device) for a in args]
 
 
+class LengthGroupedBatchSampler(Sampler[list[int]]):
+    """Shuffled training batches of similar length: each epoch shuffles the essays, sorts
+    groups of ``group_batches`` batches by length, cuts them into batches and shuffles the
+    batch order, so padding shrinks while every batch stays a random draw of its group."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, group_batches: int,
+                 seed: int):
+        self.lengths = np.asarray(lengths)
+        self.batch_size, self.group = batch_size, max(1, group_batches) * batch_size
+        self.seed, self.epoch = seed, 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng(self.seed + self.epoch)
+        self.epoch += 1
+        order = rng.permutation(len(self.lengths))
+        batches = []
+        for s in range(0, len(order), self.group):
+            grp = order[s:s + self.group]
+            grp = grp[np.argsort(-self.lengths[grp], kind="stable")]
+            batches += [grp[i:i + self.batch_size].tolist()
+                        for i in range(0, len(grp), self.batch_size)]
+        for i in rng.permutation(len(batches)):
+            yield batches[i]
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+
 def train_loader(ds: EssayDataset, tokenizer, batch_size: int, seed: int,
-                 num_workers: int = 0) -> DataLoader:
+                 num_workers: int = 0, group_batches: int = 0) -> DataLoader:
+    """Shuffled training batches; ``group_batches > 0`` groups them by length (one device)."""
+    collate = PadCollate(pad_id_of(tokenizer), ds.plan.chunking)
+    if group_batches > 0:
+        sampler = LengthGroupedBatchSampler(ds.lengths, batch_size, group_batches, seed)
+        return DataLoader(ds, batch_sampler=sampler, collate_fn=collate,
+                          num_workers=num_workers, persistent_workers=num_workers > 0)
     g = torch.Generator()
     g.manual_seed(seed)
     return DataLoader(ds, batch_size=batch_size, shuffle=True, generator=g,
-                      collate_fn=PadCollate(pad_id_of(tokenizer), ds.plan.chunking),
-                      num_workers=num_workers,
+                      collate_fn=collate, num_workers=num_workers,
                       persistent_workers=num_workers > 0, drop_last=False)
 
 
@@ -120,12 +153,13 @@ def eval_loader(ds: EssayDataset, tokenizer, batch_size: int, num_workers: int =
 def predict_logits(model: torch.nn.Module, ds: EssayDataset, tokenizer, batch_size: int,
                    device: str | torch.device = "cpu", amp_dtype: torch.dtype | None = None,
                    progress: bool = False) -> np.ndarray:
-    """Logits for every essay of ``ds`` in dataset order (length-sorted batches inside)."""
+    """Outputs for every essay of ``ds`` in dataset order (length-sorted batches inside):
+    logits [N], or [N, D] for a model whose output is a vector per essay."""
     model.eval().to(device)
     sampler = LengthSortedBatchSampler(ds.lengths, batch_size)
     loader = DataLoader(ds, batch_sampler=sampler,
                         collate_fn=PadCollate(pad_id_of(tokenizer), ds.plan.chunking))
-    out = np.zeros(len(ds), dtype=np.float32)
+    out: np.ndarray | None = None
     it = loader
     if progress:
         from tqdm.auto import tqdm
@@ -135,6 +169,8 @@ def predict_logits(model: torch.nn.Module, ds: EssayDataset, tokenizer, batch_si
     for idx, batch in zip(sampler, it, strict=True):
         with torch.autocast(device_type=device_type, dtype=amp_dtype or torch.float32,
                             enabled=amp_dtype is not None):
-            logits = model(*model_inputs(batch, device))
-        out[idx] = logits.float().cpu().numpy()
-    return out
+            logits = model(*model_inputs(batch, device)).float().cpu().numpy()
+        if out is None:
+            out = np.zeros((len(ds), *logits.shape[1:]), dtype=np.float32)
+        out[idx] = logits
+    return out if out is not None else np.zeros(len(ds), dtype=np.float32)

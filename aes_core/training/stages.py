@@ -263,7 +263,8 @@ def run_stage(job: FoldHeadJob, stage: str, model: EssayRegressor, tokenizer,
     val_ds = EssayDataset(val_df["full_text"].tolist(), tokenizer, bb, _targets(val_df))
     devices = job.trainer_kwargs.get("devices", 1)
     multi = (devices if isinstance(devices, int) else len(devices)) > 1
-    tl = train_loader(train_ds, tokenizer, cfg.batch_size, cfg.seed + job.fold, cfg.num_workers)
+    tl = train_loader(train_ds, tokenizer, cfg.batch_size, cfg.seed + job.fold, cfg.num_workers,
+                      group_batches=0 if multi else cfg.length_group_batches)
     vl = eval_loader(val_ds, tokenizer, cfg.eval_batch_size, cfg.num_workers,
                      length_sorted=not multi)
     ckpt_cb = ModelCheckpoint(dirpath=sdir, filename="best", monitor="val_qwk", mode="max",
@@ -306,7 +307,9 @@ def run_stage(job: FoldHeadJob, stage: str, model: EssayRegressor, tokenizer,
 
 
 def build_regressor(job: FoldHeadJob, tokenizer) -> tuple[EssayRegressor, dict[str, int]]:
-    spec = RegressorSpec(head=job.head, heads_cfg=job.cfg.heads, loss=job.cfg.train.loss,
+    ridge = job.cfg.train.method == "ridge"
+    spec = RegressorSpec(head=job.head, heads_cfg=job.cfg.heads,
+                         loss="mse" if ridge else job.cfg.train.loss,
                          max_length=job.backbone.max_length,
                          add_newline_tokens=job.backbone.add_newline_tokens,
                          backbone_name=job.backbone.name, chunking=job.backbone.chunking,
@@ -323,7 +326,7 @@ def _predict(job: FoldHeadJob, model: EssayRegressor, tokenizer, df: pd.DataFram
     ds = EssayDataset(df["full_text"].tolist(), tokenizer, job.backbone)
     logits = predict_logits(model, ds, tokenizer, job.cfg.train.eval_batch_size, job.device,
                             job.amp_dtype, progress=job.progress)
-    return logits_to_scores(torch.from_numpy(logits), job.cfg.train.loss).numpy()
+    return logits_to_scores(torch.from_numpy(logits), model.spec.loss).numpy()
 
 
 def _stage2(job: FoldHeadJob, model: EssayRegressor, tokenizer, folded: pd.DataFrame,
@@ -352,6 +355,34 @@ def _stage2(job: FoldHeadJob, model: EssayRegressor, tokenizer, folded: pd.DataF
                      f"stage 1's weights (train.stage2_guard)")
         return info2, "stage1"
     return info2, "stage2"
+
+
+def fit_ridge_head(job: FoldHeadJob, model: EssayRegressor, tokenizer, train_df: pd.DataFrame,
+                   val_df: pd.DataFrame) -> StageInfo:
+    """Frozen encoder, closed-form head: ridge on the mean head's pooled features of the
+    training essays, targets ``(score - 1) / 5`` (the spec's loss is ``mse``: identity)."""
+    from sklearn.linear_model import Ridge
+
+    if job.head != "mean":
+        raise ValueError(f"train.method = ridge fits the mean head only; head {job.head!r} "
+                         f"needs train.method = finetune (set heads.heads: [mean])")
+    t0 = time.time()
+    ds = EssayDataset(train_df["full_text"].tolist(), tokenizer, job.backbone)
+    out, model.head.out = model.head.out, torch.nn.Identity()
+    try:
+        feats = predict_logits(model, ds, tokenizer, job.cfg.train.eval_batch_size, job.device,
+                               job.amp_dtype)
+    finally:
+        model.head.out = out
+    reg = Ridge(alpha=job.cfg.train.ridge_alpha).fit(feats, _targets(train_df))
+    with torch.no_grad():
+        out.weight.copy_(torch.as_tensor(reg.coef_, dtype=out.weight.dtype).view_as(out.weight))
+        out.bias.fill_(float(reg.intercept_))
+    val_qwk = qwk(val_df["score"].to_numpy(), _predict(job, model, tokenizer, val_df))
+    _log(job, f"ridge head on {len(train_df)} essays: validation QWK {val_qwk:.4f}")
+    return StageInfo(best_val_qwk=val_qwk, epochs_run=1, train_essays=len(train_df),
+                     val_essays=len(val_df), train_tokens=ds.n_tokens,
+                     seconds=round(time.time() - t0, 2))
 
 
 def _drop_checkpoints(out: Path) -> None:
@@ -385,9 +416,13 @@ def train_fold_head(job: FoldHeadJob, folded: pd.DataFrame) -> FoldHeadCheckpoin
     s1 = stage1_split(folded, job.fold, tcfg.min_val_essays_per_stage)
     notes += s1.notes
     train1 = subsample(s1.train, tcfg.max_train_essays, tcfg.seed + job.fold)
-    info1, best1 = run_stage(job, "stage1", model, tokenizer, train1, _targets(train1), s1.val,
-                             tcfg.stage1_epochs)
-    info2, kept = _stage2(job, model, tokenizer, folded, best1, notes)
+    if tcfg.method == "ridge":
+        info1, info2, kept = fit_ridge_head(job, model, tokenizer, train1, s1.val), None, "stage1"
+        notes.append("train.method = ridge: frozen encoder, closed-form head (no stage 2)")
+    else:
+        info1, best1 = run_stage(job, "stage1", model, tokenizer, train1, _targets(train1),
+                                 s1.val, tcfg.stage1_epochs)
+        info2, kept = _stage2(job, model, tokenizer, folded, best1, notes)
     for n in notes:
         _log(job, n)
 
