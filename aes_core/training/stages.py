@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,11 +41,17 @@ from aes_core.models.regressor import (
 )
 from aes_core.training.datamodule import EssayDataset, eval_loader, predict_logits, train_loader
 from aes_core.training.module import RegressorModule, prepare_encoder
+from aes_core.training.resume import (
+    LAST_CKPT,
+    RESULT_FILE,
+    checkpoint_summary,
+    device_count,
+    prepare_out_dir,
+)
 
 log = logging.getLogger(__name__)
 
-RESULT_FILE, OOF_FILE, SPEC_FILE, DONE_FILE, MODEL_DIR = (
-    "result.json", "oof.parquet", "run_spec.json", "done.json", "model")
+OOF_FILE, DONE_FILE, MODEL_DIR = "oof.parquet", "done.json", "model"
 
 
 # ----------------------------------------------------------------------------- data selection
@@ -164,24 +169,6 @@ def job_spec(job: FoldHeadJob, folded: pd.DataFrame) -> dict[str, Any]:
             "heads": job.cfg.heads.model_dump(), "data": data_fingerprint(folded)}
 
 
-def _prepare_out_dir(job: FoldHeadJob, spec: dict[str, Any]) -> list[str]:
-    """Keep resumable state only for an interrupted run of the same spec."""
-    out, notes = job.out_dir, []
-    spec_path = out / SPEC_FILE
-    if out.exists():
-        same = spec_path.exists() and json.loads(spec_path.read_text()) == spec
-        if (out / RESULT_FILE).exists() or not same:
-            why = "re-materializing a completed partition" if same else "the spec changed"
-            for child in out.iterdir():
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
-            if any(True for _ in out.iterdir()):  # pragma: no cover
-                raise RuntimeError(f"could not clear {out}")
-            notes.append(f"starting fresh ({why})")
-    out.mkdir(parents=True, exist_ok=True)
-    spec_path.write_text(json.dumps(spec, indent=2, sort_keys=True))
-    return notes
-
-
 def _log(job: FoldHeadJob, msg: str) -> None:
     log.info(msg)
     if job.log_fn:
@@ -195,17 +182,6 @@ def _targets(df: pd.DataFrame) -> np.ndarray:
 def _load_best(module: RegressorModule, ckpt: str) -> None:
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     module.load_state_dict(state)
-
-
-def _ckpt_summary(path: Path) -> dict[str, Any]:
-    """global_step, epochs and the best monitored score stored in a Lightning checkpoint."""
-    ck = torch.load(path, map_location="cpu", weights_only=False)
-    score = None
-    for key, state in (ck.get("callbacks") or {}).items():
-        if str(key).startswith("ModelCheckpoint") and state.get("best_model_score") is not None:
-            score = float(state["best_model_score"])
-    return {"global_step": int(ck.get("global_step", 0)), "epochs": int(ck.get("epoch", -1)) + 1,
-            "best_model_score": score}
 
 
 def run_stage(job: FoldHeadJob, stage: str, model: EssayRegressor, tokenizer,
@@ -222,7 +198,7 @@ def run_stage(job: FoldHeadJob, stage: str, model: EssayRegressor, tokenizer,
         _log(job, f"{stage}: already complete, best val QWK {info['best_val_qwk']:.4f}")
         return {**info, "resumed": "completed earlier"}
     sdir.mkdir(parents=True, exist_ok=True)
-    last = sdir / "last.ckpt"
+    last = sdir / LAST_CKPT
     resume = str(last) if last.exists() else None
     if resume:
         _log(job, f"{stage}: resuming from {last}")
@@ -231,8 +207,7 @@ def run_stage(job: FoldHeadJob, stage: str, model: EssayRegressor, tokenizer,
                             train_targets, nl)
     val_ds = EssayDataset(val_df["full_text"].tolist(), tokenizer, bb.max_length,
                           _targets(val_df), nl)
-    devices = job.trainer_kwargs.get("devices", 1)
-    multi = (devices if isinstance(devices, int) else len(devices)) > 1
+    multi = device_count(job.trainer_kwargs) > 1
     tl = train_loader(train_ds, tokenizer, cfg.batch_size, cfg.seed + job.fold, cfg.num_workers)
     vl = eval_loader(val_ds, tokenizer, cfg.eval_batch_size, cfg.num_workers,
                      length_sorted=not multi)
@@ -259,7 +234,7 @@ def run_stage(job: FoldHeadJob, stage: str, model: EssayRegressor, tokenizer,
     best = ckpt_cb.best_model_path or str(last)
     _load_best(module, best)
     # read progress from last.ckpt: spawned DDP workers do not send it back to this process
-    summary = _ckpt_summary(last if last.exists() else Path(best))
+    summary = checkpoint_summary(last if last.exists() else Path(best))
     info = {"best_ckpt": best, "best_val_qwk": summary["best_model_score"],
             "epochs_run": summary["epochs"], "global_step": summary["global_step"],
             "train_essays": len(train_ds),
@@ -295,7 +270,7 @@ def train_fold_head(job: FoldHeadJob, folded: pd.DataFrame) -> dict[str, Any]:
         raise ValueError(f"head {job.head!r} is not configured; heads.heads = "
                          f"{job.cfg.heads.heads}")
     tcfg = job.cfg.train
-    notes = _prepare_out_dir(job, job_spec(job, folded))
+    notes = prepare_out_dir(job.out_dir, job_spec(job, folded))
     tokenizer = load_tokenizer(job.backbone_path, job.backbone.add_newline_tokens)
     model, counts = build_regressor(job, tokenizer)
     _log(job, f"{job.backbone.name}/{job.head} fold {job.fold}: {counts}")
