@@ -176,7 +176,7 @@ class MlmModule(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         if self._recent:
             self.log("final_loss", torch.stack(self._recent).float().mean(), sync_dist=True)
-        self.log("global_step", float(self.trainer.global_step))
+        self.log("global_step", float(self.trainer.global_step), sync_dist=True)
 
     def configure_optimizers(self):
         groups: dict[float, list[torch.nn.Parameter]] = {}
@@ -289,9 +289,10 @@ def run_mlm(backbone_path: str | Path, out_dir: str | Path, texts: Sequence[str]
     # DistributedSampler gives each rank ceil(n / world) blocks
     steps_per_epoch = math.ceil(math.ceil(len(train_blocks) / world) / cfg.batch_size)
     total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    on_gpu = kwargs.get("accelerator") in ("gpu", "cuda")
     loader = DataLoader(torch.tensor(train_blocks, dtype=torch.long), batch_size=cfg.batch_size,
                         shuffle=True, generator=torch.Generator().manual_seed(cfg.seed),
-                        collate_fn=collator, pin_memory=kwargs.get("accelerator") == "gpu")
+                        collate_fn=collator, pin_memory=on_gpu)
     run_loggers = loggers("mlm") if loggers else False
     cbs: list[Callback] = [ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True,
                                            every_n_train_steps=cfg.checkpoint_every_n_steps)]
