@@ -116,6 +116,10 @@ class MlmSection(Section):
     max_texts: int | None = Field(400, ge=1, description="cap on texts (None = all)")
     holdout_fraction: float = Field(0.1, gt=0, lt=1, description="texts held out for perplexity")
     seed: int = 42
+    gradient_clip_val: float = Field(1.0, ge=0, description="max gradient norm (0 = no clipping)")
+    checkpoint_every_n_steps: int = Field(
+        200, ge=1, description="save last.ckpt (where an interrupted run resumes) every N steps")
+    log_every_n_steps: int = Field(10, ge=1, description="Lightning logging interval (steps)")
 
 
 class HeadSection(Section):

@@ -59,14 +59,17 @@ def mlm_backbone_asset(cfg: AesConfig, backbone: BackboneSection) -> dg.AssetsDe
             return MlmBackbone(backbone=name, path=str(base), base_path=str(base),
                                mlm_trained=False, reason=why)
         texts = mlm_texts(folded_essays, unlabelled_essays)
-        out = artifacts.folder(context.asset_key, fresh=True)
+        out = artifacts.folder(context.asset_key)  # run_mlm clears stale state, keeps resumable
+        tags = dict(context.run.tags)
         with mlflow.run(f"{name}/mlm_backbone",
                         params={"mlm": mcfg.model_dump(), "backbone": bb.model_dump()},
                         tags={"asset": f"{name}/mlm_backbone", "backbone": name,
                               "dagster_run_id": context.run_id}) as run:
             res = run_mlm(base, out, texts, mcfg, bb.add_newline_tokens,
-                          device=gpu.inference_device(), amp_dtype=gpu.amp_dtype(),
-                          num_layers=bb.num_layers, progress=False)
+                          device=gpu.inference_device(name, tags), amp_dtype=gpu.amp_dtype(),
+                          num_layers=bb.num_layers, progress=False,
+                          trainer_kwargs=gpu.trainer_kwargs(name, tags),
+                          log_fn=context.log.info)
             run.metrics({"perplexity_before": res["perplexity_before"],
                          "perplexity_after": res["perplexity_after"]})
             run.params({"output_path": res["path"]})

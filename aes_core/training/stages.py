@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,11 +51,16 @@ from aes_core.models.regressor import (
 )
 from aes_core.training.datamodule import EssayDataset, eval_loader, predict_logits, train_loader
 from aes_core.training.module import RegressorModule, prepare_encoder
+from aes_core.training.resume import (
+    LAST_CKPT,
+    RESULT_FILE,
+    checkpoint_summary,
+    prepare_out_dir,
+)
 
 log = logging.getLogger(__name__)
 
-RESULT_FILE, OOF_FILE, SPEC_FILE, DONE_FILE, MODEL_DIR, METRICS_FILE = (
-    "result.json", "oof.parquet", "run_spec.json", "done.json", "model", "metrics.csv")
+OOF_FILE, DONE_FILE, MODEL_DIR, METRICS_FILE = "oof.parquet", "done.json", "model", "metrics.csv"
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -184,33 +188,6 @@ def spec_hash(spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _clear(out: Path) -> None:
-    for child in out.iterdir():
-        shutil.rmtree(child) if child.is_dir() else child.unlink()
-
-
-def _prepare_out_dir(job: FoldHeadJob, spec: dict[str, Any]) -> tuple[list[str],
-                                                                      FoldHeadCheckpoint | None]:
-    """Keep resumable state only for an interrupted run of the same spec; return a completed
-    result of the same spec when ``train.reuse_completed`` allows reusing it."""
-    out, notes = job.out_dir, []
-    spec_path = out / SPEC_FILE
-    if out.exists() and any(out.iterdir()):
-        same = spec_path.exists() and json.loads(spec_path.read_text()) == spec
-        done = load_partition_result(out)
-        if same and done is not None and job.cfg.train.reuse_completed:
-            return notes, done.model_copy(update={"reused": True})
-        if done is not None or not same:
-            why = ("re-training a completed partition (train.reuse_completed is false)" if same
-                   else "its configuration, data or code changed" if spec_path.exists()
-                   else "the folder holds files of an unknown run")
-            _clear(out)
-            notes.append(f"starting over: {why}")
-    out.mkdir(parents=True, exist_ok=True)
-    spec_path.write_text(json.dumps(spec, indent=2, sort_keys=True))
-    return notes, None
-
-
 def _log(job: FoldHeadJob, msg: str) -> None:
     log.info(msg)
     if job.log_fn:
@@ -224,17 +201,6 @@ def _targets(df: pd.DataFrame) -> np.ndarray:
 def _load_best(module: RegressorModule, ckpt: str) -> None:
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     module.load_state_dict(state)
-
-
-def _ckpt_summary(path: Path) -> dict[str, Any]:
-    """global_step, epochs and the best monitored score stored in a Lightning checkpoint."""
-    ck = torch.load(path, map_location="cpu", weights_only=False)
-    score = None
-    for key, state in (ck.get("callbacks") or {}).items():
-        if str(key).startswith("ModelCheckpoint") and state.get("best_model_score") is not None:
-            score = float(state["best_model_score"])
-    return {"global_step": int(ck.get("global_step", 0)), "epochs": int(ck.get("epoch", -1)) + 1,
-            "best_model_score": score}
 
 
 def run_stage(job: FoldHeadJob, stage: str, model: EssayRegressor, tokenizer,
@@ -255,7 +221,7 @@ def run_stage(job: FoldHeadJob, stage: str, model: EssayRegressor, tokenizer,
         _log(job, f"{stage}: already complete, best val QWK {info['stage']['best_val_qwk']}")
         return StageInfo.model_validate(info["stage"]), info["best_ckpt"]
     sdir.mkdir(parents=True, exist_ok=True)
-    last = sdir / "last.ckpt"
+    last = sdir / LAST_CKPT
     resume = str(last) if last.exists() else None
     if resume:
         _log(job, f"{stage}: resuming from {last}")
@@ -295,7 +261,7 @@ def run_stage(job: FoldHeadJob, stage: str, model: EssayRegressor, tokenizer,
     best = ckpt_cb.best_model_path or str(last)
     _load_best(module, best)
     # read progress from last.ckpt: spawned DDP workers do not send it back to this process
-    summary = _ckpt_summary(last if last.exists() else Path(best))
+    summary = checkpoint_summary(last if last.exists() else Path(best))
     epochs_run = summary["epochs"]
     info = StageInfo(best_val_qwk=summary["best_model_score"], epochs_run=epochs_run,
                      global_step=summary["global_step"], train_essays=len(train_ds),
@@ -402,11 +368,12 @@ def train_fold_head(job: FoldHeadJob, folded: pd.DataFrame) -> FoldHeadCheckpoin
     t0 = time.time()
     tcfg = job.cfg.train
     spec = job_spec(job, folded)
-    notes, reused = _prepare_out_dir(job, spec)
+    notes, completed = prepare_out_dir(job.out_dir, spec, tcfg.reuse_completed)
     name = f"{job.backbone.name}/{job.head} fold {job.fold}"
+    reused = load_partition_result(job.out_dir) if completed else None
     if reused is not None:
         _log(job, f"{name}: reusing the completed result (same configuration, data and code)")
-        return reused
+        return reused.model_copy(update={"reused": True})
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     tokenizer = load_tokenizer(job.backbone_path, job.backbone.add_newline_tokens)
