@@ -289,6 +289,11 @@ def build_regressor(job: FoldHeadJob, tokenizer) -> tuple[EssayRegressor, dict[s
 
 def _predict(job: FoldHeadJob, model: EssayRegressor, tokenizer, df: pd.DataFrame) -> np.ndarray:
     """Scores on the 1..6 scale for the rows of ``df`` in order."""
+    if job.cfg.train.method == "ridge":  # frozen encoder: its features are cached per essay
+        feats = frozen_features(job, model, tokenizer, df["full_text"].astype(str).tolist())
+        out = model.head.out
+        logits = feats @ out.weight.detach().cpu().numpy().ravel() + float(out.bias)
+        return logits_to_scores(torch.from_numpy(logits), model.spec.loss).numpy()
     ds = EssayDataset(df["full_text"].tolist(), tokenizer, job.backbone)
     logits = predict_logits(model, ds, tokenizer, job.cfg.train.eval_batch_size, job.device,
                             job.amp_dtype, progress=job.progress)
@@ -323,6 +328,30 @@ def _stage2(job: FoldHeadJob, model: EssayRegressor, tokenizer, folded: pd.DataF
     return info2, "stage2"
 
 
+_RIDGE_FEATURES: dict[tuple, dict[str, np.ndarray]] = {}
+
+
+def frozen_features(job: FoldHeadJob, model: EssayRegressor, tokenizer,
+                    texts: list[str]) -> np.ndarray:
+    """The mean head's pooled features of ``texts`` under the frozen encoder, each essay
+    encoded once per process (every fold's ridge partition shares the same encoder)."""
+    key = (str(job.backbone_path), job.backbone.model_dump_json(), job.device,
+           str(job.amp_dtype))
+    cache = _RIDGE_FEATURES.setdefault(key, {})
+    digests = [hashlib.sha256(t.encode()).hexdigest() for t in texts]
+    todo = sorted({d: t for d, t in zip(digests, texts, strict=True) if d not in cache}.items())
+    if todo:
+        ds = EssayDataset([t for _, t in todo], tokenizer, job.backbone)
+        out, model.head.out = model.head.out, torch.nn.Identity()
+        try:
+            feats = predict_logits(model, ds, tokenizer, job.cfg.train.eval_batch_size,
+                                   job.device, job.amp_dtype)
+        finally:
+            model.head.out = out
+        cache.update({d: f for (d, _), f in zip(todo, feats, strict=True)})
+    return np.stack([cache[d] for d in digests])
+
+
 def fit_ridge_head(job: FoldHeadJob, model: EssayRegressor, tokenizer, train_df: pd.DataFrame,
                    val_df: pd.DataFrame) -> StageInfo:
     """Frozen encoder, closed-form head: ridge on the mean head's pooled features of the
@@ -333,22 +362,18 @@ def fit_ridge_head(job: FoldHeadJob, model: EssayRegressor, tokenizer, train_df:
         raise ValueError(f"train.method = ridge fits the mean head only; head {job.head!r} "
                          f"needs train.method = finetune (set heads.heads: [mean])")
     t0 = time.time()
-    ds = EssayDataset(train_df["full_text"].tolist(), tokenizer, job.backbone)
-    out, model.head.out = model.head.out, torch.nn.Identity()
-    try:
-        feats = predict_logits(model, ds, tokenizer, job.cfg.train.eval_batch_size, job.device,
-                               job.amp_dtype)
-    finally:
-        model.head.out = out
-    reg = Ridge(alpha=job.cfg.train.ridge_alpha).fit(feats, _targets(train_df))
+    texts = train_df["full_text"].astype(str).tolist()
+    reg = Ridge(alpha=job.cfg.train.ridge_alpha).fit(
+        frozen_features(job, model, tokenizer, texts), _targets(train_df))
+    out = model.head.out
     with torch.no_grad():
         out.weight.copy_(torch.as_tensor(reg.coef_, dtype=out.weight.dtype).view_as(out.weight))
         out.bias.fill_(float(reg.intercept_))
-    val_qwk = qwk(val_df["score"].to_numpy(), _predict(job, model, tokenizer, val_df))
+    val = frozen_features(job, model, tokenizer, val_df["full_text"].astype(str).tolist())
+    val_qwk = qwk(val_df["score"].to_numpy(), 1.0 + 5.0 * reg.predict(val))
     _log(job, f"ridge head on {len(train_df)} essays: validation QWK {val_qwk:.4f}")
     return StageInfo(best_val_qwk=val_qwk, epochs_run=1, train_essays=len(train_df),
-                     val_essays=len(val_df), train_tokens=ds.n_tokens,
-                     seconds=round(time.time() - t0, 2))
+                     val_essays=len(val_df), seconds=round(time.time() - t0, 2))
 
 
 def _drop_checkpoints(out: Path) -> None:
