@@ -78,6 +78,8 @@ def test_config_pbtxt_python_variant(served):
     assert 'name: "SCORE" data_type: TYPE_INT32' in scorer
     assert 'name: "MEMBERS" data_type: TYPE_FP64 dims: [ 2 ]' in scorer
     assert 'string_value: "tiny__mean,tiny__lstm"' in scorer
+    version = served["bundle"].version()
+    assert f'key: "bundle_version" value {{ string_value: "{version}" }}' in scorer
     # self-contained: tokenizer and ensemble copied into the repository
     assert (repo / "scorer" / "1" / "tokenizers" / "tiny" / "tokenizer_config.json").exists()
     assert (repo / "scorer" / "1" / "ensemble.json").exists()
@@ -182,6 +184,30 @@ def test_load_scorer_prefers_triton_and_falls_back(served):
     local = load_scorer(cfg, prefer_triton=True, triton_url="127.0.0.1:1")
     assert isinstance(local, OnnxScorer)
     assert isinstance(load_scorer(cfg), OnnxScorer)
+
+
+def test_a_running_server_of_another_bundle_is_not_used(served, tmp_path):
+    """Same member names, another commit (a newer bundle): the running server's models may
+    differ, so the scorer falls back to in-process rather than mix them."""
+    import shutil
+
+    from aes_core.serving.manifest import write_manifest
+
+    newer_dir = tmp_path / "bundle_v2"
+    shutil.copytree(served["bundle"].root, newer_dir)
+    manifest = load_bundle(newer_dir).manifest
+    write_manifest(newer_dir, manifest.model_copy(update={"created_at": "2099-01-01T00:00:00"}))
+    newer = load_bundle(newer_dir)
+    url = served["server"].url
+    cfg = served["cfg"].model_copy(update={"serving": served["cfg"].serving.model_copy(
+        update={"bundle_dir": str(newer_dir)})})
+    assert isinstance(load_scorer(cfg, prefer_triton=True, triton_url=url), OnnxScorer)
+    with open_scorer(newer, cfg.serving, triton_url=url) as choice:
+        assert choice.via == IN_PROCESS
+        assert f"serves bundle {served['bundle'].version()!r}" in choice.fallback_reason
+        assert f"expected {newer.version()!r}" in choice.fallback_reason
+    with open_scorer(served["bundle"], served["cfg"].serving, triton_url=url) as choice:
+        assert choice.via == f"triton ({url})" and not choice.fallback_reason
 
 
 def test_open_scorer_falls_back_when_the_repo_is_for_another_bundle(served, tmp_path):
