@@ -25,7 +25,7 @@ from aes_core.export.tensorrt import (
     workspace_bytes,
 )
 from aes_core.models.heads import HEADS
-from aes_core.serving.manifest import Bundle, BundleError
+from aes_core.serving.manifest import Bundle, BundleError, write_manifest
 from tests.serving_support import (
     commit_bundle,
     export_checkpoints,
@@ -146,6 +146,43 @@ def test_bundle_load_names_a_missing_member_folder(four_fold_bundle, tmp_path):
         Bundle.load(copy)
 
 
+def test_write_manifest_keeps_a_working_manifest(four_fold_bundle, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(four_fold_bundle["bundle"].root, copy)
+    good = (copy / "manifest.json").read_text()
+    m = Bundle.load(copy).manifest
+    entry = m.members[0]
+    broken = m.model_copy(update={"members": [entry.model_copy(update={
+        "folds": [*entry.folds, "members/tiny__mean/fold9-x"]})]})
+    with pytest.raises(BundleError, match="member tiny__mean: members/tiny__mean/fold9-x is "
+                                          "missing"):
+        write_manifest(copy, broken)
+    assert (copy / "manifest.json").read_text() == good
+
+
+def _rebased(exports, src: Path, dst: Path):
+    return [e.model_copy(update={"member_dir": str(dst / Path(e.member_dir).relative_to(src))})
+            for e in exports]
+
+
+def test_a_bundle_is_never_committed_with_a_missing_export(four_fold_bundle, tmp_path):
+    """Fold 3's export was pruned by the 3-fold commit; a 4-fold ensemble built from the stored
+    export records must fail before anything changes, naming the folder."""
+    src = four_fold_bundle["bundle"].root
+    copy = tmp_path / "copy"
+    shutil.copytree(src, copy)
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    exports = _rebased(four_fold_bundle["exports"], src, copy)
+    gone = Path(exports[3].member_dir)
+    assert not gone.exists()
+    ens = EnsembleArtifact(members=["tiny__mean"], weights=[1.0], n_folds=4)
+    with pytest.raises(ValueError, match=rf"tiny__mean: the exported folder of fold 3 "
+                                         rf"\({gone.relative_to(copy)}\) is missing"):
+        build_bundle(copy, ens, exports, None, None)
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
+    assert Bundle.load(copy).ensemble.n_folds == 3
+
+
 def test_failed_parity_never_touches_the_served_folder(four_fold_bundle, tmp_path):
     """An export failing its parity check is kept aside; the bundle cannot be built from it."""
     copy = tmp_path / "copy"
@@ -160,8 +197,7 @@ def test_failed_parity_never_touches_the_served_folder(four_fold_bundle, tmp_pat
     assert (served / ONNX_FILE).read_bytes() == onnx_before
     assert json.loads((served / "parity.json").read_text())["passed"] is True
     Bundle.load(copy)  # still complete
-    exports = [e.model_copy(update={"member_dir": str(copy / Path(e.member_dir).relative_to(
-        four_fold_bundle["bundle"].root))}) for e in four_fold_bundle["exports"][:3]]
+    exports = _rebased(four_fold_bundle["exports"][:3], four_fold_bundle["bundle"].root, copy)
     exports[1] = bad
     ens = Bundle.load(copy).ensemble
     with pytest.raises(ValueError, match=r"tiny__mean: the ONNX export of fold\(s\) \[1\] "

@@ -114,6 +114,13 @@ def build_bundle(bundle_dir: str | Path, ensemble: EnsembleArtifact,
             problems.append(f"{m}: the ONNX export of fold(s) {failed} failed its parity "
                             f"check (re-materialize onnx_models)")
             continue
+        absent = [f"the exported folder of fold {f} ({_rel(folds[f].member_dir, root)}) is "
+                  f"missing" for f in want
+                  if not Path(folds[f].member_dir).is_relative_to(root)
+                  or not (Path(folds[f].member_dir) / ONNX_FILE).exists()]
+        if absent:
+            problems += [f"{m}: {a} (re-materialize onnx_models)" for a in absent]
+            continue
         first = folds[want[0]]
         entries.append(MemberEntry(
             name=m, backbone=first.backbone, head=first.head,
@@ -139,6 +146,11 @@ def build_bundle(bundle_dir: str | Path, ensemble: EnsembleArtifact,
     write_manifest(root, manifest)
     prune_members(root, [f for e in entries for f in e.folds])
     return manifest
+
+
+def _rel(path: str | Path, root: Path) -> str:
+    p = Path(path)
+    return str(p.relative_to(root)) if p.is_relative_to(root) else f"{p}, outside {root}"
 
 
 def typical_stats(folded: pd.DataFrame, low_q: float, high_q: float) -> dict:
