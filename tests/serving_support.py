@@ -1,27 +1,33 @@
-"""Helpers for the serving tests: tiny real regressors laid out like the pipeline stores them.
+"""Helpers for the serving tests: tiny real regressors turned into a real serving bundle.
 
 Regressors are EssayRegressor.from_backbone(tiny BERT) + save_pretrained: the real format the
-training stage writes, with random weights (these tests check plumbing, not quality).
+training stage writes, with random weights (these tests check plumbing, not quality). Each is
+wrapped in the training stage's result (``FoldHeadCheckpoint``), exported into a bundle with
+the export stage's own ``export_member`` and committed with ``build_bundle``, so serving reads
+exactly what the pipeline would give it: a manifest and the folders it names.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from aes_core.config import SAMPLE_DIR, HeadSection
+from aes_core.contracts import FoldHeadCheckpoint, OnnxExport, StageInfo
 from aes_core.data import io
 from aes_core.ensemble.artifact import EnsembleArtifact
-from aes_core.export.onnx import export_onnx
+from aes_core.export.bundle import ExportTask, build_bundle, export_member
 from aes_core.members import member_name
 from aes_core.models.backbone import load_tokenizer
 from aes_core.models.regressor import EssayRegressor, RegressorSpec
+from aes_core.serving.manifest import Bundle
 
 BACKBONE = "tiny"
 HEADS_CFG = HeadSection(lstm_hidden=8, attention_hidden=8, weighted_last_k=2)
+PARITY_ATOL = 1e-3
 
 
 def sample_essays(n: int = 24) -> pd.DataFrame:
@@ -44,36 +50,49 @@ def make_regressor(backbone_dir: Path, out: Path, head: str, seed: int,
     return model.save_pretrained(out, load_tokenizer(backbone_dir))
 
 
-def write_checkpoints(storage: Path, backbone_dir: Path, heads: list[str],
-                      n_folds: int) -> dict[str, dict]:
-    """Regressor folders + the ``tiny/fold_head_checkpoints`` tables the IO manager reads."""
+def checkpoint_for(model_dir: Path, head: str, fold: int,
+                   backbone: str = BACKBONE) -> FoldHeadCheckpoint:
+    """The training stage's result for a regressor folder (its weights' hash as spec hash)."""
+    digest = hashlib.sha256((Path(model_dir) / "model.safetensors").read_bytes()).hexdigest()
+    return FoldHeadCheckpoint(
+        backbone=backbone, head=head, fold=fold, member=member_name(backbone, head),
+        model_dir=str(model_dir), oof_path=str(Path(model_dir).parent / "oof.parquet"),
+        fold_qwk=0.0, fold_essays=0, stage1=StageInfo(), spec_hash=digest[:12])
+
+
+def make_checkpoints(root: Path, backbone_dir: Path, heads: list[str],
+                     n_folds: int) -> dict[str, FoldHeadCheckpoint]:
+    """One tiny regressor per fold x head under ``root``, keyed by partition key (``0|mean``)."""
     out = {}
     for fold in range(n_folds):
         for h, head in enumerate(heads):
-            pk = f"{fold}__{head}"
-            d = make_regressor(backbone_dir, storage / "ckpt" / pk, head, seed=10 * fold + h)
-            meta = {"model_dir": str(d), "backbone": BACKBONE, "head": head, "fold": fold}
-            path = storage / "tables" / BACKBONE / "fold_head_checkpoints" / f"{pk}.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(meta))
-            out[pk] = meta
+            d = make_regressor(backbone_dir, root / f"{fold}__{head}" / "model", head,
+                               seed=10 * fold + h)
+            out[f"{fold}|{head}"] = checkpoint_for(d, head, fold)
     return out
 
 
-def export_members(storage: Path, checkpoints: dict[str, dict]) -> dict[str, list[Path]]:
-    """ONNX member folders + ``tiny/onnx_models`` tables, as the onnx_models asset writes."""
-    members: dict[str, list[Path]] = {}
-    for pk, meta in sorted(checkpoints.items(), key=lambda kv: kv[1]["fold"]):
-        out = storage / "artifacts" / BACKBONE / "onnx_models" / pk
-        export_onnx(meta["model_dir"], out)
-        name = member_name(BACKBONE, meta["head"])
-        table = storage / "tables" / BACKBONE / "onnx_models" / f"{pk}.json"
-        table.parent.mkdir(parents=True, exist_ok=True)
-        table.write_text(json.dumps({"member_dir": str(out), "fold": meta["fold"],
-                                     "head": meta["head"], "member": name,
-                                     "backbone": BACKBONE}))
-        members.setdefault(name, []).append(out)
-    return members
+def export_checkpoints(bundle_dir: Path, ckpts: list[FoldHeadCheckpoint] | dict,
+                       parity_texts: list[str] | None = None) -> list[OnnxExport]:
+    """Each checkpoint exported into ``bundle_dir`` by the export stage's worker function."""
+    texts = parity_texts or sample_essays(4)["full_text"].tolist()
+    items = ckpts.values() if isinstance(ckpts, dict) else ckpts
+    exports = []
+    for ck in items:
+        e = export_member(ExportTask(checkpoint_json=ck.model_dump_json(),
+                                     bundle_dir=str(bundle_dir), opset=17, parity_texts=texts,
+                                     parity_atol=PARITY_ATOL))
+        assert e.parity["passed"], e.parity
+        exports.append(e)
+    return exports
+
+
+def member_dirs(exports: list[OnnxExport]) -> dict[str, list[Path]]:
+    """Member name -> exported fold folders in fold order (before any manifest exists)."""
+    out: dict[str, list[Path]] = {}
+    for e in sorted(exports, key=lambda e: e.fold):
+        out.setdefault(e.member, []).append(Path(e.member_dir))
+    return out
 
 
 def spread_ensemble(members: list[str], blended_probe: np.ndarray, n_folds: int,
@@ -86,8 +105,20 @@ def spread_ensemble(members: list[str], blended_probe: np.ndarray, n_folds: int,
                             n_folds=n_folds)
 
 
-def save_ensemble(storage: Path, ens: EnsembleArtifact) -> Path:
-    path = storage / "tables" / "ensemble_weights.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(ens.model_dump_json(indent=2))
-    return path
+def spread_ensemble_for(exports: list[OnnxExport], essays: pd.DataFrame, n_folds: int,
+                        weights: list[float] | None = None) -> EnsembleArtifact:
+    """:func:`spread_ensemble` with thresholds from the exported members' blend on ``essays``."""
+    from aes_core.serving.base import score_frame
+    from aes_core.serving.onnx_scorer import OnnxScorer
+
+    dirs = member_dirs(exports)
+    names = list(dirs)
+    probe = OnnxScorer(spread_ensemble(names, np.array([1.0, 6.0]), n_folds, weights), dirs)
+    return spread_ensemble(names, score_frame(probe, essays).blended, n_folds, weights)
+
+
+def commit_bundle(bundle_dir: Path, ens: EnsembleArtifact, exports: list[OnnxExport],
+                  gbdt_dir: Path | None = None, essay_stats: dict | None = None) -> Bundle:
+    """Write the manifest (the export stage's ``build_bundle``) and load the bundle back."""
+    build_bundle(bundle_dir, ens, exports, gbdt_dir, essay_stats, profile="test")
+    return Bundle.load(bundle_dir)

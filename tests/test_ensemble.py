@@ -13,6 +13,7 @@ from sklearn.metrics import cohen_kappa_score
 
 from aes_assets.definitions import build_definitions
 from aes_core.config import SAMPLE_DIR, EnsembleSection, GbdtSection, load_config
+from aes_core.contracts import GbdtMemberResult, ScoringReportResult
 from aes_core.data import io
 from aes_core.data.folds import build_folded
 from aes_core.ensemble.artifact import EnsembleArtifact
@@ -256,9 +257,12 @@ def test_ensemble_assets_materialize_with_report_and_checks(tmp_path, monkeypatc
         member = res.output_for_node("gbdt_member_and_oof", "gbdt_member")
         gbdt_oof = res.output_for_node("gbdt_member_and_oof", "gbdt_oof")
         assert len(gbdt_oof) == 240 and gbdt_oof["gbdt"].between(1, 6).all()
-        assert GbdtMember.load(member["model_dir"]).predict(["A short essay."]).shape == (1,)
+        assert isinstance(member, GbdtMemberResult) and member.enabled
+        assert member.n_essays == 240 and len(member.fold_qwk) == 2
+        assert GbdtMember.load(member.model_dir).predict(["A short essay."]).shape == (1,)
 
-        art = EnsembleArtifact.model_validate(res.output_for_node("ensemble_weights"))
+        art = res.output_for_node("ensemble_weights")
+        assert isinstance(art, EnsembleArtifact)
         assert art.members == ["tiny__mean", "tiny__attention", "gbdt"]
         ens_json = tmp_path / "s" / "artifacts" / "ensemble_weights" / "ensemble.json"
         assert EnsembleArtifact.load(ens_json) == art
@@ -268,7 +272,8 @@ def test_ensemble_assets_materialize_with_report_and_checks(tmp_path, monkeypatc
         assert "ensemble_overfit_gap" in checks
 
         report = res.output_for_node("scoring_report")
-        assert report["oof_qwk"] == pytest.approx(art.oof_qwk["blend"])
+        assert isinstance(report, ScoringReportResult)
+        assert report.oof_qwk == pytest.approx(art.oof_qwk["blend"])
         mat = instance.get_latest_materialization_event(dg.AssetKey("scoring_report"))
         meta = mat.asset_materialization.metadata
         assert "# Scoring report" in meta["summary"].value

@@ -83,11 +83,11 @@ def test_ddp_gloo_two_processes_trains_a_partition(tmp_path, tiny_backbone):
                       log_fn=print, progress=False)
     result = train_fold_head(job, folded)
     n_train = min(32, int((folded.fold != 0).sum()))
-    assert result["stage1"]["train_essays"] == n_train
+    assert result.stage1.train_essays == n_train
     # DistributedSampler: each of the 2 ranks sees half the essays, in batches of 8
-    assert result["stage1"]["global_step"] == math.ceil(math.ceil(n_train / 2) / 8)
-    assert result["stage1_val_qwk"] is not None
-    model = EssayRegressor.from_pretrained(result["model_dir"])
+    assert result.stage1.global_step == math.ceil(math.ceil(n_train / 2) / 8)
+    assert result.stage1_val_qwk is not None
+    model = EssayRegressor.from_pretrained(result.model_dir)
     assert model.spec.head == "mean"
-    oof = pd.read_parquet(result["oof_path"])
+    oof = pd.read_parquet(result.oof_path)
     assert len(oof) == int((folded.fold == 0).sum())

@@ -156,11 +156,11 @@ def test_deberta_v2_backbone_by_config_alone(tmp_path, tiny_deberta, small_folde
     job = FoldHeadJob(cfg, bb, tiny_deberta, 0, "attention", tmp_path / "part",
                       {"accelerator": "cpu", "devices": 1}, progress=False)
     result = train_fold_head(job, small_folded)
-    assert result["fold_essays"] == int((small_folded.fold == 0).sum())
-    model = EssayRegressor.from_pretrained(result["model_dir"])
+    assert result.fold_essays == int((small_folded.fold == 0).sum())
+    model = EssayRegressor.from_pretrained(result.model_dir)
     assert type(model.encoder).__name__ == "DebertaV2Model"
     assert model.encoder.get_input_embeddings().num_embeddings == len(tok)  # resized for [NL]
-    oof = pd.read_parquet(result["oof_path"])
+    oof = pd.read_parquet(result.oof_path)
     ds = EssayDataset(small_folded.loc[small_folded.fold == 0, "full_text"].tolist(), tok, 64,
                       add_newline_tokens=True)
     direct = 1 + 5 / (1 + np.exp(-predict_logits(model, ds, tok, 8)))

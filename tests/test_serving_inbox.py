@@ -11,7 +11,6 @@ import csv
 import shutil
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -24,11 +23,11 @@ from aes_core.serving.inbox import parse_essay_csv
 from aes_core.serving.onnx_scorer import OnnxScorer
 from tests.conftest import tiny_overrides, write_profile
 from tests.serving_support import (
-    export_members,
+    commit_bundle,
+    export_checkpoints,
+    make_checkpoints,
     sample_essays,
-    save_ensemble,
-    spread_ensemble,
-    write_checkpoints,
+    spread_ensemble_for,
 )
 
 
@@ -40,14 +39,13 @@ def env(tmp_path_factory, tiny_backbone):
                           "use_triton": False})
     profile = write_profile(tmp, ov)
     cfg = load_config(str(profile))
-    storage = tmp / "storage"
-    members = export_members(storage, write_checkpoints(storage, tiny_backbone, ["mean"], 2))
+    exports = export_checkpoints(cfg.bundle_dir, make_checkpoints(
+        tmp / "checkpoints", tiny_backbone, ["mean"], 2))
     essays = sample_essays(30)
-    probe = OnnxScorer(spread_ensemble(["tiny__mean"], np.array([1.0, 6.0]), 2), members)
-    ens = spread_ensemble(["tiny__mean"], score_frame(probe, essays).blended, 2)
-    save_ensemble(storage, ens)
+    ens = spread_ensemble_for(exports, essays, 2)
+    bundle = commit_bundle(cfg.bundle_dir, ens, exports)
     return {"cfg": cfg, "defs": build_definitions(str(profile)), "essays": essays,
-            "tmp": tmp, "members": members, "ens": ens}
+            "tmp": tmp, "members": bundle.member_dirs(), "ens": ens}
 
 
 def _write(path, rows, header=("essay_id", "full_text")):
@@ -191,12 +189,12 @@ def test_rescore_history_job_and_triggers(env):
     folder = tmp / "outbox" / RESCORED / ensemble_tag(cfg)
     rescored = sorted(_scored_ids(folder))
     assert rescored == sorted(_scored_ids(tmp / "outbox"))
-    # nightly schedule from config; the ensemble sensor fires on a new ensemble_weights
+    # nightly schedule from config; the ensemble sensor fires on a new serving bundle
     sched = defs.get_schedule_def("nightly_rescore")
     assert sched.cron_schedule == cfg.serving.rescore_cron and sched.job_name == RESCORE_JOB
     sensor = defs.get_sensor_def("rescore_on_new_ensemble")
     with dg.DagsterInstance.ephemeral() as inst:
-        inst.report_runless_asset_event(dg.AssetMaterialization("ensemble_weights"))
+        inst.report_runless_asset_event(dg.AssetMaterialization("serving_bundle"))
         ctx = dg.build_sensor_context(instance=inst, definitions=defs)
         reqs = list(sensor(ctx) or [])
         assert len(reqs) == 1 and reqs[0].run_key.startswith("ensemble-")

@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 
 from aes_core.config import load_config
-from aes_core.export.triton_repo import write_triton_repo
+from aes_core.export.triton_repo import repo_bundle_version, write_triton_repo
 from aes_core.serving.base import score_frame
-from aes_core.serving.loader import load_scorer
+from aes_core.serving.loader import IN_PROCESS, load_bundle, load_scorer, open_scorer
 from aes_core.serving.onnx_scorer import OnnxScorer
 from aes_core.serving.triton import TritonScorer, TritonServer, server_ready
 from tests.serving_support import (
-    export_members,
+    commit_bundle,
+    export_checkpoints,
+    make_checkpoints,
     sample_essays,
-    save_ensemble,
-    spread_ensemble,
-    write_checkpoints,
+    spread_ensemble_for,
 )
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
@@ -34,25 +34,23 @@ N_FOLDS = 2
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_backbone):
     tmp = tmp_path_factory.mktemp("triton")
-    storage = tmp / "storage"
-    ckpts = write_checkpoints(storage, tiny_backbone, HEADS, N_FOLDS)
-    members = export_members(storage, ckpts)
-    names = list(members)
+    cfg = load_config(overrides={"storage_root": str(tmp / "storage"), "serving": {
+        "bundle_dir": str(tmp / "bundle"), "triton_repo": str(tmp / "repo"),
+        "instance_count": 1, "max_batch_size": 8, "request_batch_size": 8}})
+    exports = export_checkpoints(cfg.bundle_dir, make_checkpoints(
+        tmp / "checkpoints", tiny_backbone, HEADS, N_FOLDS))
     essays = sample_essays(24)
-    weights = [0.3, 0.7]
-    probe = OnnxScorer(spread_ensemble(names, np.array([1.0, 6.0]), N_FOLDS, weights), members)
-    ens = spread_ensemble(names, score_frame(probe, essays).blended, N_FOLDS, weights)
-    save_ensemble(storage, ens)
-    cfg = load_config(overrides={"storage_root": str(storage), "serving": {
-        "triton_repo": str(tmp / "repo"), "instance_count": 1, "max_batch_size": 8,
-        "request_batch_size": 8}})
-    write_triton_repo(cfg.serving.triton_repo, ens, members, cfg.serving)
+    ens = spread_ensemble_for(exports, essays, N_FOLDS, weights=[0.3, 0.7])
+    bundle = commit_bundle(cfg.bundle_dir, ens, exports)
+    members = bundle.member_dirs()
+    write_triton_repo(cfg.serving.triton_repo, bundle, cfg.serving)
     server = TritonServer(cfg.serving.triton_repo, http_port=0, grpc_port=0, metrics_port=0,
                           startup_timeout_s=120)
     server.start()
     try:
-        yield {"cfg": cfg, "ens": ens, "members": members, "essays": essays,
-               "server": server, "client": server.client(), "tmp": tmp}
+        yield {"cfg": cfg, "ens": ens, "bundle": bundle, "members": members,
+               "exports": exports, "essays": essays, "server": server,
+               "client": server.client(), "tmp": tmp}
     finally:
         server.stop()
     assert not server.running
@@ -80,6 +78,8 @@ def test_config_pbtxt_python_variant(served):
     assert 'name: "SCORE" data_type: TYPE_INT32' in scorer
     assert 'name: "MEMBERS" data_type: TYPE_FP64 dims: [ 2 ]' in scorer
     assert 'string_value: "tiny__mean,tiny__lstm"' in scorer
+    version = served["bundle"].version()
+    assert f'key: "bundle_version" value {{ string_value: "{version}" }}' in scorer
     # self-contained: tokenizer and ensemble copied into the repository
     assert (repo / "scorer" / "1" / "tokenizers" / "tiny" / "tokenizer_config.json").exists()
     assert (repo / "scorer" / "1" / "ensemble.json").exists()
@@ -88,7 +88,7 @@ def test_config_pbtxt_python_variant(served):
 def test_config_pbtxt_native_variant(served, tmp_path):
     cfg = served["cfg"]
     native = cfg.serving.model_copy(update={"triton_variant": "native", "instance_count": 3})
-    manifest = write_triton_repo(tmp_path / "native", served["ens"], served["members"], native)
+    manifest = write_triton_repo(tmp_path / "native", served["bundle"], native)
     member = (tmp_path / "native" / "tiny__mean__f0" / "config.pbtxt").read_text()
     assert 'platform: "onnxruntime_onnx"' in member and "backend" not in member
     assert "dims: [ 1 ] reshape: { shape: [ ] }" in member
@@ -184,3 +184,58 @@ def test_load_scorer_prefers_triton_and_falls_back(served):
     local = load_scorer(cfg, prefer_triton=True, triton_url="127.0.0.1:1")
     assert isinstance(local, OnnxScorer)
     assert isinstance(load_scorer(cfg), OnnxScorer)
+
+
+def test_a_running_server_of_another_bundle_is_not_used(served, tmp_path):
+    """Same member names, another commit (a newer bundle): the running server's models may
+    differ, so the scorer falls back to in-process rather than mix them."""
+    import shutil
+
+    from aes_core.serving.manifest import write_manifest
+
+    newer_dir = tmp_path / "bundle_v2"
+    shutil.copytree(served["bundle"].root, newer_dir)
+    manifest = load_bundle(newer_dir).manifest
+    write_manifest(newer_dir, manifest.model_copy(update={"created_at": "2099-01-01T00:00:00"}))
+    newer = load_bundle(newer_dir)
+    url = served["server"].url
+    cfg = served["cfg"].model_copy(update={"serving": served["cfg"].serving.model_copy(
+        update={"bundle_dir": str(newer_dir)})})
+    assert isinstance(load_scorer(cfg, prefer_triton=True, triton_url=url), OnnxScorer)
+    with open_scorer(newer, cfg.serving, triton_url=url) as choice:
+        assert choice.via == IN_PROCESS
+        assert f"serves bundle {served['bundle'].version()!r}" in choice.fallback_reason
+        assert f"expected {newer.version()!r}" in choice.fallback_reason
+    with open_scorer(served["bundle"], served["cfg"].serving, triton_url=url) as choice:
+        assert choice.via == f"triton ({url})" and not choice.fallback_reason
+
+
+def test_open_scorer_falls_back_when_the_repo_is_for_another_bundle(served, tmp_path):
+    """A repository generated from an older bundle is never served for a newer one."""
+    import shutil
+
+    from aes_core.serving.manifest import write_manifest
+
+    cfg, essays = served["cfg"], served["essays"].head(6)
+    other = tmp_path / "bundle_v2"
+    shutil.copytree(served["bundle"].root, other)
+    manifest = load_bundle(other).manifest  # the same models, committed again later
+    write_manifest(other, manifest.model_copy(update={"created_at": "2099-01-01T00:00:00"}))
+    newer = load_bundle(other)
+    repo = cfg.serving.triton_repo
+    assert repo_bundle_version(repo) == served["bundle"].version() != newer.version()
+    with open_scorer(newer, cfg.serving, start_server=True) as choice:
+        assert choice.via == IN_PROCESS and isinstance(choice.scorer, OnnxScorer)
+        assert "generated for another bundle" in choice.fallback_reason
+        assert newer.version() in choice.fallback_reason and "triton_repo" in choice.fallback_reason
+        scored = score_frame(choice.scorer, essays)
+    # the fallback scores with the newer bundle's own folders
+    folders = [m.folder for ms in choice.scorer.members.values() for m in ms]
+    assert len(folders) == 4 and all(f.is_relative_to(other) for f in folders)
+    ref = score_frame(OnnxScorer(served["ens"], served["members"], batch_size=8), essays)
+    np.testing.assert_array_equal(scored.score, ref.score)
+    # a folder that is no generated repository at all: also a reason, also in-process
+    empty = cfg.serving.model_copy(update={"triton_repo": str(tmp_path / "no_repo")})
+    with open_scorer(newer, empty, start_server=True) as choice:
+        assert choice.via == IN_PROCESS
+        assert "not a generated model repository" in choice.fallback_reason

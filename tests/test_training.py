@@ -1,4 +1,5 @@
-"""Two-stage recipe: data selection per stage, target smoothing, resume, re-materialize."""
+"""Two-stage recipe: data selection per stage, target smoothing, resume, reuse of a completed
+partition, starting over on a changed spec, and the stage-2 guard."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 
 from aes_core import logs
 from aes_core.config import load_config
+from aes_core.contracts import FoldHeadCheckpoint
 from aes_core.data import io
 from aes_core.data.folds import build_folded
 from aes_core.models.regressor import EssayRegressor
@@ -195,24 +197,88 @@ def test_interrupted_partition_resumes_from_last_checkpoint(tmp_path, tiny_backb
     job.callbacks = [probe]
     result = train_fold_head(job, tiny_folded)
     # stage 1 restarted at epoch 1 from last.ckpt, stage 2 started from scratch
-    assert result["stage1"]["resumed_from"] == str(out / "stage1" / "last.ckpt")
+    assert isinstance(result, FoldHeadCheckpoint) and not result.reused
+    assert result.stage1.resumed_from == str(out / "stage1" / "last.ckpt")
     assert probe.starts[0] == (1, steps_per_epoch)
     assert probe.starts[1] == (0, 0)
-    assert result["stage1"]["global_step"] == 2 * steps_per_epoch
+    assert result.stage1.global_step == 2 * steps_per_epoch
+    assert not any("starting over" in n for n in result.notes)  # same spec: resumed
     assert (out / "result.json").exists()
-    reloaded = EssayRegressor.from_pretrained(result["model_dir"])
+    reloaded = EssayRegressor.from_pretrained(result.model_dir)
     assert reloaded.spec.head == "mean"
-    oof = pd.read_parquet(result["oof_path"])
+    oof = pd.read_parquet(result.oof_path)
     assert set(oof["essay_id"]) == set(tiny_folded.loc[tiny_folded.fold == 1, "essay_id"])
     assert oof["pred"].between(1, 6).all()
 
-    # re-materializing a completed partition starts over cleanly
+    # the completed partition of the same spec is reused: nothing trains again
     probe2 = StartProbe()
     job.callbacks = [probe2]
     again = train_fold_head(job, tiny_folded)
-    assert any("starting fresh" in n for n in again["notes"])
-    assert again["stage1"]["resumed_from"] is None and probe2.starts[0] == (0, 0)
-    assert json.loads((out / "result.json").read_text())["fold"] == 1
+    assert again.reused and probe2.starts == []
+    assert again.model_copy(update={"reused": False}) == result
+    # train.reuse_completed false: the same spec is trained again, from scratch
+    retrain = _job(tmp_path, tiny_backbone, out, stage1_epochs=2, stage2_epochs=1,
+                   max_train_essays=40, early_stopping_patience=5, reuse_completed=False)
+    probe3 = StartProbe()
+    retrain.callbacks = [probe3]
+    redone = train_fold_head(retrain, tiny_folded)
+    assert not redone.reused and probe3.starts[0] == (0, 0)
+    assert redone.spec_hash == result.spec_hash
+    assert any("re-training a completed partition" in n for n in redone.notes)
+
+    # a changed spec (another learning rate) starts the folder over
+    changed = _job(tmp_path, tiny_backbone, out, stage1_epochs=2, stage2_epochs=1,
+                   max_train_essays=40, early_stopping_patience=5, lr=5e-4)
+    probe4 = StartProbe()
+    changed.callbacks = [probe4]
+    fresh = train_fold_head(changed, tiny_folded)
+    assert "starting over: its configuration, data or code changed" in fresh.notes
+    assert fresh.stage1.resumed_from is None and probe4.starts[0] == (0, 0)
+    assert not fresh.reused and fresh.spec_hash != result.spec_hash
+    assert json.loads((out / "result.json").read_text())["spec_hash"] == fresh.spec_hash
+
+
+class ReverseStage2(pl.Callback):
+    """Negates the head's output before stage 2 validates: stage 2's scores come out reversed,
+    so it validates worse than stage 1 did (a stage 2 that hurts)."""
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if Path(trainer.default_root_dir).name == "stage2":
+            with torch.no_grad():
+                pl_module.model.head.out.weight.neg_()
+                pl_module.model.head.out.bias.neg_()
+
+
+def _head_weight(state: dict) -> torch.Tensor:
+    return next(v for k, v in state.items() if k.endswith("head.out.weight"))
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_stage2_guard_keeps_stage1_weights_when_stage2_is_worse(tmp_path, tiny_backbone,
+                                                                  tiny_folded, guard):
+    from safetensors.torch import load_file
+
+    words = {1: "apple", 2: "river", 3: "stone", 4: "cloud", 5: "tiger", 6: "piano"}
+    revealing = tiny_folded.assign(full_text=[f"{words[s]} " * 20 for s in tiny_folded.score])
+    out = tmp_path / "p"
+    job = _job(tmp_path, tiny_backbone, out, stage1_epochs=4, stage2_epochs=1, lr=1e-2,
+               head_lr=1e-2, max_train_essays=40, stage2_guard=guard, keep_checkpoints="all",
+               early_stopping_patience=5)
+    job.callbacks = [ReverseStage2()]
+    result = train_fold_head(job, revealing)
+    final = _head_weight(load_file(str(Path(result.model_dir) / "model.safetensors")))
+    stage1, stage2 = (_head_weight(torch.load(out / s / "best.ckpt", weights_only=False)[
+        "state_dict"]) for s in ("stage1", "stage2"))
+    assert not torch.equal(stage1, stage2)
+    assert result.stage2 is not None and result.stage2_val_qwk < 0  # reversed scores
+    if guard:
+        assert result.kept_stage == "stage1" and torch.equal(final, stage1)
+        (note,) = [n for n in result.notes if "stage2_guard" in n]
+        assert f"QWK {result.stage2_val_qwk:.4f} < " in note and "kept stage 1's weights" in note
+        assert float(note.split(" < ")[1].split(")")[0]) > result.stage2_val_qwk
+    else:
+        assert result.kept_stage == "stage2" and torch.equal(final, stage2)
+        assert not any("stage2_guard" in n for n in result.notes)
 
 
 def test_stage2_skipped_without_flag1(tmp_path, tiny_backbone, tiny_folded):
@@ -221,7 +287,8 @@ def test_stage2_skipped_without_flag1(tmp_path, tiny_backbone, tiny_folded):
         result = train_fold_head(job, tiny_folded.assign(flag=0))
     # Lightning's banners/tips and transformers' load report are filtered (aes_core.logs)
     assert [r.getMessage() for r in chatter] == []
-    assert result["stage2"] is None and result["stage2_val_qwk"] is None
-    assert any("stage 2 skipped" in n for n in result["notes"])
-    assert any("validating on all" in n for n in result["notes"])
-    assert result["stage1"]["val_essays"] == int((tiny_folded.fold == 1).sum())
+    assert result.stage2 is None and result.stage2_val_qwk is None
+    assert result.kept_stage == "stage1"
+    assert any("stage 2 skipped" in n for n in result.notes)
+    assert any("validating on all" in n for n in result.notes)
+    assert result.stage1.val_essays == int((tiny_folded.fold == 1).sum())

@@ -1,7 +1,7 @@
 """API tests of the teachers' page: every route and every error, against a real tiny ensemble.
 
-The app loads its scorer the production way (``load_scorer`` on a storage root holding real
-ONNX exports of tiny regressors), so the numbers are checked against an independent
+The app loads its scorer the production way (``load_scorer`` on the serving bundle, a manifest
+plus real ONNX exports of tiny regressors), so the numbers are checked against an independent
 ``score_frame`` call and, for one essay, against the torch models themselves.
 """
 
@@ -19,12 +19,22 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from aes_core.ensemble.artifact import EnsembleArtifact
-from aes_core.essay_stats import essay_stats, load_typical_ranges, typical_ranges
+from aes_core.essay_stats import essay_stats, typical_ranges
+from aes_core.export.bundle import typical_stats
 from aes_core.models.regressor import EssayRegressor, load_regressor_tokenizer, logits_to_scores
 from aes_core.serving.base import score_frame
-from aes_core.serving.loader import load_scorer
-from tests.web_support import HEADS, N_FOLDS, build_storage, sample_essays, web_config
+from aes_core.serving.loader import load_bundle, load_scorer
+from aes_core.serving.manifest import write_manifest
+from tests.web_support import (
+    HEADS,
+    N_FOLDS,
+    build_storage,
+    commit,
+    default_ensemble,
+    sample_essays,
+    train_stats,
+    web_config,
+)
 from web.app import create_app
 from web.essay_warnings import TOO_SHORT
 
@@ -100,7 +110,9 @@ def test_info_lists_model_limits_and_ranges(client, cfg, reference):
                               "max_upload_bytes": cfg.web.max_upload_bytes,
                               "max_rows": cfg.web.max_rows,
                               "min_words": cfg.web.min_words}
-    assert info["typical_ranges"]["source_kind"] == "train_csv"
+    stats = train_stats()  # what the bundle holds
+    assert info["typical_ranges"] == {k: stats[k] for k in ("source_kind", "n_essays", "low_q",
+                                                            "high_q")}
     assert info["typical_ranges"]["n_essays"] > 100
 
 
@@ -410,7 +422,7 @@ def test_no_model_gives_clear_503(tmp_path):
     with TestClient(create_app(cfg)) as c:
         assert c.get("/").status_code == 200
         info = c.get("/api/info").json()
-        assert info["ready"] is False and "ensemble_weights" in info["error"]
+        assert info["ready"] is False and "serving_bundle" in info["error"]
         r = c.post("/api/score", json={"text": "An essay."})
         assert r.status_code == 503
         assert "not available" in r.json()["error"] and "pipeline" in r.json()["error"]
@@ -428,36 +440,52 @@ def test_essay_stats_counts():
     assert essay_stats("   ").words == 0
 
 
-def test_typical_ranges_prefer_folded_table_and_cache(tmp_path, essays):
+def test_typical_stats_of_the_bundle(essays):
     folded = essays.assign(score=[1, 1, 2, 2, 3, 3, 4, 4, 5, 6][:len(essays)])
-    tables = tmp_path / "tables"
-    tables.mkdir()
-    folded.to_parquet(tables / "folded_essays.parquet", index=False)
-    got = load_typical_ranges(tmp_path, tmp_path / "missing.csv", 0.2, 0.8)
-    assert got["source_kind"] == "folded_essays" and got["n_essays"] == len(folded)
-    assert got["ranges"] == typical_ranges(folded["full_text"].tolist(),
-                                           folded["score"].to_numpy(), 0.2, 0.8)
-    cache = list((tmp_path / "web").glob("typical_ranges_*.json"))
-    assert len(cache) == 1
-    assert load_typical_ranges(tmp_path, tmp_path / "missing.csv", 0.2, 0.8) == got
-    with pytest.raises(FileNotFoundError, match="missing.csv"):
-        load_typical_ranges(tmp_path / "nowhere", tmp_path / "missing.csv")
+    got = typical_stats(folded, 0.2, 0.8)
+    assert got == {"source_kind": "folded_essays", "n_essays": len(folded), "low_q": 0.2,
+                   "high_q": 0.8,
+                   "ranges": typical_ranges(folded["full_text"].tolist(),
+                                            folded["score"].to_numpy(), 0.2, 0.8)}
+
+
+def test_page_ranges_come_from_the_bundle(client, cfg, essays):
+    text = essays["full_text"].iloc[0]
+    body = client.post("/api/score", json={"text": text}).json()
+    ranges = load_bundle(cfg).essay_stats()["ranges"][str(body["score"])]
+    assert {s["name"]: s["typical"] for s in body["stats"]} == {
+        n: ranges[n] for n in ("words", "paragraphs", "mean_sentence_words")}
+
+
+def test_bundle_without_statistics_still_scores(tmp_path, storage, essays):
+    import shutil
+
+    copy = tmp_path / "storage"
+    shutil.copytree(storage, copy)
+    bundle = load_bundle(copy / "serving")
+    write_manifest(bundle.root, bundle.manifest.model_copy(update={"essay_stats": None}))
+    cfg = web_config(tmp_path, copy)
+    with TestClient(create_app(cfg)) as c:
+        info = c.get("/api/info").json()
+        assert info["ready"] is True
+        assert info["typical_ranges"] == {"error": "the serving bundle holds no essay statistics"}
+        body = c.post("/api/score", json={"text": essays["full_text"].iloc[0]}).json()
+    assert 1 <= body["score"] <= 6
+    assert all(s["typical"] is None and s["status"] == "unknown" for s in body["stats"])
 
 
 # ---- model reloads ------------------------------------------------------------------------------
 
 def test_new_ensemble_is_picked_up_without_restart(tmp_path, tiny_backbone, essays):
-    """A re-materialized ensemble_weights table changes the page's scores on the next request."""
+    """A newly committed serving bundle changes the page's scores on the next request."""
     storage = build_storage(tmp_path / "storage", tiny_backbone)
     cfg = web_config(tmp_path, storage)
     text = essays["full_text"].iloc[0]
     with TestClient(create_app(cfg)) as c:
         before = c.post("/api/score", json={"text": text}).json()
-        path = storage / "tables" / "ensemble_weights.json"
-        ens = EnsembleArtifact.load(path)
-        new = ens.model_copy(update={"weights": [0.0, 1.0]})
-        new.save(path)
-        st = path.stat()
+        new = default_ensemble().model_copy(update={"weights": [0.0, 1.0]})
+        path = commit(storage, new)  # what the serving_bundle asset does
+        st = path.stat()  # coarse file system clocks: make the change visible
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
         assert c.get("/api/info").json()["weights"] == [0.0, 1.0]
         after = c.post("/api/score", json={"text": text}).json()

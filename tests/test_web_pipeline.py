@@ -11,10 +11,10 @@ from fastapi.testclient import TestClient
 
 from aes_assets.definitions import build_definitions
 from aes_assets.pipeline import run_pipeline
-from aes_core.config import deep_merge, load_config
+from aes_core.config import config_hash, deep_merge, load_config
 from aes_core.ensemble.artifact import EnsembleArtifact
 from aes_core.serving.base import score_frame
-from aes_core.serving.loader import load_scorer
+from aes_core.serving.loader import load_bundle, load_scorer
 from tests.conftest import tiny_overrides, write_profile
 from tests.web_support import sample_essays, web_overrides
 from web.app import create_app
@@ -28,14 +28,18 @@ def test_page_scores_with_a_materialized_tiny_pipeline(tmp_path, tiny_backbone, 
     profile = str(write_profile(tmp_path, overrides))
     monkeypatch.setenv("AES_PROFILE", profile)  # run_pipeline sets it; restored afterwards
     graph = build_definitions(profile).resolve_asset_graph()
-    needed = dg.AssetSelection.assets("ensemble_weights", "gbdt_member",
-                                      dg.AssetKey(["tiny", "onnx_models"])).upstream()
+    needed = dg.AssetSelection.assets("serving_bundle").upstream()
     selection = " or ".join(f'key:"{k.to_user_string()}"' for k in needed.resolve(graph))
     run_pipeline(profile, selection, instance=dg.DagsterInstance.ephemeral(), log=lambda *_: None)
 
     cfg = load_config(profile)
     storage = Path(cfg.storage_root)
-    ensemble = EnsembleArtifact.load(storage / "tables" / "ensemble_weights.json")
+    bundle = load_bundle(cfg)  # what the page reads: the bundle the pipeline committed
+    ensemble = bundle.ensemble
+    assert ensemble == EnsembleArtifact.load(storage / "artifacts" / "ensemble_weights" /
+                                             "ensemble.json")
+    assert (bundle.manifest.profile, bundle.manifest.config_hash) == (cfg.profile,
+                                                                      config_hash(cfg))
     essays = sample_essays(6)
     with TestClient(create_app(cfg)) as c:
         info = c.get("/api/info").json()

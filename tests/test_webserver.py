@@ -70,5 +70,9 @@ def test_dagster_dev_serves_the_graph(dagster_dev):
             break
         time.sleep(2)
     assert {"raw_essays", "folded_essays", "test_essays", "persuade_reference"} <= keys
+    assert {"serving_bundle", "triton_repo", "submission"} <= keys
+    partitioned = {"/".join(n["assetKey"]["path"]) for n in nodes if n["isPartitioned"]}
+    per_backbone = {k for k in keys if k.endswith(("/onnx_models", "/fold_head_checkpoints"))}
+    assert per_backbone and partitioned == per_backbone
     groups = {n["groupName"] for n in nodes}
     assert "data" in groups

@@ -1,9 +1,11 @@
-"""Shared pieces of the web tests: a real tiny exported ensemble laid out like the pipeline's.
+"""Shared pieces of the web tests: a real tiny serving bundle, as the export stage writes it.
 
-Two heads x two folds of a random tiny BERT regressor are saved, exported to ONNX with the
-project exporter and placed under ``<storage_root>/artifacts/tiny/onnx_models/<fold>__<head>``
-next to ``tables/ensemble_weights.json``, so ``load_scorer(cfg)`` finds them exactly as it
-finds the pipeline's output.
+Two heads x two folds of a random tiny BERT regressor are saved under
+``<storage_root>/regressors/<fold>__<head>``, exported into the serving bundle
+(``<storage_root>/serving``, the default ``serving.bundle_dir``) with the export stage's own
+``export_member`` and committed with ``build_bundle`` together with an ensemble and the typical
+essay statistics of the sample's training essays, so ``load_scorer(cfg)`` and the page find
+them exactly as they find the pipeline's output.
 """
 
 from __future__ import annotations
@@ -14,21 +16,40 @@ from typing import Any
 import pandas as pd
 import torch
 
-from aes_core.config import SAMPLE_DIR, AesConfig, HeadSection, load_config
+from aes_core.config import SAMPLE_DIR, AesConfig, HeadSection, WebSection, load_config
 from aes_core.data.io import load_train
 from aes_core.ensemble.artifact import EnsembleArtifact
-from aes_core.export.onnx import export_onnx
+from aes_core.export.bundle import build_bundle, typical_stats
 from aes_core.members import member_name
 from aes_core.models.backbone import load_tokenizer
 from aes_core.models.regressor import EssayRegressor, RegressorSpec
+from tests.serving_support import checkpoint_for, export_checkpoints
 
 HEADS = ("mean", "attention")
 N_FOLDS = 2
 WEIGHTS = (0.6, 0.4)
+BUNDLE = "serving"  # <storage_root>/serving: the default serving.bundle_dir
+
+
+def train_stats() -> dict:
+    """The bundle's typical essay statistics, from the sample's training essays."""
+    web = WebSection()
+    return typical_stats(load_train(SAMPLE_DIR / "train.csv.gz"), web.typical_low_q,
+                         web.typical_high_q)
+
+
+def commit(root: Path, ens: EnsembleArtifact) -> Path:
+    """(Re)commit the bundle under ``root`` for ``ens`` from the regressors there (exports
+    already in the bundle are reused); returns the manifest path."""
+    ckpts = [checkpoint_for(root / "regressors" / f"{fold}__{head}", head, fold)
+             for head in HEADS for fold in range(N_FOLDS)]
+    exports = export_checkpoints(root / BUNDLE, ckpts)
+    build_bundle(root / BUNDLE, ens, exports, None, train_stats(), profile="test")
+    return root / BUNDLE / "manifest.json"
 
 
 def build_storage(root: Path, backbone: Path) -> Path:
-    """Write a scoreable ensemble under ``root`` (the storage_root); returns ``root``."""
+    """Write a scoreable bundle under ``root`` (the storage_root); returns ``root``."""
     tok = load_tokenizer(backbone)
     heads_cfg = HeadSection(heads=list(HEADS), attention_hidden=8, lstm_hidden=8)
     for h_i, head in enumerate(HEADS):
@@ -40,15 +61,15 @@ def build_storage(root: Path, backbone: Path) -> Path:
             with torch.no_grad():  # spread the tiny random model's outputs over the scale
                 for p in model.head.parameters():
                     p.mul_(8.0)
-            src = root / "regressors" / f"{fold}__{head}"
-            model.save_pretrained(src, tokenizer=tok)
-            export_onnx(src, root / "artifacts" / "tiny" / "onnx_models" / f"{fold}__{head}")
-    ens = EnsembleArtifact(members=[member_name("tiny", h) for h in HEADS],
-                           weights=list(WEIGHTS), thresholds=[2.0, 2.8, 3.5, 4.2, 5.0],
-                           n_folds=N_FOLDS, oof_qwk={"blend": 0.5})
-    (root / "tables").mkdir(parents=True, exist_ok=True)
-    ens.save(root / "tables" / "ensemble_weights.json")
+            model.save_pretrained(root / "regressors" / f"{fold}__{head}", tokenizer=tok)
+    commit(root, default_ensemble())
     return root
+
+
+def default_ensemble() -> EnsembleArtifact:
+    return EnsembleArtifact(members=[member_name("tiny", h) for h in HEADS],
+                            weights=list(WEIGHTS), thresholds=[2.0, 2.8, 3.5, 4.2, 5.0],
+                            n_folds=N_FOLDS, oof_qwk={"blend": 0.5})
 
 
 def web_overrides(tmp: Path, storage_root: Path, **web: Any) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from aes_core.serving.manifest import (
 )
 
 PARITY_FILE = "parity.json"
+FAILED_SUFFIX = ".failed"
 
 
 @dataclass
@@ -65,6 +66,12 @@ def export_member(task: ExportTask) -> OnnxExport:
     export_onnx(ckpt.model_dir, tmp, opset=task.opset)
     report = check_parity(ckpt.model_dir, tmp / ONNX_FILE, task.parity_texts, task.parity_atol)
     (tmp / PARITY_FILE).write_text(json.dumps(report.to_dict(), indent=2))
+    if not report.passed:  # never replace a folder the live manifest may serve with it
+        failed = folder.with_name(folder.name + FAILED_SUFFIX)
+        if failed.exists():
+            shutil.rmtree(failed)
+        tmp.rename(failed)
+        return _result(ckpt, failed, report.to_dict())
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
@@ -102,6 +109,18 @@ def build_bundle(bundle_dir: str | Path, ensemble: EnsembleArtifact,
         if not folds or missing:
             problems.append(f"{m}: no exported fold model for fold(s) {missing or want}")
             continue
+        failed = [f for f in want if not folds[f].parity.get("passed")]
+        if failed:
+            problems.append(f"{m}: the ONNX export of fold(s) {failed} failed its parity "
+                            f"check (re-materialize onnx_models)")
+            continue
+        absent = [f"the exported folder of fold {f} ({_rel(folds[f].member_dir, root)}) is "
+                  f"missing" for f in want
+                  if not Path(folds[f].member_dir).is_relative_to(root)
+                  or not (Path(folds[f].member_dir) / ONNX_FILE).exists()]
+        if absent:
+            problems += [f"{m}: {a} (re-materialize onnx_models)" for a in absent]
+            continue
         first = folds[want[0]]
         entries.append(MemberEntry(
             name=m, backbone=first.backbone, head=first.head,
@@ -127,6 +146,11 @@ def build_bundle(bundle_dir: str | Path, ensemble: EnsembleArtifact,
     write_manifest(root, manifest)
     prune_members(root, [f for e in entries for f in e.folds])
     return manifest
+
+
+def _rel(path: str | Path, root: Path) -> str:
+    p = Path(path)
+    return str(p.relative_to(root)) if p.is_relative_to(root) else f"{p}, outside {root}"
 
 
 def typical_stats(folded: pd.DataFrame, low_q: float, high_q: float) -> dict:

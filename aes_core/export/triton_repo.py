@@ -104,8 +104,9 @@ def member_config(name: str, serving: ServingSection, variant: str, max_length: 
     )
 
 
-def scorer_config(serving: ServingSection, members: list[str]) -> str:
-    """config.pbtxt of the BLS scorer: TEXT (string) per essay."""
+def scorer_config(serving: ServingSection, members: list[str], bundle_version: str = "") -> str:
+    """config.pbtxt of the BLS scorer: TEXT (string) per essay; its parameters name the
+    members and the bundle version it serves (clients check both)."""
     return (
         f'name: "{SCORER}"\nbackend: "python"\n'
         + f"max_batch_size: {serving.max_batch_size}\n"
@@ -115,7 +116,7 @@ def scorer_config(serving: ServingSection, members: list[str]) -> str:
         + '  { name: "BLENDED" data_type: TYPE_FP64 dims: [ 1 ] },\n'
         + f'  {{ name: "MEMBERS" data_type: TYPE_FP64 dims: [ {len(members)} ] }}\n]\n'
         + _batching(serving) + _instances(serving, "KIND_CPU")
-        + _params({"members": ",".join(members)})
+        + _params({"members": ",".join(members), "bundle_version": bundle_version})
     )
 
 
@@ -198,7 +199,8 @@ def write_triton_repo(repo: str | Path, bundle: Bundle, serving: ServingSection,
         "bundle_version": bundle.version(), "bundle_dir": str(bundle.root),
     }, indent=2))
     _write_python_model(scorer_dir, "scorer_model.py", aes_root)
-    (repo / SCORER / "config.pbtxt").write_text(scorer_config(serving, list(ensemble.members)))
+    (repo / SCORER / "config.pbtxt").write_text(
+        scorer_config(serving, list(ensemble.members), bundle.version()))
     return manifest
 
 

@@ -86,7 +86,8 @@ def open_scorer(bundle: Bundle, serving: ServingSection, start_server: bool = Fa
                     if not server_ready(url):
                         raise TritonError(f"no Triton server answers at {url}")
                     scorer = TritonScorer(url, bundle.ensemble,
-                                          batch_size=serving.request_batch_size)
+                                          batch_size=serving.request_batch_size,
+                                          bundle_version=bundle.version())
                 elif start_server:
                     mismatch = _triton_repo_matches(serving.triton_repo, bundle)
                     if mismatch:
@@ -99,7 +100,8 @@ def open_scorer(bundle: Bundle, serving: ServingSection, start_server: bool = Fa
                     url = server.url
                     scorer = TritonScorer(url, bundle.ensemble,
                                           batch_size=serving.request_batch_size,
-                                          client=server.client())
+                                          client=server.client(),
+                                          bundle_version=bundle.version())
                 else:
                     reason = "no Triton server configured (serving.triton_url)"
             except TritonError as e:

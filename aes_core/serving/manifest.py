@@ -162,6 +162,7 @@ def write_manifest(root: str | Path, manifest: ServingManifest) -> Path:
     """Write ``manifest.json`` atomically (readers see the old or the new one, never half)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    Bundle(root, manifest).validate()  # never replace a working manifest by a broken one
     path = root / MANIFEST_FILE
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(manifest.model_dump_json(indent=2))

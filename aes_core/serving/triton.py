@@ -220,7 +220,7 @@ class TritonScorer:
     """
 
     def __init__(self, url: str, ensemble: EnsembleArtifact, batch_size: int = 16,
-                 client=None):
+                 client=None, bundle_version: str | None = None):
         import tritonclient.http as httpclient
 
         self.url = url
@@ -229,10 +229,17 @@ class TritonScorer:
         self._own = client is None
         self.client = client or httpclient.InferenceServerClient(url, network_timeout=300.0)
         cfg = self.client.get_model_config(SCORER_MODEL)
-        served = cfg.get("parameters", {}).get("members", {}).get("string_value", "")
+        params = cfg.get("parameters", {})
+        served = params.get("members", {}).get("string_value", "")
         if served.split(",") != list(ensemble.members):
             raise TritonError(f"Triton at {url} serves members {served!r}, expected "
                               f"{','.join(ensemble.members)!r}: regenerate triton_repo")
+        version = params.get("bundle_version", {}).get("string_value", "")
+        if bundle_version is not None and version != bundle_version:
+            # same member names, other models or thresholds: never mix them with this bundle
+            raise TritonError(f"Triton at {url} serves bundle {version or 'unknown'!r}, "
+                              f"expected {bundle_version!r}: regenerate triton_repo and "
+                              f"restart (or reload) the server")
         max_batch = int(cfg.get("max_batch_size", 0))
         if max_batch and batch_size > max_batch:
             raise TritonError(f"request_batch_size {batch_size} exceeds the scorer's "
