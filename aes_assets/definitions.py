@@ -18,6 +18,7 @@ from aes_assets.assets.serving import submission_asset
 from aes_assets.assets.training import training_assets
 from aes_assets.checks import DATA_CHECKS
 from aes_assets.jobs import PIPELINE_JOB, build_jobs
+from aes_assets.progress import progress_logger
 from aes_assets.resources import build_resources
 from aes_assets.schedules import (
     build_new_ensemble_sensor,
@@ -42,6 +43,7 @@ def build_definitions(profile: str | AesConfig | None = None) -> dg.Definitions:
         sensors=[build_inbox_sensor(cfg), build_new_ensemble_sensor(cfg)],
         schedules=[build_rescore_schedule(cfg)],
         resources=build_resources(cfg),
+        loggers={"console": dg.colored_console_logger, "progress": progress_logger},
     )
 
 

@@ -96,10 +96,9 @@ def run_pipeline(profile: str, select: str = "*", instance: dg.DagsterInstance |
 
     Returns the run's result (None when everything selected is fresh); raises on failure.
     """
-    from aes_core.logs import quiet_libraries
-
     from aes_assets.definitions import build_definitions
     from aes_assets.jobs import executor_config
+    from aes_core.logs import quiet_libraries
 
     quiet_libraries(verbose)
     os.environ[PROFILE_ENV] = profile
@@ -116,9 +115,13 @@ def run_pipeline(profile: str, select: str = "*", instance: dg.DagsterInstance |
         return None
     log(f"[aes] materializing {len(keys)} asset(s) in one run "
         f"({cfg.run.executor} executor, profile {cfg.profile})")
-    run_config = {**executor_config(cfg),
-                  "loggers": {"console": {"config": {
-                      "log_level": "DEBUG" if verbose else "INFO"}}}}
+    graph = defs.resolve_asset_graph()
+    steps = len({graph.get(k).assets_def for k in keys}) + sum(
+        len(list(graph.get(k).check_keys)) for k in keys)
+    loggers = {"progress": {"config": {"total_steps": steps}}}
+    if verbose:
+        loggers["console"] = {"config": {"log_level": "DEBUG"}}
+    run_config = {**executor_config(cfg), "loggers": loggers}
     from aes_assets.definitions import pipeline_job
 
     result = dg.execute_job(
