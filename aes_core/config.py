@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROFILES_DIR = PROJECT_ROOT / "profiles"
@@ -299,6 +299,9 @@ class WebSection(Section):
     triton_url: str | None = Field(None, description="Triton host:port; None = serving's")
 
 
+GAMING_FLAG_NAMES = ("too_short", "repetition", "prompt_copy", "gibberish", "off_topic")
+
+
 class FlagsSection(Section):
     """Flags at scoring time (gaming, off-topic essays) and the robustness benchmark settings."""
 
@@ -362,11 +365,9 @@ class FlagsSection(Section):
     cap_score_when_flagged: int | None = Field(
         2, ge=1, le=6, description="score cap for essays with a flag in cap_flags (None = off)"
     )
-    cap_flags: list[Literal["too_short", "repetition", "prompt_copy", "gibberish",
-                            "off_topic"]] = Field(
-        default_factory=lambda: ["too_short", "repetition", "prompt_copy", "gibberish",
-                                 "off_topic"],
-        description="flags whose essays get cap_score_when_flagged",
+    cap_flags: list[str] = Field(
+        default_factory=lambda: list(GAMING_FLAG_NAMES),
+        description="flags whose essays get cap_score_when_flagged (gaming flags only)",
     )
     evidence_chars: int = Field(80, ge=10, description="longest quoted span in flag evidence")
     max_attack_score_gain: float = Field(
@@ -384,6 +385,14 @@ class FlagsSection(Section):
     perturb_max_essays: int | None = Field(
         None, ge=1, description="seeded subsample of source essays (None = all)"
     )
+
+    @field_validator("cap_flags")
+    @classmethod
+    def _known_flags(cls, v: list[str]) -> list[str]:
+        unknown = [f for f in v if f not in GAMING_FLAG_NAMES]
+        if unknown:
+            raise ValueError(f"unknown flag(s) {unknown}; gaming flags: {list(GAMING_FLAG_NAMES)}")
+        return v
 
 
 class AesConfig(Section):

@@ -27,7 +27,7 @@ import pandas as pd
 from aes_core.config import FlagsSection
 from aes_core.data.contract import CheckResult
 from aes_core.ensemble.features import WORD_RE, paragraphs
-from aes_core.flags.flagger import GAMING_FLAGS, EssayFlagger, apply_flag_policy
+from aes_core.flags.flagger import FLAG_SEP, GAMING_FLAGS, EssayFlagger, apply_flag_policy
 from aes_core.flags.resources import non_essay_passages, prompt_texts
 from aes_core.serving.base import Scorer, score_frame
 
@@ -240,7 +240,7 @@ def _score_unique(scorer: ScoresScorer, texts: list[str]) -> np.ndarray:
 
 
 def _flag_names(flags: Sequence[str]) -> list[set[str]]:
-    return [set(f.split(";")) - {""} for f in flags]
+    return [set(f.split(FLAG_SEP)) - {""} for f in flags]
 
 
 def evaluate_robustness(clean: pd.DataFrame, perturbed: pd.DataFrame, flagger: EssayFlagger,

@@ -141,14 +141,19 @@ def test_off_topic_versus_unknown_prompt(flagger, sample):
     assert sum("off_topic" in r.names for r in free) <= 1
     assert all(not r.gaming for r in unknown)
     far_texts = [t for t, r in zip(other, free, strict=True) if "unknown_prompt" in r.names]
-    # sent as the essay of a known prompt, such an essay is off topic (configurable)
-    as_known = flagger.flag(far_texts, ["Driverless cars"] * len(far_texts))
-    assert all("off_topic" in r.names for r in as_known)
+    prompts = flagger.prompt_model.prompts
+    nearest = flagger.prompt_model.score(far_texts).similarity.argmax(axis=1)
+    # sent as the essay of a known prompt other than its nearest, such an essay is off topic
+    # (configurable); sent as its nearest prompt's essay it counts as weakly on topic
+    wrong = [prompts[(k + 1) % len(prompts)] for k in nearest]
+    assert all("off_topic" in r.names for r in flagger.flag(far_texts, wrong))
+    weak = flagger.flag(far_texts, [prompts[k] for k in nearest])
+    assert all(not {"off_topic", "unknown_prompt"} & set(r.names) for r in weak)
     lenient = EssayFlagger(flagger.cfg.model_copy(
         update={"far_essay_with_given_prompt": "unknown_prompt"}),
         flagger.prompt_model, flagger.prompt_table)
     assert all("unknown_prompt" in r.names and "off_topic" not in r.names
-               for r in lenient.flag(far_texts, ["Driverless cars"] * len(far_texts)))
+               for r in lenient.flag(far_texts, wrong))
     # a prompt the model was not fitted on cannot be judged: unknown_prompt, not off_topic
     as_new = flagger.flag(far_texts, ["Community service"] * len(far_texts))
     assert all("off_topic" not in r.names for r in as_new)

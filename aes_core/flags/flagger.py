@@ -21,13 +21,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from aes_core.config import FlagsSection
+from aes_core.config import GAMING_FLAG_NAMES, FlagsSection
 from aes_core.flags import checks
 from aes_core.flags.prompt_model import PromptModel, PromptScores, fit_prompt_model
 from aes_core.flags.resources import prompt_texts
 
-GAMING_FLAGS: tuple[str, ...] = ("too_short", "repetition", "prompt_copy", "gibberish",
-                                 "off_topic")
+GAMING_FLAGS: tuple[str, ...] = GAMING_FLAG_NAMES
 INFO_FLAGS: tuple[str, ...] = ("unknown_prompt",)
 FLAG_NAMES: tuple[str, ...] = GAMING_FLAGS + INFO_FLAGS
 FLAGGER_FILE = "flagger.json"
