@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROFILES_DIR = PROJECT_ROOT / "profiles"
@@ -367,6 +367,102 @@ class RunSection(Section):
         "unchanged since their last materialization")
 
 
+GAMING_FLAG_NAMES = ("too_short", "repetition", "prompt_copy", "gibberish", "off_topic")
+
+
+class FlagsSection(Section):
+    """Flags at scoring time (gaming, off-topic essays) and the robustness benchmark settings."""
+
+    enabled: bool = Field(True, description="compute flags when essays are scored")
+    min_words: int = Field(
+        140, ge=1, description="too_short: fewer words than this (AES2 essays have >= 150)"
+    )
+    repeat_ngram: int = Field(
+        8, ge=3, le=30, description="repetition: word n-gram length that counts as a repeat"
+    )
+    max_repeated_ngram_share: float = Field(
+        0.25, gt=0, le=1, description="repetition: share of words inside an earlier n-gram"
+    )
+    min_paragraph_words: int = Field(
+        8, ge=1, description="repetition: shorter paragraphs (greetings) are not compared"
+    )
+    max_repeated_paragraph_share: float = Field(
+        0.25, gt=0, le=1, description="repetition: share of words in duplicated paragraphs"
+    )
+    prompt_ngram: int = Field(
+        5, ge=2, le=20, description="prompt_copy: word n-gram length matched against the prompt"
+    )
+    prompt_min_span: int = Field(
+        16, ge=2, description="prompt_copy: shortest copied span that counts (echoes are shorter)"
+    )
+    max_prompt_copy_share: float = Field(
+        0.06, gt=0, le=1, description="prompt_copy: share of words copied from the prompt"
+    )
+    prompt_name_run: int = Field(
+        3, ge=2, description="prompt_copy: back-to-back repeats of the prompt name that count"
+    )
+    max_oov_share: float = Field(
+        0.4, gt=0, le=1, description="gibberish: share of words not in the English word list"
+    )
+    tfidf_max_features: int = Field(20000, ge=100, description="prompt model: TF-IDF vocabulary")
+    tfidf_min_df: int = Field(2, ge=1, description="prompt model: ignore words in fewer texts")
+    classifier_c: float = Field(
+        10.0, gt=0, description="prompt model: inverse L2 strength of the logistic regression"
+    )
+    max_given_prompt_prob: float = Field(
+        0.1, gt=0, lt=1,
+        description="off_topic: the given prompt is this improbable and another prompt is the "
+        "most probable",
+    )
+    far_similarity: float = Field(
+        0.2, gt=0, lt=1,
+        description="cosine to the nearest prompt centroid below this = far from every prompt",
+    )
+    essay_vocab_min_df: float = Field(
+        0.005, gt=0, lt=1, description="student-essay vocabulary: words in this share of texts"
+    )
+    min_essay_vocab_share: float = Field(
+        0.82, gt=0, le=1,
+        description="share of words from the student-essay vocabulary below this = no essay",
+    )
+    far_essay_with_given_prompt: Literal["off_topic", "unknown_prompt"] = Field(
+        "off_topic",
+        description="flag for a student essay far from every known prompt, nearest to another "
+        "than its known prompt name (without a name, or one the model lacks: unknown_prompt)",
+    )
+    cap_score_when_flagged: int | None = Field(
+        2, ge=1, le=6, description="score cap for essays with a flag in cap_flags (None = off)"
+    )
+    cap_flags: list[str] = Field(
+        default_factory=lambda: list(GAMING_FLAG_NAMES),
+        description="flags whose essays get cap_score_when_flagged (gaming flags only)",
+    )
+    evidence_chars: int = Field(80, ge=10, description="longest quoted span in flag evidence")
+    max_attack_score_gain: float = Field(
+        0.25, ge=0,
+        description="asset check: a perturbation may raise the mean score (after flags) this much",
+    )
+    max_clean_flag_rate: float = Field(
+        0.02, ge=0, le=1, description="asset check: share of clean essays with a gaming flag"
+    )
+    perturb_seed: int = Field(0, description="seed of the perturbation set")
+    perturb_prompt_copies: int = Field(4, ge=1, description="prompt_copy: pasted prompt copies")
+    perturb_truncate_share: float = Field(
+        0.2, gt=0, lt=1, description="truncated: share of the words kept"
+    )
+    perturb_max_essays: int | None = Field(
+        None, ge=1, description="seeded subsample of source essays (None = all)"
+    )
+
+    @field_validator("cap_flags")
+    @classmethod
+    def _known_flags(cls, v: list[str]) -> list[str]:
+        unknown = [f for f in v if f not in GAMING_FLAG_NAMES]
+        if unknown:
+            raise ValueError(f"unknown flag(s) {unknown}; gaming flags: {list(GAMING_FLAG_NAMES)}")
+        return v
+
+
 class AesConfig(Section):
     """The whole pipeline."""
 
@@ -395,6 +491,9 @@ class AesConfig(Section):
     serving: ServingSection = Field(default_factory=ServingSection)
     web: WebSection = Field(default_factory=WebSection)
     run: RunSection = Field(default_factory=RunSection)
+
+
+    flags: FlagsSection = Field(default_factory=FlagsSection)
 
     @model_validator(mode="after")
     def _unique_backbones(self) -> AesConfig:

@@ -44,8 +44,14 @@ def encoder_overrides(num_layers: int | None) -> dict:
 
 
 def logits_to_scores(logits: torch.Tensor | float, loss: str):
-    """Map model output to the 1..6 score scale (targets are (score - 1) / 5)."""
-    x = torch.sigmoid(logits) if loss == "bce" else logits
+    """Map model output to the 1..6 score scale (targets are (score - 1) / 5); an unbounded
+    regression output (mse, smooth_l1) is clipped to the scale."""
+    if loss == "bce":
+        x = torch.sigmoid(logits)
+    elif isinstance(logits, torch.Tensor):
+        x = logits.clamp(0.0, 1.0)
+    else:
+        x = min(max(float(logits), 0.0), 1.0)
     return 1.0 + 5.0 * x
 
 

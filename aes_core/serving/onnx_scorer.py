@@ -31,8 +31,7 @@ from aes_core.models.tokens import (  # pad_batch, tokenize: imported from here 
 def logits_to_scores_np(logits: np.ndarray, loss: str) -> np.ndarray:
     """NumPy twin of ``regressor.logits_to_scores`` (float64), used by every serving path."""
     x = np.asarray(logits, dtype=np.float64).reshape(-1)
-    if loss == "bce":
-        x = 1.0 / (1.0 + np.exp(-x))
+    x = 1.0 / (1.0 + np.exp(-x)) if loss == "bce" else np.clip(x, 0.0, 1.0)
     return 1.0 + 5.0 * x
 
 
