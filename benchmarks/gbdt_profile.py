@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--test", action="store_true", help="also score aes2/test (final config)")
     ap.add_argument("--label", default="run", help="name of this run in --results")
     ap.add_argument("--results", default=None, help="JSON file; this run is merged under --label")
+    ap.add_argument("--save-oof", default=None,
+                    help="parquet: essay_id, fold, score, prompt_name, gbdt (OOF) for "
+                         "stacker_eval.py; with --test also <name>.test.parquet")
     args = ap.parse_args(argv)
 
     data = Path(args.data)
@@ -126,6 +129,12 @@ def main(argv: list[str] | None = None) -> dict:
         result["test_qwk_oof_thresholds"] = round(qwk(y_test, cut(pred, thr)), 4)
         print(f"  test QWK rounded {result['test_qwk']:.4f}, with OOF thresholds "
               f"{result['test_qwk_oof_thresholds']:.4f} ({len(test)} essays)")
+    if args.save_oof:
+        out = folded[["essay_id", "fold", "score", "prompt_name"]].assign(gbdt=oof)
+        out.to_parquet(args.save_oof, index=False)
+        if args.test:
+            test.assign(gbdt=pred, score=y_test)[["essay_id", "score", "gbdt"]].to_parquet(
+                Path(args.save_oof).with_suffix(".test.parquet"), index=False)
     print("  hardware: " + ", ".join(f"{k} {v}" for k, v in result["hardware"].items()))
     if args.results:
         path = Path(args.results)
