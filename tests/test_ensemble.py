@@ -203,12 +203,13 @@ def test_report_writes_plots_and_summary(tmp_path):
 
 @dg.asset(name="oof_predictions", group_name="training")
 def fake_oof_predictions(folded_essays: pd.DataFrame) -> pd.DataFrame:
-    """Stands in for the training stage: two transformer members, one close to the truth."""
+    """Stands in for the training stage: two transformer members with independent errors, so
+    blending them beats either one also when judged by nested CV."""
     r = np.random.default_rng(0)
     y = folded_essays["score"].to_numpy(dtype=float)
     out = folded_essays[["essay_id", "fold", "score", "prompt_name", "flag"]].copy()
-    out["tiny__mean"] = np.clip(y + r.normal(0, 0.45, len(y)), 1, 6)
-    out["tiny__attention"] = np.clip(y + r.normal(0, 1.1, len(y)), 1, 6)
+    out["tiny__mean"] = np.clip(y + r.normal(0, 0.6, len(y)), 1, 6)
+    out["tiny__attention"] = np.clip(y + r.normal(0, 0.6, len(y)), 1, 6)
     return out
 
 
