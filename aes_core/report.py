@@ -149,6 +149,14 @@ def _group(feature: str) -> str:
     return feature.split(":", 1)[0] + " n-grams" if ":" in feature else "handcrafted"
 
 
+def _label(feature: str) -> str:
+    """``char:ing `` -> ``char 'ing '`` so spaces inside n-grams stay visible."""
+    if ":" not in feature:
+        return feature
+    kind, term = feature.split(":", 1)
+    return f"{kind} {term!r}"
+
+
 def plot_importance(importance: pd.DataFrame, path: Path,
                     top_n: int = IMPORTANCE_TOP_N) -> Path:
     """Top-N features of the GBDT member by LightGBM gain (mean over folds), with each
@@ -167,7 +175,7 @@ def plot_importance(importance: pd.DataFrame, path: Path,
                "char n-grams": "tab:orange"}
     ax.barh(y, top["gain"] / total, color=[colours.get(_group(f), "tab:grey")
                                            for f in top["feature"]])
-    ax.set_yticks(y, [repr(f)[1:-1] for f in top["feature"]], fontsize=7)
+    ax.set_yticks(y, [_label(f) for f in top["feature"]], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("share of total gain (green: handcrafted, blue: word, orange: char)")
     ax.set_title("GBDT member: top features by gain\n" + ", ".join(
