@@ -349,22 +349,6 @@ def _design(word: sp.csr_matrix, char: sp.csr_matrix, hand: np.ndarray,
     return sp.hstack([tfidf, sp.csr_matrix(hand)]).tocsr().astype(np.float32)
 
 
-def fit_fold(texts: list[str], y: np.ndarray, hand: np.ndarray, cfg: GbdtSection,
-             seed: int) -> FoldModel:
-    """Fit vectorizers (+ SVD) and a LightGBM booster on one fold's training essays.
-
-    The reference path (one fold, texts tokenized here); :func:`fit_gbdt` gets the same
-    vectorizers from n-gram counts shared by all folds.
-    """
-    word, char = _vectorizers(cfg)
-    tfidf = sp.hstack([word.fit_transform(texts), char.fit_transform(texts)]).tocsr()
-    svd = None
-    if cfg.svd_components:
-        svd = _fit_svd(tfidf, cfg, seed)
-    x = _design(tfidf, sp.csr_matrix((len(texts), 0)), hand, svd)
-    return FoldModel(word, char, svd, train_booster(x, y, cfg, seed))
-
-
 def _fit_svd(tfidf: sp.csr_matrix, cfg: GbdtSection, seed: int) -> TruncatedSVD:
     n_comp = min(cfg.svd_components, tfidf.shape[1] - 1, tfidf.shape[0] - 1)
     return TruncatedSVD(n_components=max(n_comp, 1), random_state=seed).fit(tfidf)
