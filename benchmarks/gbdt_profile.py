@@ -8,6 +8,9 @@ fits, design matrix, LightGBM training, validation predictions. ``--set key=valu
     python benchmarks/gbdt_profile.py --data /path/to/data --threads 2 --label before
     python benchmarks/gbdt_profile.py --data /path/to/data --set feature_set=rich --test
 
+``--tfidf-only`` times just the TF-IDF phase both ways (a vectorizer fitted per fold, as
+before, against n-grams counted once as ``fit_gbdt`` does) and checks the vocabularies match.
+
 ``--test`` also scores aes2/test once (fold models averaged, OOF-fitted thresholds): run it
 for a final configuration only, never to choose one.
 """
@@ -27,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from aes_core.config import FoldSection, GbdtSection, load_config  # noqa: E402
 from aes_core.data import io  # noqa: E402
 from aes_core.data.folds import build_folded  # noqa: E402
-from aes_core.ensemble.gbdt import fit_gbdt  # noqa: E402
+from aes_core.ensemble.gbdt import NgramCounts, _vectorizers, fit_gbdt  # noqa: E402
 from aes_core.ensemble.thresholds import cut, fit_thresholds  # noqa: E402
 from aes_core.hardware import hardware  # noqa: E402
 from aes_core.metrics import qwk  # noqa: E402
@@ -69,6 +72,54 @@ def load_folded(data: Path, profile: str, n_folds: int | None, max_essays: int |
     return cfg, folded
 
 
+def tfidf_compare(folded, gcfg: GbdtSection, args) -> dict:
+    """Seconds (wall, CPU) of the TF-IDF phase, per-fold fits vs counts shared by all folds."""
+    texts = folded["full_text"].astype(str).tolist()
+    fold = folded["fold"].to_numpy()
+    t0, c0 = time.perf_counter(), _cpu()
+    per_fold_vocab = []
+    for k in sorted(set(fold)):
+        tr, va = (fold != k).nonzero()[0], (fold == k).nonzero()[0]
+        word, char = _vectorizers(gcfg)
+        for vec in (word, char):
+            vec.fit_transform([texts[i] for i in tr])
+            vec.transform([texts[i] for i in va])
+        per_fold_vocab.append((word.vocabulary_, char.vocabulary_))
+    old = (time.perf_counter() - t0, _cpu() - c0)
+    t0, c0 = time.perf_counter(), _cpu()
+    counts = {kind: NgramCounts.build(texts, kind, gcfg) for kind in ("word", "char")}
+    same = True
+    for k in sorted(set(fold)):
+        tr = (fold != k).nonzero()[0]
+        vecs = [counts[kind].fold_tfidf(tr, gcfg)[0] for kind in ("word", "char")]
+        same &= all(v.vocabulary_ == ref for v, ref in zip(vecs, per_fold_vocab[k],
+                                                           strict=True))
+    new = (time.perf_counter() - t0, _cpu() - c0)
+    result = {"label": args.label, "essays_train": len(folded), "threads": args.threads,
+              "tfidf_per_fold_fits": {"wall_seconds": round(old[0], 1),
+                                      "cpu_seconds": round(old[1], 1)},
+              "tfidf_counted_once": {"wall_seconds": round(new[0], 1),
+                                     "cpu_seconds": round(new[1], 1)},
+              "identical_vocabularies": bool(same), "load_average": round(os.getloadavg()[0], 2),
+              "hardware": hardware()}
+    print(f"TF-IDF phase, {len(folded)} essays, {len(set(fold))} folds (word 1-"
+          f"{gcfg.word_ngram_max} + char_wb {gcfg.char_ngram_min}-{gcfg.char_ngram_max}):")
+    print(f"  per-fold vectorizer fits  wall {old[0]:7.1f} s  CPU {old[1]:7.1f} s")
+    print(f"  n-grams counted once      wall {new[0]:7.1f} s  CPU {new[1]:7.1f} s  "
+          f"(identical vocabularies: {same})")
+    _merge(args, result)
+    return result
+
+
+def _merge(args, result: dict) -> None:
+    if args.results:
+        path = Path(args.results)
+        runs = json.loads(path.read_text()) if path.exists() else {}
+        runs.setdefault("runs", {})[args.label] = result
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(runs, indent=2))
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(SHARED), help="folder with aes2/ and persuade/")
@@ -80,6 +131,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--test", action="store_true", help="also score aes2/test (final config)")
     ap.add_argument("--label", default="run", help="name of this run in --results")
     ap.add_argument("--results", default=None, help="JSON file; this run is merged under --label")
+    ap.add_argument("--tfidf-only", action="store_true",
+                    help="time only the TF-IDF phase: per-fold vectorizer fits (the former "
+                         "path) against n-grams counted once (fit_gbdt's), same vocabularies")
     ap.add_argument("--save-oof", default=None,
                     help="parquet: essay_id, fold, score, prompt_name, gbdt (OOF) for "
                          "stacker_eval.py; with --test also <name>.test.parquet")
@@ -88,6 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
     data = Path(args.data)
     cfg, folded = load_folded(data, args.profile, args.n_folds, args.max_essays)
     gcfg = parse_sets(args.set, cfg.gbdt.model_copy(update={"num_threads": args.threads}))
+    if args.tfidf_only:
+        return tfidf_compare(folded, gcfg, args)
     load_before = os.getloadavg()
     t0, c0 = time.perf_counter(), _cpu()
     fit = fit_gbdt(folded, gcfg, progress=False)
@@ -136,12 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
             test.assign(gbdt=pred, score=y_test)[["essay_id", "score", "gbdt"]].to_parquet(
                 Path(args.save_oof).with_suffix(".test.parquet"), index=False)
     print("  hardware: " + ", ".join(f"{k} {v}" for k, v in result["hardware"].items()))
-    if args.results:
-        path = Path(args.results)
-        runs = json.loads(path.read_text()) if path.exists() else {}
-        runs.setdefault("runs", {})[args.label] = result
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(runs, indent=2))
+    _merge(args, result)
     return result
 
 
