@@ -242,6 +242,14 @@ class GbdtSection(Section):
     num_threads: int = Field(0, ge=0, description="LightGBM threads (0 = all cores)")
     spelling: bool = Field(True, description="spelling-error rate from pyspellchecker's list")
     seed: int = 42
+    feature_set: Literal["basic", "rich"] = Field(
+        "rich", description="handcrafted features: basic (31) or rich (+ paragraph/sentence/"
+        "word length distributions, spelling, vocabulary, punctuation habits)")
+    n_jobs: int = Field(
+        1, ge=0, description="workers: handcrafted-feature processes and fold boosters trained "
+        "at once (sharing num_threads); 0 = one per core")
+    force_row_wise: bool = Field(True, description="LightGBM row-wise histograms (else col-wise)")
+    max_bin: int = Field(255, ge=2, description="LightGBM histogram bins per feature")
 
 
 class EnsembleSection(Section):
@@ -269,6 +277,31 @@ class EnsembleSection(Section):
         0.03, ge=0, description="asset check (warn): in-sample blend QWK - nested-CV QWK limit"
     )
     seed: int = 42
+    method: Literal["auto", "nelder_mead", "stacker"] = Field(
+        "auto", description="auto: the stacker iff its nested-CV QWK beats Nelder-Mead's by "
+        "more than stacker_min_gain (needs essay texts; else Nelder-Mead)")
+    stacker_models: list[str] = Field(
+        default_factory=lambda: ["ridge", "lightgbm"],
+        description="meta-models tried (ridge, lightgbm); the best by nested-CV QWK is the stacker")
+    stacker_min_gain: float = Field(
+        0.0, ge=0, description="auto: nested QWK the stacker must add over Nelder-Mead")
+    stacker_ridge_alpha: float = Field(10.0, gt=0, description="ridge stacker L2 penalty")
+    stacker_rounds: int = Field(300, ge=1, description="LightGBM stacker boosting rounds")
+    stacker_learning_rate: float = Field(0.03, gt=0, description="LightGBM stacker step size")
+    stacker_num_leaves: int = Field(7, ge=2, description="LightGBM stacker leaves per tree")
+    stacker_max_depth: int = Field(3, ge=1, description="LightGBM stacker tree depth")
+    stacker_min_child_samples: int = Field(
+        100, ge=1, description="LightGBM stacker: essays per leaf at least")
+    stacker_reg_lambda: float = Field(10.0, ge=0, description="LightGBM stacker L2 penalty")
+    stacker_threads: int = Field(1, ge=0, description="LightGBM stacker threads (0 = all cores)")
+
+    @field_validator("stacker_models")
+    @classmethod
+    def _known_stackers(cls, v: list[str]) -> list[str]:
+        bad = [k for k in v if k not in ("ridge", "lightgbm")]
+        if bad:
+            raise ValueError(f"unknown stacker model(s) {bad}; expected ridge and/or lightgbm")
+        return v
 
 
 class ExportSection(Section):

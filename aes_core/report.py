@@ -22,6 +22,8 @@ from aes_core.ensemble.thresholds import fast_qwk  # noqa: E402
 from aes_core.metrics import SCORES, score_confusion  # noqa: E402
 
 PLOTS = ("confusion_matrix", "score_distribution", "calibration", "member_qwk")
+IMPORTANCE_PLOT = "gbdt_importance"  # added when the GBDT member's importances are given
+IMPORTANCE_TOP_N = 25
 
 
 @dataclass
@@ -61,6 +63,8 @@ def member_table(artifact: EnsembleArtifact) -> pd.DataFrame:
         fq = np.asarray(artifact.fold_qwk.get(n, []), dtype=float)
         rows.append({"name": n, "weight": w.get(n, np.nan),
                      "oof_qwk": artifact.oof_qwk.get(n, np.nan),
+                     "nested_qwk": artifact.nested_qwk.get(
+                         "nelder_mead" if n == "optimized" else n, np.nan),
                      "oof_qwk_rounded": artifact.oof_qwk_rounded.get(n, np.nan),
                      "fold_mean": fq.mean() if fq.size else np.nan,
                      "fold_std": fq.std() if fq.size else np.nan,
@@ -141,9 +145,51 @@ def plot_member_qwk(table: pd.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
+def _group(feature: str) -> str:
+    return feature.split(":", 1)[0] + " n-grams" if ":" in feature else "handcrafted"
+
+
+def _label(feature: str) -> str:
+    """``char:ing `` -> ``char 'ing '`` so spaces inside n-grams stay visible."""
+    if ":" not in feature:
+        return feature
+    kind, term = feature.split(":", 1)
+    return f"{kind} {term!r}"
+
+
+def plot_importance(importance: pd.DataFrame, path: Path,
+                    top_n: int = IMPORTANCE_TOP_N) -> Path:
+    """Top-N features of the GBDT member by LightGBM gain (mean over folds), with each
+    group's (word / char n-grams, handcrafted) share of the total gain in the title."""
+    missing = [c for c in ("feature", "gain") if c not in importance.columns]
+    if missing:
+        raise ValueError(f"importance table lacks column(s) {missing}; "
+                         f"found {list(importance.columns)}")
+    imp = importance.sort_values("gain", ascending=False, kind="stable")
+    total = max(float(imp["gain"].sum()), 1e-12)
+    groups = imp.groupby(imp["feature"].map(_group))["gain"].sum() / total
+    top = imp.head(top_n)
+    fig, ax = plt.subplots(figsize=(6.4, 0.28 * len(top) + 1.6))
+    y = np.arange(len(top))
+    colours = {"handcrafted": "tab:green", "word n-grams": "tab:blue",
+               "char n-grams": "tab:orange"}
+    ax.barh(y, top["gain"] / total, color=[colours.get(_group(f), "tab:grey")
+                                           for f in top["feature"]])
+    ax.set_yticks(y, [_label(f) for f in top["feature"]], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("share of total gain (green: handcrafted, blue: word, orange: char)")
+    ax.set_title("GBDT member: top features by gain\n" + ", ".join(
+        f"{g} {v:.0%}" for g, v in groups.sort_values(ascending=False).items()), fontsize=9)
+    return _save(fig, path)
+
+
 def build_report(table: pd.DataFrame, artifact: EnsembleArtifact,
-                 out_dir: str | Path) -> ScoringReport:
-    """Write the PNG plots into ``out_dir`` and return tables + Markdown summary."""
+                 out_dir: str | Path, importance: pd.DataFrame | None = None) -> ScoringReport:
+    """Write the PNG plots into ``out_dir`` and return tables + Markdown summary.
+
+    ``importance`` (the GBDT member's ``feature, gain`` table,
+    :func:`aes_core.ensemble.gbdt.load_importance`) adds the ``gbdt_importance`` plot.
+    """
     for c in ("score", "blended", "pred_score"):
         if c not in table.columns:
             raise ValueError(f"report table lacks column {c!r}; found {list(table.columns)}")
@@ -160,6 +206,8 @@ def build_report(table: pd.DataFrame, artifact: EnsembleArtifact,
         "calibration": plot_calibration(table, artifact.thresholds, out / "calibration.png"),
         "member_qwk": plot_member_qwk(members, out / "member_qwk.png"),
     }
+    if importance is not None and len(importance):
+        plots[IMPORTANCE_PLOT] = plot_importance(importance, out / f"{IMPORTANCE_PLOT}.png")
     overall = fast_qwk(table["score"], table["pred_score"])
     best_name = max(artifact.members, key=lambda m: artifact.oof_qwk.get(m, -1))
     lines = [
@@ -172,6 +220,10 @@ def build_report(table: pd.DataFrame, artifact: EnsembleArtifact,
     if "blend_nested" in artifact.oof_qwk:
         lines.append(f"Nested-CV estimate (weights and thresholds fitted without the scored "
                      f"fold): **{artifact.oof_qwk['blend_nested']:.4f}**.")
+    if artifact.nested_qwk:
+        nq = artifact.nested_qwk
+        figures = ", ".join(f"{k} {nq[k]:.4f}" for k in ("nelder_mead", "stacker") if k in nq)
+        lines.append(f"Blend method: **{artifact.method}** (nested-CV QWK: {figures}).")
     lines += [
         f"Thresholds: {', '.join(f'{t:.3f}' for t in artifact.thresholds)}. "
         f"{len(table)} essays, {artifact.n_folds} folds.",

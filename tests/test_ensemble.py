@@ -220,12 +220,13 @@ def test_report_writes_plots_and_summary(tmp_path):
 
 @dg.asset(name="oof_predictions", group_name="training")
 def fake_oof_predictions(folded_essays: pd.DataFrame) -> pd.DataFrame:
-    """Stands in for the training stage: two transformer members, one close to the truth."""
+    """Stands in for the training stage: two transformer members with independent errors, so
+    blending them beats either one also when judged by nested CV."""
     r = np.random.default_rng(0)
     y = folded_essays["score"].to_numpy(dtype=float)
     out = folded_essays[["essay_id", "fold", "score", "prompt_name", "flag"]].copy()
-    out["tiny__mean"] = np.clip(y + r.normal(0, 0.45, len(y)), 1, 6)
-    out["tiny__attention"] = np.clip(y + r.normal(0, 1.1, len(y)), 1, 6)
+    out["tiny__mean"] = np.clip(y + r.normal(0, 0.6, len(y)), 1, 6)
+    out["tiny__attention"] = np.clip(y + r.normal(0, 0.6, len(y)), 1, 6)
     return out
 
 
@@ -302,18 +303,21 @@ def test_ensemble_assets_materialize_with_report_and_checks(tmp_path, monkeypatc
     assert {f"scoring_report/{p}.png" for p in PLOTS} <= files
 
 
-def test_blend_check_compares_the_optimized_blend_and_can_fail():
-    from aes_assets.assets.ensemble import _optimized_vs_best_member
+def test_blend_check_judges_nested_figures_and_can_fail():
+    from aes_assets.assets.ensemble import _blend_vs_best_member
     from aes_core.ensemble.artifact import EnsembleArtifact
 
-    def art(optimized: float) -> EnsembleArtifact:
-        # the selected scorer fell back to member "a": the check must still judge the blend
-        return EnsembleArtifact(members=["a", "b"], weights=[1.0, 0.0], selected="a",
-                                oof_qwk={"a": 0.70, "b": 0.60, "optimized": optimized,
-                                         "blend": 0.70})
+    def art(blend_nested: float) -> EnsembleArtifact:
+        # in-sample the blend wins; the check must judge the nested-CV figures
+        return EnsembleArtifact(members=["a", "b"], weights=[0.9, 0.1], selected="optimized",
+                                oof_qwk={"a": 0.70, "b": 0.60, "optimized": 0.72,
+                                         "blend": 0.72},
+                                nested_qwk={"a": 0.69, "b": 0.58,
+                                            "nelder_mead": blend_nested})
 
-    assert _optimized_vs_best_member(art(0.72), 0.0).passed
-    failed = _optimized_vs_best_member(art(0.65), 0.0)
+    assert _blend_vs_best_member(art(0.70), 0.0).passed
+    failed = _blend_vs_best_member(art(0.66), 0.0)
     assert not failed.passed
     assert failed.metadata["best_member"].value == "a"
-    assert failed.metadata["gain"].value == pytest.approx(-0.05)
+    assert failed.metadata["basis"].value == "nested_cv"
+    assert failed.metadata["gain"].value == pytest.approx(-0.03)

@@ -12,13 +12,20 @@ column per member on the 1..6 scale. :func:`fit_ensemble`:
 4. the final scorer is the best of {optimized, equal blend, best single member} by OOF QWK
    with thresholds (so it is never worse than the best member on OOF);
 5. guards: QWK per fold of the final scorer (the spread), and a nested estimate where weights
-   and thresholds are fitted on K-1 folds and scored on the held-out fold.
+   and thresholds are fitted on K-1 folds and scored on the held-out fold — for the blend and
+   for each member alone (its thresholds fitted on K-1 folds);
+6. with the essay texts, a stacker (:mod:`aes_core.ensemble.stacker`) is fitted beside it and
+   ``ensemble.method`` (auto) applies whichever has the better nested-CV QWK.
+
+:func:`blend_beats_best_member` judges the applied blend against the best single member on
+those nested figures (in-sample, a blend that may put all weight on one member can never lose).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,6 +41,8 @@ from aes_core.ensemble.thresholds import (
     fit_thresholds,
 )
 from aes_core.members import GBDT_MEMBER, OOF_META_COLUMNS, member_columns, member_name
+
+NELDER_MEAD, STACKER = "nelder_mead", "stacker"
 
 REQUIRED_COLUMNS = ("essay_id", "fold", "score")
 PRED_RANGE = (0.5, 6.5)
@@ -216,6 +225,7 @@ class EnsembleFit:
     table: pd.DataFrame                       # OOF table + blended, pred_score
     candidates: dict[str, Candidate] = field(default_factory=dict)
     nested_fold_qwk: list[float] = field(default_factory=list)
+    stacker: Any = None                        # StackerFit of the best stacker, if fitted
 
     @property
     def best_member(self) -> tuple[str, float]:
@@ -224,15 +234,46 @@ class EnsembleFit:
         return name, q[name]
 
 
+def nested_member_qwk(preds: np.ndarray, y: np.ndarray, folds: np.ndarray,
+                      members: Sequence[str], cfg: EnsembleSection) -> dict[str, float]:
+    """Each member alone, its thresholds fitted on K-1 folds and applied to the held-out fold."""
+    out = {}
+    for j, m in enumerate(members):
+        held = np.zeros(len(y), dtype=np.int64)
+        for k in np.unique(folds):
+            tr, va = folds != k, folds == k
+            t, _ = fit_thresholds(preds[tr, j], y[tr], cfg)
+            held[va] = cut(preds[va, j], t)
+        out[m] = round(fast_qwk(y, held), 6)
+    return out
+
+
 def fit_ensemble(table: pd.DataFrame, cfg: EnsembleSection | None = None,
-                 progress: bool = False) -> EnsembleFit:
-    """Fit weights + thresholds on a validated OOF table (see :func:`assemble_oof`)."""
+                 progress: bool = False, texts: Sequence[str] | None = None,
+                 stats: np.ndarray | None = None) -> EnsembleFit:
+    """Fit weights + thresholds on a validated OOF table (see :func:`assemble_oof`).
+
+    ``texts`` (row-aligned with ``table``; or their precomputed ``stats``, see
+    :func:`aes_core.ensemble.stacker.essay_statistics`) enable the stacker: with
+    ``ensemble.method`` auto the artifact applies the stacker iff its nested-CV QWK beats
+    Nelder-Mead's. Without texts, auto is Nelder-Mead and ``stacker`` raises.
+    """
     cfg = cfg or EnsembleSection()
     members = member_columns(table)
     preds = table[members].to_numpy(dtype=np.float64)
     y = table["score"].to_numpy(dtype=np.int64)
     folds = table["fold"].to_numpy(dtype=int)
     fold_ids = sorted(np.unique(folds).tolist())
+    if texts is not None and len(texts) != len(table):
+        raise ValueError(f"fit_ensemble: {len(texts)} texts for {len(table)} OOF rows")
+    if stats is not None and len(stats) != len(table):
+        raise ValueError(f"fit_ensemble: {len(stats)} statistics rows for {len(table)} OOF rows")
+    want_stacker = cfg.method != NELDER_MEAD and bool(cfg.stacker_models)
+    if cfg.method == STACKER and (texts is None and stats is None):
+        raise ValueError("ensemble.method is 'stacker' but no essay texts were given: pass "
+                         "texts= (row-aligned with the OOF table) or set method to auto")
+    if cfg.method == STACKER and not cfg.stacker_models:
+        raise ValueError("ensemble.method is 'stacker' but ensemble.stacker_models is empty")
 
     best, cands = fit_weights_and_thresholds(preds, y, members, cfg)
     blended = preds @ best.weights
@@ -253,6 +294,7 @@ def fit_ensemble(table: pd.DataFrame, cfg: EnsembleSection | None = None,
     fold_qwk[BLEND] = [round(fast_qwk(y[folds == k], final[folds == k]), 6) for k in fold_ids]
 
     nested: list[float] = []
+    nested_qwk: dict[str, float] = {}
     if cfg.nested_cv and len(fold_ids) >= 2:
         held = np.zeros(len(y), dtype=int)
         for k in tqdm(fold_ids, desc="nested ensemble CV", disable=not progress):
@@ -262,6 +304,35 @@ def fit_ensemble(table: pd.DataFrame, cfg: EnsembleSection | None = None,
             nested.append(round(fast_qwk(y[va], held[va]), 6))
         oof_qwk["blend_nested"] = round(fast_qwk(y, held), 6)
         fold_qwk["blend_nested"] = nested
+        nested_qwk = nested_member_qwk(preds, y, folds, members, cfg)
+        nested_qwk[NELDER_MEAD] = oof_qwk["blend_nested"]
+
+    stacker_fit = None
+    if want_stacker and (texts is not None or stats is not None) and len(fold_ids) >= 3:
+        from aes_core.ensemble.stacker import essay_statistics, fit_stacker
+
+        if stats is None:
+            stats = essay_statistics(texts)
+        fits = {kind: fit_stacker(preds, stats, y, folds, members, kind, cfg)
+                for kind in cfg.stacker_models}
+        for kind, f in fits.items():
+            nested_qwk[f"stacker_{kind}"] = round(f.nested_qwk, 6)
+            oof_qwk[f"stacker_{kind}"] = round(f.oof_qwk, 6)
+            fold_qwk[f"stacker_{kind}_nested"] = f.nested_fold_qwk
+        kind = max(fits, key=lambda k: (fits[k].nested_qwk, -cfg.stacker_models.index(k)))
+        stacker_fit = fits[kind]
+        nested_qwk[STACKER] = nested_qwk[f"stacker_{kind}"]
+    elif cfg.method == STACKER:
+        raise ValueError(f"ensemble.method is 'stacker' but its nested CV needs >= 3 folds, "
+                         f"found {fold_ids}")
+
+    method = NELDER_MEAD
+    if stacker_fit is not None:
+        if cfg.method == STACKER:
+            method = STACKER
+        elif NELDER_MEAD in nested_qwk:
+            gain = nested_qwk[STACKER] - nested_qwk[NELDER_MEAD]
+            method = STACKER if gain > cfg.stacker_min_gain else NELDER_MEAD
 
     spread = np.asarray(fold_qwk[BLEND])
     notes = (f"selected: {best.name}; fitted on OOF only ({len(y)} essays, {len(fold_ids)} "
@@ -270,15 +341,69 @@ def fit_ensemble(table: pd.DataFrame, cfg: EnsembleSection | None = None,
     if nested:
         notes += (f"; nested CV (weights+thresholds fit on K-1 folds) QWK "
                   f"{oof_qwk['blend_nested']:.4f} vs in-sample {best.qwk:.4f}")
-    artifact = EnsembleArtifact(
-        members=members, weights=[float(w) for w in best.weights],
-        thresholds=best.thresholds, oof_qwk=oof_qwk, oof_qwk_rounded=rounded,
-        fold_qwk=fold_qwk, n_folds=len(fold_ids), notes=notes, selected=best.name,
-    )
+    thresholds = best.thresholds
     out = table.copy()
     out["blended"] = blended
     out["pred_score"] = final
-    return EnsembleFit(artifact=artifact, table=out, candidates=cands, nested_fold_qwk=nested)
+    if stacker_fit is not None:
+        st = stacker_fit.stacker
+        notes += (f"; method {method} (ensemble.method {cfg.method}): stacker {st.kind} nested "
+                  f"QWK {nested_qwk[STACKER]:.4f} vs Nelder-Mead "
+                  f"{nested_qwk.get(NELDER_MEAD, float('nan')):.4f}")
+        if method == STACKER:  # the report shows the stacker's honest OOF, not a refit
+            thresholds = st.thresholds
+            out["blended"] = stacker_fit.oof
+            out["pred_score"] = cut(stacker_fit.oof, st.thresholds)
+            oof_qwk[BLEND] = round(stacker_fit.oof_qwk, 6)
+            rounded[BLEND] = round(fast_qwk(y, cut(stacker_fit.oof, DEFAULT_THRESHOLDS)), 6)
+            fold_qwk[BLEND] = [round(fast_qwk(y[folds == k], out["pred_score"].to_numpy()[
+                folds == k]), 6) for k in fold_ids]
+            oof_qwk["blend_nested"] = nested_qwk[STACKER]  # blend* = the applied method
+            fold_qwk["blend_nested"] = stacker_fit.nested_fold_qwk
+    elif want_stacker and cfg.method == "auto":
+        notes += "; stacker not fitted (no essay texts or < 3 folds): Nelder-Mead"
+    artifact = EnsembleArtifact(
+        members=members, weights=[float(w) for w in best.weights],
+        thresholds=thresholds, oof_qwk=oof_qwk, oof_qwk_rounded=rounded,
+        fold_qwk=fold_qwk, n_folds=len(fold_ids), notes=notes, selected=best.name,
+        method=method, nested_qwk=nested_qwk,
+    )
+    if method == STACKER:
+        artifact.attach_stacker(stacker_fit.stacker)
+    return EnsembleFit(artifact=artifact, table=out, candidates=cands, nested_fold_qwk=nested,
+                       stacker=stacker_fit)
+
+
+@dataclass
+class BlendCheck:
+    """Outcome of :func:`blend_beats_best_member` (the asset check wraps it)."""
+
+    passed: bool
+    metadata: dict[str, object]
+
+
+def blend_beats_best_member(art: EnsembleArtifact, margin: float = 0.0) -> BlendCheck:
+    """Does the applied blend beat the best single member on nested-CV QWK (+ ``margin``)?
+
+    Both figures are fitted without the scored fold: the blend's weights/stacker and
+    thresholds, and the member's own thresholds. An artifact without nested figures
+    (``nested_cv`` off, or written before they existed) falls back to the in-sample OOF QWK of
+    the Nelder-Mead blend, which cannot lose to a member — ``basis`` says which was used.
+    """
+    applied = art.method
+    nested = art.nested_qwk
+    if applied in nested and all(m in nested for m in art.members):
+        q = {m: nested[m] for m in art.members}
+        blend_q, basis = nested[applied], "nested_cv"
+    else:
+        q = {m: art.oof_qwk[m] for m in art.members}
+        blend_q, basis = art.oof_qwk.get("optimized", art.oof_qwk[BLEND]), "in_sample"
+    best = max(q, key=q.get)
+    gain = blend_q - q[best]
+    return BlendCheck(passed=bool(gain >= margin - 1e-9), metadata={
+        "basis": basis, "method": applied, "blend_qwk": blend_q, "best_member": best,
+        "best_member_qwk": q[best], "gain": gain, "required_gain": margin,
+        "selected": art.selected, "final_blend_oof_qwk": art.oof_qwk.get(BLEND)})
 
 
 def check_members(artifact: EnsembleArtifact, required: Iterable[str]) -> None:

@@ -43,7 +43,7 @@ def score_frame(scorer: Scorer, essays: pd.DataFrame) -> ScoredEssays:
     """Score a table (essay_id, full_text) with any scorer; identical blending for all."""
     texts = essays["full_text"].tolist()
     preds = scorer.predict_members(texts) if texts else np.zeros((0, len(scorer.ensemble.members)))
-    blended = scorer.ensemble.blend(preds)
+    blended = scorer.ensemble.blend(preds, texts)  # a stacker ensemble needs the texts
     return ScoredEssays(
         essay_id=essays["essay_id"].astype(str).tolist(),
         score=scorer.ensemble.to_scores(blended),

@@ -100,7 +100,7 @@ class TritonPythonModel:
             batch = self.tokens.encode_batch(tok, texts, spec)
             preds[:, j] = self.lib.fold_average(
                 [self._fold_logits(m, batch) for m in models], spec.loss)
-        blended = self.ensemble.blend(preds)
+        blended = self.ensemble.blend(preds, texts)  # a stacker ensemble reads the texts
         scores = self.ensemble.to_scores(blended)
         return pb_utils.InferenceResponse(output_tensors=[
             pb_utils.Tensor("SCORE", scores.astype(np.int32).reshape(-1, 1)),
