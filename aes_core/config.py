@@ -256,6 +256,10 @@ class EnsembleSection(Section):
     """Nelder–Mead blend weights and QWK-optimal thresholds over OOF predictions."""
 
     restarts: int = Field(8, ge=1, description="Nelder-Mead random restarts")
+    n_jobs: int = Field(1, ge=1, description="Nelder-Mead starts run in this many processes")
+    single_member_starts: int = Field(
+        6, ge=0, description="Nelder-Mead also starts near each of this many strongest "
+        "members (each start costs a full search: many members need a bound)")
     max_iter: int = Field(2000, ge=10)
     threshold_max_iter: int = Field(2000, ge=10)
     members: list[str] | None = Field(

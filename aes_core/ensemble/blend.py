@@ -155,7 +155,8 @@ def _clean(z: np.ndarray) -> np.ndarray:
 
 def local_optima(preds: np.ndarray, y: np.ndarray,
                  cfg: EnsembleSection | None = None) -> list[tuple[float, np.ndarray]]:
-    """Nelder-Mead from every start (equal, each single member, ``restarts`` Dirichlet draws).
+    """Nelder-Mead from every start (equal, the ``single_member_starts`` strongest members,
+    ``restarts`` Dirichlet draws).
 
     Returns (objective, weights) per start, best first; weights are >= 0 and sum to one.
     """
@@ -165,19 +166,32 @@ def local_optima(preds: np.ndarray, y: np.ndarray,
     n_members = preds.shape[1]
     if n_members == 1:
         return [(0.0, np.ones(1))]
-    f = blend_objective(preds, y, cfg.rmse_tiebreak)
     rng = np.random.default_rng(cfg.seed)
     starts = [np.full(n_members, 1.0 / n_members)]
-    starts += [np.eye(n_members)[j] * 0.9 + 0.1 / n_members for j in range(n_members)]
+    cuts = np.asarray(DEFAULT_THRESHOLDS)
+    alone = [fast_qwk(y, cut(preds[:, j], cuts)) for j in range(n_members)]
+    top = np.argsort(alone)[::-1][:cfg.single_member_starts]  # the strongest members
+    starts += [np.eye(n_members)[j] * 0.9 + 0.1 / n_members for j in sorted(top)]
     starts += [rng.dirichlet(np.ones(n_members)) for _ in range(cfg.restarts)]
-    found = []
-    for z0 in starts:
-        res = minimize(f, z0, method="Nelder-Mead",
-                       options={"maxiter": cfg.max_iter, "xatol": 1e-4, "fatol": 1e-7,
-                                "adaptive": n_members > 3})
-        w = _clean(res.x)
-        found.append((f(w), w))
+    if cfg.n_jobs > 1:
+        from joblib import Parallel, delayed
+
+        found = Parallel(n_jobs=min(cfg.n_jobs, len(starts)))(
+            delayed(_descend)(preds, y, z0, cfg) for z0 in starts)
+    else:
+        found = [_descend(preds, y, z0, cfg) for z0 in starts]
     return sorted(found, key=lambda t: t[0])
+
+
+def _descend(preds: np.ndarray, y: np.ndarray, z0: np.ndarray,
+             cfg: EnsembleSection) -> tuple[float, np.ndarray]:
+    """One Nelder-Mead descent from ``z0``: (objective, cleaned weights)."""
+    f = blend_objective(preds, y, cfg.rmse_tiebreak)
+    res = minimize(f, z0, method="Nelder-Mead",
+                   options={"maxiter": cfg.max_iter, "xatol": 1e-4, "fatol": 1e-7,
+                            "adaptive": len(z0) > 3})
+    w = _clean(res.x)
+    return f(w), w
 
 
 def optimize_weights(preds: np.ndarray, y: np.ndarray,

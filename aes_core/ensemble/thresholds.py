@@ -56,6 +56,57 @@ def validate_thresholds(thresholds) -> list[float]:
     return t
 
 
+class CutGrid:
+    """Essay counts per (grid cell, true score): the QWK of cut points on the grid without
+    touching the essays again, and of every position of one cut at once (vectorised).
+
+    Cut points are grid edges ``LOW + k * step``; an essay goes above a cut when its
+    prediction is >= the cut (the rule of :func:`cut`).
+    """
+
+    def __init__(self, pred: np.ndarray, y: np.ndarray, step: float):
+        self.step = step
+        self.edges = LOW + step * np.arange(int(round((HIGH - LOW) / step)) + 1)
+        cells = np.searchsorted(self.edges, pred, side="right")  # edges <= pred
+        n_cells = len(self.edges) + 1
+        counts = np.bincount(cells * N_CLASSES + (y - 1), minlength=n_cells * N_CLASSES)
+        counts = counts.reshape(n_cells, N_CLASSES).astype(np.float64)
+        self.cum = np.vstack([np.zeros(N_CLASSES), np.cumsum(counts, axis=0)])
+        self.n = float(len(y))
+        self.true = counts.sum(axis=0)
+        idx = np.arange(N_CLASSES)
+        self.w = (idx[:, None] - idx[None, :]) ** 2 / (N_CLASSES - 1) ** 2
+
+    def index(self, t: float) -> int:
+        return int(round((t - LOW) / self.step))
+
+    def _bounds(self, cuts: np.ndarray) -> np.ndarray:
+        return np.concatenate([[0], np.asarray(cuts, dtype=np.int64) + 1,
+                               [len(self.cum) - 1]])
+
+    def confusion(self, cuts: np.ndarray) -> np.ndarray:
+        b = self._bounds(cuts)
+        return self.cum[b[1:]] - self.cum[b[:-1]]  # [predicted, true]
+
+    def qwk(self, conf: np.ndarray) -> np.ndarray:
+        """QWK of confusion matrices [..., predicted, true]."""
+        expected = conf.sum(-1)[..., :, None] * self.true[None, :] / self.n
+        denom = (self.w * expected).sum((-1, -2))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(denom > 0, 1.0 - (self.w * conf).sum((-1, -2)) / denom, 0.0)
+
+    def best_position(self, cuts: np.ndarray, i: int, lo: int, hi: int) -> tuple[int, float]:
+        """The grid position in [lo, hi] of cut ``i`` (others fixed) with the highest QWK."""
+        cand = np.arange(lo, hi + 1)
+        b = self._bounds(cuts)
+        conf = np.broadcast_to(self.confusion(cuts), (len(cand), N_CLASSES, N_CLASSES)).copy()
+        conf[:, i] = self.cum[cand + 1] - self.cum[b[i]]
+        conf[:, i + 1] = self.cum[b[i + 2]] - self.cum[cand + 1]
+        q = self.qwk(conf)
+        k = int(np.argmax(q))
+        return int(cand[k]), float(q[k])
+
+
 def fit_thresholds(pred: np.ndarray, y: np.ndarray,
                    cfg: EnsembleSection | None = None) -> tuple[list[float], float]:
     """QWK-optimal increasing cut points for ``pred`` (1..6 scale) against ``y``.
@@ -70,24 +121,24 @@ def fit_thresholds(pred: np.ndarray, y: np.ndarray,
     if not np.isfinite(pred).all():
         raise ValueError("predictions contain NaN or inf; cannot fit thresholds")
     gap, step = cfg.threshold_min_gap, cfg.threshold_step
-    t = np.array(DEFAULT_THRESHOLDS, dtype=np.float64)
-    best = thresholded_qwk(pred, y, t)
+    grid = CutGrid(pred, y, step)
+    gap_cells = int(np.ceil(gap / step - 1e-9))
+    cuts = np.array([grid.index(t) for t in DEFAULT_THRESHOLDS])
+    best = float(grid.qwk(grid.confusion(cuts)))
     for _ in range(cfg.threshold_passes):
         improved = False
-        for i in range(len(t)):
-            lo = (t[i - 1] + gap) if i > 0 else LOW
-            hi = (t[i + 1] - gap) if i < len(t) - 1 else HIGH
+        for i in range(len(cuts)):
+            lo = cuts[i - 1] + gap_cells if i > 0 else 0
+            hi = cuts[i + 1] - gap_cells if i < len(cuts) - 1 else len(grid.edges) - 1
             if hi < lo:
                 continue
-            grid = np.arange(lo, hi + 1e-9, step)
-            for v in grid:
-                cand = t.copy()
-                cand[i] = v
-                q = thresholded_qwk(pred, y, cand)
-                if q > best + 1e-12:
-                    best, t, improved = q, cand, True
+            pos, q = grid.best_position(cuts, i, lo, hi)
+            if q > best + 1e-12:
+                best, cuts[i], improved = q, pos, True
         if not improved:
             break
+    t = grid.edges[cuts]
+    best = thresholded_qwk(pred, y, t)  # the exact rule on the essays themselves
 
     def objective(x: np.ndarray) -> float:
         if x[0] < LOW or x[-1] > HIGH or np.any(np.diff(x) < gap):
