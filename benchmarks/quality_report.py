@@ -1,0 +1,134 @@
+"""Quality of a pipeline run on the labelled test split, with an ablation over the ensemble.
+
+Reads what the run stored — the OOF table, the GBDT OOF column, the folded essays and the
+submission's per-member test predictions — and refits the ensemble (``aes_core.ensemble``,
+on OOF only, with the run's profile settings) for each configuration of the ablation:
+member groups (transformers only, GBDT alone, everything) and the ensemble method
+(Nelder-Mead, stacker, auto). Each configuration's test QWK is computed once. It also reports
+QWK on the essays longer than the backbone's window (the truncated subset).
+
+    python benchmarks/quality_report.py --storage /path/to/storage_root --profile gpu-full \
+        --out benchmarks/results/quality.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from aes_core.config import AesConfig, load_config  # noqa: E402
+from aes_core.ensemble.blend import assemble_oof, fit_ensemble  # noqa: E402
+from aes_core.hardware import hardware  # noqa: E402
+from aes_core.members import GBDT_MEMBER, member_columns  # noqa: E402
+from aes_core.metrics import qwk  # noqa: E402
+
+MEMBER_PREDICTIONS = "test_member_predictions.parquet"
+
+
+def load_run(storage: Path) -> dict[str, pd.DataFrame]:
+    tables = storage / "tables"
+    return {"oof": pd.read_parquet(tables / "oof_predictions.parquet"),
+            "gbdt_oof": pd.read_parquet(tables / "gbdt_oof.parquet"),
+            "folded": pd.read_parquet(tables / "folded_essays.parquet"),
+            "test": pd.read_parquet(tables / "test_essays.parquet"),
+            "test_preds": pd.read_parquet(storage / MEMBER_PREDICTIONS)}
+
+
+def evaluate(table: pd.DataFrame, texts: list[str], test_preds: pd.DataFrame,
+             test_texts: list[str], y_test: np.ndarray, cfg: AesConfig, method: str
+             ) -> dict[str, Any]:
+    """Fit one configuration on OOF; its QWK on test (once), OOF and nested CV."""
+    ecfg = cfg.ensemble.model_copy(update={"method": method})
+    fit = fit_ensemble(table, ecfg, texts=texts)
+    art = fit.artifact
+    preds = test_preds[art.members].to_numpy(dtype=np.float64)
+    return {"members": art.members, "method": art.method,
+            "test_qwk": qwk(y_test, art.to_scores(art.blend(preds, test_texts))),
+            "oof_qwk": art.oof_qwk["blend"], "nested_cv_qwk": art.oof_qwk.get("blend_nested"),
+            "nested": getattr(art, "nested_qwk", {})}
+
+
+def truncated_subset(folded: pd.DataFrame, cfg: AesConfig) -> np.ndarray:
+    """Essays with more tokens than the first backbone's window (they are cut when truncated)."""
+    from aes_core.models.backbone import load_tokenizer, resolve_backbone_path
+
+    bb = cfg.backbones[0]
+    tok = load_tokenizer(resolve_backbone_path(bb), bb.add_newline_tokens)
+    lengths = [len(ids) for ids in tok(folded["full_text"].tolist(),
+                                       add_special_tokens=True, verbose=False)["input_ids"]]
+    return np.asarray(lengths) > bb.max_length
+
+
+def report(storage: Path, cfg: AesConfig) -> dict[str, Any]:
+    run = load_run(storage)
+    table = assemble_oof(run["oof"], run["gbdt_oof"])
+    folded = run["folded"].assign(essay_id=lambda d: d["essay_id"].astype(str))
+    texts = table["essay_id"].map(folded.set_index("essay_id")["full_text"]).tolist()
+    test = run["test"].assign(essay_id=lambda d: d["essay_id"].astype(str))
+    preds = run["test_preds"].assign(essay_id=lambda d: d["essay_id"].astype(str))
+    preds = preds.set_index("essay_id").loc[test["essay_id"]].reset_index()
+    y_test = test["score"].astype(int).to_numpy()
+    test_texts = test["full_text"].tolist()
+    members = member_columns(table)
+    transformers = [m for m in members if m != GBDT_MEMBER]
+    meta = [c for c in table.columns if c not in members]
+    out: dict[str, Any] = {"data": "aes2/test", "test_essays": len(test),
+                           "oof_essays": len(table), "hardware": hardware(),
+                           "test_qwk": {}, "oof_qwk": {}, "ablation": []}
+    for m in members:  # each member alone, rounded (no fitted thresholds)
+        out["test_qwk"][m] = qwk(y_test, np.clip(np.rint(preds[m]), 1, 6))
+        out["oof_qwk"][m] = qwk(table["score"], np.clip(np.rint(table[m]), 1, 6))
+    groups = {"GBDT alone": [GBDT_MEMBER], "transformers only": transformers,
+              "everything": members}
+    for name, group in groups.items():
+        if not group or any(m not in members for m in group):
+            continue
+        sub = table[[*meta, *group]]
+        methods = ["nelder_mead"] if len(group) == 1 else ["nelder_mead", "stacker", "auto"]
+        for method in methods:
+            r = evaluate(sub, texts, preds, test_texts, y_test, cfg, method)
+            out["ablation"].append({"lever": f"{name} / {method}", **r})
+            print(f"{name:18s} {method:12s} test {r['test_qwk']:.4f}  OOF {r['oof_qwk']:.4f}"
+                  f"  nested {r['nested_cv_qwk']}", flush=True)
+    shipped = next(a for a in out["ablation"] if a["lever"] == "everything / auto")
+    gbdt = next(a for a in out["ablation"] if a["lever"] == "GBDT alone / nelder_mead")
+    out["test_qwk"].update({"ensemble": shipped["test_qwk"], "gbdt_alone": gbdt["test_qwk"]})
+    out["oof_qwk"].update({"ensemble": shipped["oof_qwk"], "gbdt_alone": gbdt["oof_qwk"]})
+    out["nested_cv_qwk"] = shipped["nested_cv_qwk"]
+    out["gain_over_gbdt"] = shipped["test_qwk"] - gbdt["test_qwk"]
+    long = truncated_subset(folded.set_index("essay_id").loc[table["essay_id"]].reset_index(),
+                            cfg)
+    out["truncated_subset"] = {
+        "essays": int(long.sum()), "share": float(long.mean()),
+        "oof_qwk_rounded": {m: qwk(table.loc[long, "score"],
+                                   np.clip(np.rint(table.loc[long, m]), 1, 6))
+                            for m in members},
+        "oof_mean_error": {m: float((table.loc[long, m] - table.loc[long, "score"]).mean())
+                           for m in members}}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--storage", required=True, help="the run's storage_root")
+    ap.add_argument("--profile", default="gpu-full", help="ensemble settings of the run")
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    out = report(Path(a.storage), load_config(a.profile))
+    Path(a.out).write_text(json.dumps(out, indent=2, default=float))
+    print(json.dumps({k: out[k] for k in ("test_qwk", "nested_cv_qwk", "gain_over_gbdt")},
+                     indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
