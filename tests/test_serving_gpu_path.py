@@ -278,3 +278,15 @@ def test_torch_triton_errors_are_per_request(torch_served):
     inp.set_data_from_numpy(ok)
     res = client.infer("scorer", [inp])
     assert 1 <= int(res.as_numpy("SCORE")[0, 0]) <= 6
+
+
+def test_shared_analysis_gbdt_predicts_as_the_member(bundle, essays):
+    from aes_core.ensemble.gbdt import GbdtMember
+    from aes_core.serving.gbdt_fast import SharedAnalysisGbdt
+
+    member = GbdtMember.load(bundle.gbdt_dir)
+    fast = SharedAnalysisGbdt(member)
+    assert fast.reason == ""
+    texts = _texts(essays)
+    assert np.abs(fast.predict(texts) - member.predict(texts)).max() < 1e-9
+    assert fast.predict([]).shape == (0,)
