@@ -217,7 +217,8 @@ def torch_served(tmp_path_factory, bundle):
     tmp = tmp_path_factory.mktemp("torch_repo")
     serving = ServingSection(backend="torch_gpu", triton_repo=str(tmp / "repo"),
                              max_batch_size=16, request_batch_size=8, gpu_batch_size=16,
-                             torch_threads=1, triton_python_paths=[str(tmp / "first")])
+                             torch_threads=1, gbdt_workers=1,
+                             triton_python_paths=[str(tmp / "first")])
     written = write_triton_repo(serving.triton_repo, bundle, serving)
     server = TritonServer(serving.triton_repo, http_port=0, grpc_port=0, metrics_port=0,
                           startup_timeout_s=180)

@@ -205,7 +205,7 @@ def _write_torch_model(repo: Path, name: str, serving: ServingSection, ensemble,
         "aes_root": str(aes_root), "backend": TORCH_GPU, "ensemble": "ensemble.json",
         "members": listed, "gbdt_dir": GBDT_MEMBER if GBDT_MEMBER in ensemble.members else None,
         "bundle_version": bundle.version(), "bundle_dir": str(bundle.root),
-        "instance_kind": kind, "torch": torch_options(serving),
+        "instance_kind": kind, "torch": torch_options(serving), "python": sys.executable,
     }, indent=2))
     _write_python_model(vdir, TORCH_TEMPLATE, aes_root, serving.triton_python_paths)
     (repo / name / "config.pbtxt").write_text(

@@ -75,6 +75,11 @@ class TritonPythonModel:
         from aes_core.serving.torch_scorer import TorchScorer
 
         self.name = args["model_name"]
+        python = meta.get("python")
+        if python and not os.path.basename(sys.executable or "").startswith("python"):
+            import multiprocessing
+
+            multiprocessing.set_executable(python)  # worker processes (GBDT) need Python
         opts = dict(meta.get("torch", {}))
         gpu = args.get("model_instance_kind") == "GPU"
         device = f"cuda:{args.get('model_instance_device_id', '0')}" if gpu else "cpu"
