@@ -291,3 +291,13 @@ def test_shared_analysis_gbdt_predicts_as_the_member(bundle, essays):
     texts = _texts(essays)
     assert np.abs(fast.predict(texts) - member.predict(texts)).max() < 1e-9
     assert fast.predict([]).shape == (0,)
+
+
+def test_tokenizer_processes_give_the_same_scores(bundle, essays):
+    """Large in-process inputs: tokenizer worker processes run ahead of the model."""
+    texts = essays["full_text"].tolist()[:24]
+    plain = TorchScorer(bundle.ensemble, bundle.member_dirs(), bundle.gbdt_dir, batch_size=8,
+                        device="cpu", chars_per_token=8.0)
+    piped = TorchScorer(bundle.ensemble, bundle.member_dirs(), bundle.gbdt_dir, batch_size=8,
+                        device="cpu", chars_per_token=8.0, tokenizer_workers=1)
+    assert np.abs(piped.predict_members(texts) - plain.predict_members(texts)).max() < 1e-6

@@ -143,6 +143,8 @@ class TorchScorer:
         self.gpu_batch_size = gpu_batch_size
         self.device = torch.device(resolve_device(device))
         self.cuda = self.device.type == "cuda"
+        if self.cuda and self.device.index is not None:
+            torch.cuda.set_device(self.device)  # kernels (compiled ones too) on this GPU
         if dtype not in ("bf16", "fp32"):
             raise ValueError(f"dtype must be bf16 or fp32, got {dtype!r}")
         self.amp_dtype = torch.bfloat16 if (self.cuda and dtype == "bf16") else None
@@ -215,6 +217,11 @@ class TorchScorer:
         from torch.func import functional_call
 
         fns: dict[str, object] = {}
+        archs = {m.arch for g in self.groups for m in g.models}
+        # one code object serves every architecture: room for each one's graphs
+        dyn = torch._dynamo.config
+        limit = "recompile_limit" if hasattr(dyn, "recompile_limit") else "cache_size_limit"
+        setattr(dyn, limit, max(getattr(dyn, limit), 16 * len(archs)))
         for g in self.groups:
             for m in g.models:
                 if m.arch not in fns:
@@ -227,9 +234,9 @@ class TorchScorer:
                 m.params = {**dict(m.module.named_parameters()),
                             **dict(m.module.named_buffers())}
                 m.fn = fns[m.arch]
-        try:  # compile now (two shapes: the dynamic graph), never during a request
+        try:  # compile now (the dynamic graph, and batch 1: one essay), not in a request
             for g in self.groups:
-                for n in (3, 2):
+                for n in (3, 2, 1):
                     batch = g.encoder.encoder.batch(["warm up " * (4 * n)] * n)
                     self._group_logits(g, batch, compiled=True)
             self.compiled = True
