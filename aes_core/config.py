@@ -352,7 +352,7 @@ class ServingSection(Section):
         None, description="folder of a persistent token cache (SQLite) shared by scorers, for "
         "essays scored again (rescoring); None = memory only")
     pretruncate_chars_per_token: float = Field(
-        8.0, ge=0, description="truncated members: cut an essay longer than max_length x this "
+        6.0, ge=0, description="truncated members: cut an essay longer than max_length x this "
         "many characters (at a space) before tokenizing; re-tokenized whole when the cut is "
         "too short, so ids never change; 0 = off")
     torch_threads: int = Field(

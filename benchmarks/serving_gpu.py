@@ -248,11 +248,12 @@ def tokenizer_paths(bundle, texts: list[str]) -> dict[str, Any]:
         fn(texts)
         return len(texts) / (time.perf_counter() - t0)
 
-    cached = CachedEncoder(TokenEncoder(tok, spec, 8.0), TokenCache(len(texts) + 1))
-    out = {"essays": len(texts), "max_length": spec.max_length,
+    cpt = ServingSection().pretruncate_chars_per_token
+    cached = CachedEncoder(TokenEncoder(tok, spec, cpt), TokenCache(len(texts) + 1))
+    out = {"essays": len(texts), "max_length": spec.max_length, "chars_per_token": cpt,
            "hf_call": rate(lambda t: tokenize_windows(tok, t, spec)),
            "fast_backend": rate(TokenEncoder(tok, spec, 0.0).windows),
-           "fast_backend_cut_8_chars_per_token": rate(TokenEncoder(tok, spec, 8.0).windows),
+           "fast_backend_cut": rate(TokenEncoder(tok, spec, cpt).windows),
            "cache_miss_then_store": rate(cached.windows),
            "cache_hit": rate(cached.windows)}
     return {k: (round(v, 1) if isinstance(v, float) else v) for k, v in out.items()}
