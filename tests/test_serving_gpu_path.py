@@ -293,11 +293,19 @@ def test_shared_analysis_gbdt_predicts_as_the_member(bundle, essays):
     assert fast.predict([]).shape == (0,)
 
 
-def test_tokenizer_processes_give_the_same_scores(bundle, essays):
-    """Large in-process inputs: tokenizer worker processes run ahead of the model."""
+def test_worker_processes_give_the_same_scores(bundle, essays):
+    """Tokenizer processes run ahead of the model; GBDT processes score beside it (the
+    essays split among them)."""
     texts = essays["full_text"].tolist()[:24]
     plain = TorchScorer(bundle.ensemble, bundle.member_dirs(), bundle.gbdt_dir, batch_size=8,
                         device="cpu", chars_per_token=8.0)
     piped = TorchScorer(bundle.ensemble, bundle.member_dirs(), bundle.gbdt_dir, batch_size=8,
-                        device="cpu", chars_per_token=8.0, tokenizer_workers=1)
-    assert np.abs(piped.predict_members(texts) - plain.predict_members(texts)).max() < 1e-6
+                        device="cpu", chars_per_token=8.0, tokenizer_workers=1,
+                        gbdt_workers=2)
+    try:
+        ref = plain.predict_members(texts)
+        assert np.abs(piped.predict_members(texts) - ref).max() < 1e-6
+        assert np.abs(piped.predict_request(texts[:5]) - plain.predict_request(texts[:5])
+                      ).max() < 1e-6
+    finally:
+        piped.close()

@@ -309,16 +309,17 @@ class TorchScorer:
             out[:, c] = fold_average([logits[k] for k in rows], g.models[rows[0]].loss)
         return out
 
-    def _gbdt_start(self, texts: list[str]) -> Future | np.ndarray | None:
-        if GBDT_MEMBER not in self.ensemble.members or not texts:
+    def _gbdt_start(self, texts: list[str]) -> list[Future] | None:
+        """Submit the GBDT member's essays to the worker processes (split among them)."""
+        if GBDT_MEMBER not in self.ensemble.members or not texts or self._gbdt_pool is None:
             return None
-        if self._gbdt_pool is not None:
-            return self._gbdt_pool.submit(_gbdt_predict, texts)
-        return None
+        n = -(-len(texts) // self._gbdt_pool._max_workers)
+        return [self._gbdt_pool.submit(_gbdt_predict, texts[i:i + n])
+                for i in range(0, len(texts), n)]
 
-    def _gbdt_finish(self, texts: list[str], started) -> np.ndarray:
-        if isinstance(started, Future):
-            return started.result()
+    def _gbdt_finish(self, texts: list[str], started: list[Future] | None) -> np.ndarray:
+        if started is not None:
+            return np.concatenate([f.result() for f in started])
         return np.asarray(self.gbdt.predict(texts), dtype=np.float64).reshape(-1)
 
     def predict_request(self, texts: Sequence[str]) -> np.ndarray:
