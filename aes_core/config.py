@@ -329,9 +329,10 @@ class ServingSection(Section):
         "ensemble, or the bundle's distilled student (with the ensemble's thresholds)")
     torch_dtype: Literal["bf16", "fp32"] = Field(
         "bf16", description="torch backend on CUDA: bf16 autocast or fp32 (CPU is always fp32)")
-    torch_compile: bool = Field(
-        True, description="torch backend on CUDA: torch.compile the fold models (slower start; "
-        "falls back to eager if compiling fails); never on CPU")
+    torch_compile: Literal["off", "triton", "always"] = Field(
+        "triton", description="torch backend on CUDA: torch.compile the fold models in the "
+        "long-lived Triton models (triton) or also in in-process scorers (always); slower "
+        "start, eager if compiling fails; never on CPU")
     gpu_batch_size: int = Field(
         128, ge=1, description="torch backend: essays per forward pass; a larger request is "
         "length-sorted and cut into such batches")

@@ -216,7 +216,7 @@ def distill_student(a, bundle_dir: Path, backbone: Path, train: pd.DataFrame, lo
         "backbones": [{"name": bb_name, "path": str(backbone), "max_length": a.max_length}],
         "train": {"freeze_layers": 0, "freeze_embeddings": False},
         "serving": {"backend": "torch_gpu", "gbdt_workers": 0 if a.tiny else a.gbdt_workers,
-                    "torch_compile": False},
+                    "torch_compile": "off"},
         "student": {"epochs": a.student_epochs, "essays": "train",
                     "max_essays": a.student_essays, "max_length": a.student_max_length,
                     "batch_size": 8 if a.tiny else 32, "eval_batch_size": 16 if a.tiny else 128,
@@ -461,7 +461,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         backend="torch_gpu", triton_repo=str(work / "repo_torch"),
         instance_count=a.instances, max_batch_size=max(a.request_batch, 1),
         max_queue_delay_us=a.queue_delay_us, request_batch_size=a.request_batch,
-        gpu_batch_size=a.gpu_batch, torch_dtype=a.dtype, torch_compile=not a.no_compile,
+        gpu_batch_size=a.gpu_batch, torch_dtype=a.dtype,
+        torch_compile="off" if a.no_compile else "triton",
         gbdt_workers=a.gbdt_workers, merge_requests=a.merge_requests,
         torch_threads=1 if a.tiny else 0, triton_python_paths=_paths(a))
     report: dict[str, Any] = {

@@ -162,7 +162,7 @@ def _write_python_model(vdir: Path, template: str, aes_root: str | Path,
 
 def torch_options(serving: ServingSection) -> dict:
     """The scorer options the torch template passes to ``TorchScorer``."""
-    return {"dtype": serving.torch_dtype, "compile": serving.torch_compile,
+    return {"dtype": serving.torch_dtype, "compile": serving.torch_compile != "off",
             "gpu_batch_size": serving.gpu_batch_size, "merge_requests": serving.merge_requests,
             "gbdt_workers": serving.gbdt_workers, "token_cache_size": serving.token_cache_size,
             "token_cache_dir": serving.token_cache_dir,

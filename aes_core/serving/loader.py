@@ -52,7 +52,8 @@ def torch_scorer(bundle: Bundle, serving: ServingSection, student: bool = False,
     else:
         ensemble, members, gbdt = bundle.ensemble, bundle.member_dirs(), bundle.gbdt_dir
     opts = dict(batch_size=serving.request_batch_size, dtype=serving.torch_dtype,
-                compile=serving.torch_compile, gpu_batch_size=serving.gpu_batch_size,
+                compile=serving.torch_compile == "always",
+                gpu_batch_size=serving.gpu_batch_size,
                 chars_per_token=serving.pretruncate_chars_per_token,
                 gbdt_workers=serving.gbdt_workers, tokenizer_workers=serving.tokenizer_workers,
                 threads=serving.torch_threads,
