@@ -259,6 +259,26 @@ def tokenizer_paths(bundle, texts: list[str]) -> dict[str, Any]:
     return {k: (round(v, 1) if isinstance(v, float) else v) for k, v in out.items()}
 
 
+def gbdt_paths(bundle, texts: list[str]) -> dict[str, Any] | None:
+    """ms per essay of the GBDT member: per-fold analysis vs analyzed once (same output)."""
+    if bundle.gbdt_dir is None:
+        return None
+    from aes_core.ensemble.gbdt import GbdtMember
+    from aes_core.serving.gbdt_fast import SharedAnalysisGbdt
+
+    member = GbdtMember.load(bundle.gbdt_dir)
+    fast = SharedAnalysisGbdt(member)
+    t0 = time.perf_counter()
+    a = member.predict(texts)
+    t1 = time.perf_counter()
+    b = fast.predict(texts)
+    t2 = time.perf_counter()
+    return {"essays": len(texts), "folds": len(member.folds),
+            "member_predict_ms_per_essay": round((t1 - t0) / len(texts) * 1e3, 3),
+            "shared_analysis_ms_per_essay": round((t2 - t1) / len(texts) * 1e3, 3),
+            "max_abs_diff": float(np.abs(a - b).max())}
+
+
 def served_scores(url: str, model: str, ensemble, texts: list[str], batch: int) -> dict:
     from aes_core.serving.triton import TritonScorer
 
@@ -482,6 +502,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report["tokenization"] = tokenizer_paths(
         bundle, unique * max(1, (128 if a.tiny else 4096) // len(unique)))
     log(f"tokenizer paths (essays/s): {report['tokenization']}")
+    report["gbdt"] = gbdt_paths(bundle, unique[:16 if a.tiny else 256])
+    log(f"GBDT member (one process): {report['gbdt']}")
 
     served = serve_and_measure(a, bundle, serving, texts, unique, log)
     ens = served["scorer"]
@@ -549,6 +571,7 @@ def print_summary(r: dict) -> None:
     print(f"ensemble test QWK: {r['ensemble_test_qwk']}")
     print(f"agreement (served vs fp32): {json.dumps(r['agreement'])}")
     print(f"tokenizer essays/s: {r['tokenization']}")
+    print(f"GBDT member: {r['gbdt']}")
     print(f"plot: {r['plot']}")
 
 
