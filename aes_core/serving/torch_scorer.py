@@ -165,6 +165,7 @@ class TorchScorer:
             self._compile(compile_backend)
         self.load_seconds = time.perf_counter() - t0
         self.gbdt = None
+        self.gbdt_workers = gbdt_workers
         self._gbdt_pool: ProcessPoolExecutor | None = None
         if GBDT_MEMBER in ensemble.members:
             if gbdt_dir is None:
@@ -203,8 +204,10 @@ class TorchScorer:
                 model = EssayRegressor.from_pretrained(folder)
                 _use_sdpa(model)
                 model.to(self.device).eval()
-                arch = spec.model_dump_json(exclude={"backbone_name"}) + repr(
-                    sorted((k, tuple(v.shape)) for k, v in model.state_dict().items()))
+                # what a compiled graph bakes in: spec, encoder config, weight shapes
+                arch = (spec.model_dump_json() + model.encoder.config.to_json_string()
+                        + repr(sorted((k, tuple(v.shape))
+                                      for k, v in model.state_dict().items())))
                 g = groups[key]
                 g.models.append(_Model(column=j, loss=spec.loss, module=model, arch=arch))
                 if j not in g.columns:
@@ -313,7 +316,7 @@ class TorchScorer:
         """Submit the GBDT member's essays to the worker processes (split among them)."""
         if GBDT_MEMBER not in self.ensemble.members or not texts or self._gbdt_pool is None:
             return None
-        n = -(-len(texts) // self._gbdt_pool._max_workers)
+        n = -(-len(texts) // self.gbdt_workers)
         return [self._gbdt_pool.submit(_gbdt_predict, texts[i:i + n])
                 for i in range(0, len(texts), n)]
 
