@@ -370,6 +370,48 @@ class ServingSection(Section):
     bundle_dir: str | None = Field(
         None, description="the serving bundle (manifest + everything scoring needs) that the "
         "export stage writes and serving reads; None = <storage_root>/serving")
+    backend: Literal["auto", "onnx_cpu", "torch_gpu"] = Field(
+        "auto", description="how members run: onnx_cpu = ONNX Runtime on the CPU; torch_gpu = "
+        "the PyTorch weights on CUDA (on CPU where there is none); auto = torch_gpu with CUDA")
+    scorer: Literal["ensemble", "student"] = Field(
+        "ensemble", description="what scores the inbox, the submission and the page: the "
+        "ensemble, or the bundle's distilled student (with the ensemble's thresholds)")
+    torch_dtype: Literal["bf16", "fp32"] = Field(
+        "bf16", description="torch backend on CUDA: bf16 autocast or fp32 (CPU is always fp32)")
+    torch_compile: Literal["off", "triton", "always"] = Field(
+        "triton", description="torch backend on CUDA: torch.compile the fold models in the "
+        "long-lived Triton models (triton) or also in in-process scorers (always); slower "
+        "start, eager if compiling fails; never on CPU")
+    gpu_batch_size: int = Field(
+        128, ge=1, description="torch backend: essays per forward pass; a larger request is "
+        "length-sorted and cut into such batches")
+    merge_requests: bool = Field(
+        False, description="torch backend in Triton: score the requests Triton batches together "
+        "as one length-sorted set (more throughput for many small requests; the BiLSTM head "
+        "then sees other padding than the in-process scorer)")
+    gbdt_workers: int = Field(
+        0, ge=0, description="processes that score the GBDT member while the GPU runs the "
+        "transformer members (0 = in the scoring process)")
+    tokenizer_workers: int = Field(
+        0, ge=0, description="in-process torch scorer: tokenizer processes that run ahead of "
+        "the model on large inputs (0 = tokenize in the scoring process)")
+    token_cache_size: int = Field(
+        20000, ge=0, description="essays whose token ids each scorer keeps in memory (LRU, "
+        "keyed by sha256(text) + tokenizer + token plan); 0 = no cache")
+    token_cache_dir: str | None = Field(
+        None, description="folder of a persistent token cache (SQLite) shared by scorers, for "
+        "essays scored again (rescoring); None = memory only")
+    pretruncate_chars_per_token: float = Field(
+        6.0, ge=0, description="truncated members: cut an essay longer than max_length x this "
+        "many characters (at a space) before tokenizing; re-tokenized whole when the cut is "
+        "too short, so ids never change; 0 = off")
+    torch_threads: int = Field(
+        0, ge=0, description="torch backend: CPU threads of a scorer process (0 = torch's "
+        "default)")
+    triton_python_paths: list[str] = Field(
+        default_factory=list, description="folders put first on sys.path of every generated "
+        "Triton Python model (e.g. numpy 1.x where the host's numpy is 2.x); the env "
+        "variable AES_TRITON_PYTHONPATH adds more at server start")
 
 
 class WebSection(Section):
@@ -500,6 +542,34 @@ class FlagsSection(Section):
         return v
 
 
+class StudentSection(Section):
+    """A distilled student: one regressor trained to reproduce the ensemble's blended score."""
+
+    enabled: bool = Field(True, description="train the student (student_model asset)")
+    backbone: str | None = Field(
+        None, description="configured backbone whose mlm_backbone the student starts from "
+        "(None = the first)")
+    num_layers: int | None = Field(
+        None, ge=1, description="keep the first N encoder layers (None = the backbone's setting)")
+    head: str = Field("mean", description="pooling head from the head registry")
+    max_length: int | None = Field(
+        None, ge=16, le=4096, description="tokens per essay (None = the backbone's max_length)")
+    essays: Literal["train", "unlabelled", "train+unlabelled"] = Field(
+        "train+unlabelled", description="essays pseudo-labelled by the ensemble for training")
+    max_essays: int | None = Field(
+        None, ge=8, description="seeded cap on pseudo-labelled essays (None = all)")
+    holdout_fraction: float = Field(
+        0.1, gt=0, lt=0.5, description="share of the essays held out for validation")
+    epochs: int = Field(2, ge=1)
+    lr: float = Field(1e-4, gt=0, description="encoder learning rate")
+    head_lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(64, ge=1, description="pseudo-labelling and validation batch")
+    loss: Literal["bce", "mse", "smooth_l1"] = Field(
+        "bce", description="on targets (blended - 1) / 5, clipped to 0..1, as in training")
+    seed: int = 42
+
+
 class AesConfig(Section):
     """The whole pipeline."""
 
@@ -528,6 +598,7 @@ class AesConfig(Section):
     serving: ServingSection = Field(default_factory=ServingSection)
     web: WebSection = Field(default_factory=WebSection)
     run: RunSection = Field(default_factory=RunSection)
+    student: StudentSection = Field(default_factory=StudentSection)
 
 
     flags: FlagsSection = Field(default_factory=FlagsSection)
@@ -592,7 +663,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     for sect, keys in {
         "data": ("train_path", "test_path", "test_labels_path", "persuade_path", "unlabelled_path"),
         "serving": ("triton_repo", "inbox_dir", "outbox_dir", "rejected_dir", "history_dir",
-                    "bundle_dir"),
+                    "bundle_dir", "token_cache_dir"),
         "web": ("keep_dir",),
     }.items():
         if isinstance(data.get(sect), dict):

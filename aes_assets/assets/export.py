@@ -178,9 +178,11 @@ def serving_assets(cfg: AesConfig) -> list:
              "tensorrt_engines": dg.AssetIn(key=keys.TENSORRT)},
         code_version=code_version(cfg.serving),
         description="The Triton model repository (serving.triton_repo), generated from the "
-                    "serving bundle: one model per fold x head member + a Python BLS `scorer` "
-                    "(TEXT -> SCORE/BLENDED/MEMBERS) that averages folds, blends and applies "
-                    "the thresholds.",
+                    "serving bundle: with serving.backend torch_gpu (auto on a CUDA host) one "
+                    "`scorer` model runs every fold model with PyTorch on the GPU; with "
+                    "onnx_cpu one ONNX Runtime model per fold x head + a Python BLS `scorer`. "
+                    "Either way TEXT -> SCORE/BLENDED/MEMBERS (folds averaged, blended, "
+                    "thresholded), plus a `student` model when the bundle has one.",
         kinds={"triton"},
     )
     def triton_repo(context: dg.AssetExecutionContext, config: ServingRun,
@@ -195,7 +197,9 @@ def serving_assets(cfg: AesConfig) -> list:
                                     plans=tensorrt_engines.get("engines"))
         context.add_output_metadata({
             "repository": dg.MetadataValue.path(scfg.triton_repo),
-            "backend": written.backend, "models": len(written.model_names()),
+            "backend": written.backend, "serving_backend": written.serving_backend,
+            "instance_kind": written.instance_kind, "student_model": bool(written.student),
+            "models": len(written.model_names()),
             "model_names": dg.MetadataValue.json(written.model_names()),
             "plans": len(written.plans), **config_metadata(scfg),
         })

@@ -25,6 +25,8 @@ from aes_core.serving.manifest import (
     GBDT_DIR,
     MEMBERS_DIR,
     STATS_FILE,
+    Bundle,
+    BundleError,
     MemberEntry,
     ServingManifest,
     link_or_copy_tree,
@@ -143,6 +145,7 @@ def build_bundle(bundle_dir: str | Path, ensemble: EnsembleArtifact,
     manifest = ServingManifest(members=entries, gbdt_dir=gbdt_rel, essay_stats=stats_rel,
                                git_commit=git_commit(), versions=package_versions(),
                                **provenance)
+    manifest.student = _kept_student(root, manifest)
     write_manifest(root, manifest)
     prune_members(root, [f for e in entries for f in e.folds])
     return manifest
@@ -151,6 +154,18 @@ def build_bundle(bundle_dir: str | Path, ensemble: EnsembleArtifact,
 def _rel(path: str | Path, root: Path) -> str:
     p = Path(path)
     return str(p.relative_to(root)) if p.is_relative_to(root) else f"{p}, outside {root}"
+
+
+def _kept_student(root: Path, manifest: ServingManifest):
+    """The bundle's distilled student, when it learned exactly this ensemble (else None)."""
+    try:
+        old = Bundle.load(root).manifest.student
+    except (BundleError, ValueError):
+        return None
+    if old is None or not (root / old.folder).is_dir():
+        return None
+    same = Bundle(root, manifest).ensemble_identity() == old.distilled_from
+    return old if same else None
 
 
 def typical_stats(folded: pd.DataFrame, low_q: float, high_q: float) -> dict:

@@ -231,3 +231,96 @@ def length_sorted_batches(lengths: Sequence[int] | np.ndarray,
 def text_batches(texts: Sequence[str], batch_size: int) -> list[np.ndarray]:
     """``length_sorted_batches`` by characters: serving batches essays before tokenizing."""
     return length_sorted_batches([len(t) for t in texts], batch_size)
+
+
+def _whitespace_cut(text: str, limit: int) -> int:
+    """The index of the last space, tab or newline at or before ``limit`` (0: do not cut)."""
+    return max(0, *(text.rfind(c, 0, limit + 1) for c in " \n\t"))
+
+
+class TokenEncoder:
+    """``tokenize_windows`` for one tokenizer and token plan, faster, with identical ids.
+
+    With a fast (Rust) tokenizer it calls the backend's ``encode_batch_fast`` (no offsets)
+    on a private copy configured like ``tokenizer(..., truncation=True)``. Truncated plans cut
+    an essay longer than ``max_length * chars_per_token`` characters at a space before
+    tokenizing: the words before the cut tokenize exactly as in the whole essay, so when the
+    cut essay still fills ``max_length`` tokens the result is the same; otherwise the whole
+    essay is tokenized again. Chunked plans always read whole essays. Other tokenizers fall
+    back to ``tokenize_windows``. ``fingerprint`` names the tokenizer + plan (cache keys).
+    """
+
+    def __init__(self, tokenizer, spec: TokenSource, chars_per_token: float = 0.0):
+        import hashlib
+
+        self.tokenizer = tokenizer
+        self.plan = TokenPlan.of(spec)
+        self.pad_id = pad_id_of(tokenizer)
+        self.chars_per_token = float(chars_per_token)
+        backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(
+            tokenizer, "is_fast", False) else None
+        self._fast = None
+        state = repr(sorted(tokenizer.get_vocab().items())) if backend is None else backend.to_str()
+        if backend is not None:
+            from tokenizers import Tokenizer
+
+            fast = Tokenizer.from_str(backend.to_str())
+            fast.no_padding()
+            fast.encode_special_tokens = bool(getattr(tokenizer, "split_special_tokens", False))
+            if self.plan.chunking:
+                fast.no_truncation()
+            else:
+                fast.enable_truncation(max_length=self.plan.max_length, stride=0,
+                                       strategy="longest_first",
+                                       direction=getattr(tokenizer, "truncation_side", "right"))
+            self._fast = fast
+        if self.plan.chunking:
+            self._prefix, self._suffix = special_tokens(tokenizer)
+        digest = hashlib.sha256(state.encode())
+        digest.update(repr(self.plan).encode())
+        self.fingerprint = digest.hexdigest()[:16]
+
+    @property
+    def fast(self) -> bool:
+        return self._fast is not None
+
+    def _texts(self, texts: Sequence[str]) -> list[str]:
+        return [encode_newlines(str(t), self.plan.add_newline_tokens) for t in texts]
+
+    def _truncated(self, texts: list[str]) -> list[list[int]]:
+        budget = int(self.plan.max_length * self.chars_per_token)
+        cuts = [(_whitespace_cut(t, budget) if budget and len(t) > budget else 0) for t in texts]
+        enc = self._fast.encode_batch_fast([t[:c] if c else t for t, c in zip(texts, cuts,
+                                                                             strict=True)])
+        out = [e.ids for e in enc]
+        short = [i for i, c in enumerate(cuts) if c and len(out[i]) < self.plan.max_length]
+        if short:  # the cut essay did not fill max_length: tokenize it whole
+            for i, e in zip(short, self._fast.encode_batch_fast([texts[i] for i in short]),
+                            strict=True):
+                out[i] = e.ids
+        return out
+
+    def windows(self, texts: Sequence[str]) -> list[list[list[int]]]:
+        """The windows of every essay, exactly as ``tokenize_windows``."""
+        if self._fast is None:
+            return tokenize_windows(self.tokenizer, texts, self.plan)
+        texts = self._texts(texts)
+        if not self.plan.chunking:
+            return [[ids] for ids in self._truncated(texts)]
+        prefix, suffix = self._prefix, self._suffix
+        body = self.plan.max_length - len(prefix) - len(suffix)
+        if not 0 <= self.plan.chunk_overlap < body:
+            raise ValueError(f"chunk_overlap {self.plan.chunk_overlap} must be below the {body} "
+                             f"essay tokens of a window (max_length {self.plan.max_length} "
+                             f"minus {len(prefix) + len(suffix)} special tokens)")
+        out = []
+        for e in self._fast.encode_batch_fast(texts, add_special_tokens=False):
+            ids = e.ids
+            out.append([prefix + ids[s:s + body] + suffix for s in
+                        window_starts(len(ids), body, self.plan.chunk_overlap,
+                                      self.plan.max_chunks)])
+        return out
+
+    def batch(self, texts: Sequence[str]) -> EssayBatch:
+        """``encode_batch``: texts -> one padded batch."""
+        return collate(self.windows(texts), self.pad_id, self.plan.chunking)

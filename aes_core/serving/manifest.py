@@ -9,6 +9,7 @@ bundle copied to another machine serves without any pipeline storage next to it:
     members/<member>/fold<k>-<hash>/ model.onnx, model.safetensors, aes_model.json, backbone/
     gbdt/                            GBDT member folder (when the ensemble has one)
     essay_stats.json                 typical essay statistics per score (the page)
+    student/<hash>/                  the distilled student (optional): a regressor folder
 
 Every path in the manifest is relative to the bundle folder.
 """
@@ -33,6 +34,8 @@ ENSEMBLE_PATH = "ensemble/ensemble.json"
 MEMBERS_DIR = "members"
 GBDT_DIR = "gbdt"
 STATS_FILE = "essay_stats.json"
+STUDENT_DIR = "student"
+STUDENT_MEMBER = "student"
 FORMAT_VERSION = 1
 
 
@@ -57,6 +60,28 @@ class MemberEntry(BaseModel):
         return f"{self.folds[0]}/{BACKBONE_DIR}"
 
 
+class StudentEntry(BaseModel):
+    """The distilled student: one regressor that reproduces the ensemble's blended score."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    folder: str = Field(description="regressor folder, relative to the bundle")
+    spec: RegressorSpec
+    backbone: str
+    distilled_from: str = Field(description="Bundle.ensemble_identity() of the ensemble it "
+                                "learned")
+    train_essays: int = 0
+    holdout_essays: int = 0
+    holdout_rmse: float | None = Field(None, description="vs the blended score (1..6 scale)")
+    holdout_agreement_qwk: float | None = Field(
+        None, description="QWK of its scores vs the ensemble's scores on the holdout")
+    seconds: float = 0.0
+
+    @property
+    def tokenizer(self) -> str:
+        return f"{self.folder}/{BACKBONE_DIR}"
+
+
 class ServingManifest(BaseModel):
     """What a bundle holds: members, ensemble, GBDT, statistics, versions."""
 
@@ -74,6 +99,7 @@ class ServingManifest(BaseModel):
     essay_stats: str | None = None
     extras: dict[str, str] = Field(
         default_factory=dict, description="further named folders/files (e.g. the flagger)")
+    student: StudentEntry | None = Field(None, description="the distilled student, if any")
 
     def member(self, name: str) -> MemberEntry:
         for m in self.members:
@@ -128,6 +154,32 @@ class Bundle:
     def gbdt_dir(self) -> Path | None:
         return self.path(self.manifest.gbdt_dir) if self.manifest.gbdt_dir else None
 
+    @property
+    def student_dir(self) -> Path | None:
+        st = self.manifest.student
+        return self.path(st.folder) if st else None
+
+    def student_ensemble(self) -> EnsembleArtifact:
+        """The student as a one-member ensemble with the ensemble's thresholds."""
+        if self.manifest.student is None:
+            raise BundleError(f"serving bundle {self.root} has no distilled student: "
+                              f"materialize student_model (or set serving.scorer: ensemble)")
+        source = self.manifest.student.distilled_from
+        return EnsembleArtifact(members=[STUDENT_MEMBER], weights=[1.0],
+                                thresholds=list(self.ensemble.thresholds), n_folds=1,
+                                notes=f"student distilled from the bundle of {source}")
+
+    def ensemble_identity(self) -> str:
+        """What scores in this bundle: the ensemble file, the members' fold folders, the GBDT
+        folder (a student learned exactly this; unchanged when only the time changes)."""
+        import hashlib
+
+        h = hashlib.sha256(self.path(self.manifest.ensemble).read_bytes())
+        h.update(json.dumps([m.model_dump() for m in self.manifest.members],
+                            sort_keys=True).encode())
+        h.update(str(self.manifest.gbdt_dir).encode())
+        return h.hexdigest()[:16]
+
     def essay_stats(self) -> dict[str, Any] | None:
         """Typical essay statistics per score (None when the bundle has none)."""
         if not self.manifest.essay_stats:
@@ -150,6 +202,8 @@ class Bundle:
                          if not self.path(f).is_dir()]
         if self.manifest.gbdt_dir and not self.path(self.manifest.gbdt_dir).is_dir():
             problems.append(f"GBDT folder {self.manifest.gbdt_dir} is missing")
+        if self.manifest.student and not self.path(self.manifest.student.folder).is_dir():
+            problems.append(f"student folder {self.manifest.student.folder} is missing")
         if not problems:
             absent = [m for m in self.ensemble.members if m not in self.manifest.member_names()]
             if absent:

@@ -102,6 +102,7 @@ def server_env() -> dict[str, str]:
     env["PYTHONPATH"] = ":".join(dict.fromkeys(paths + env.get("PYTHONPATH", "").split(":")))
     env["PYTHONPATH"] = env["PYTHONPATH"].strip(":")
     env["AES_PYTHONPATH"] = env["PYTHONPATH"]  # read by the generated model.py files
+    # AES_TRITON_PYTHONPATH (passed through when set) goes first on the models' sys.path
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TRANSFORMERS_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -213,24 +214,33 @@ class TritonServer:
 
 
 class TritonScorer:
-    """Implements ``aes_core.serving.base.Scorer`` through the ``scorer`` model over HTTP.
+    """Implements ``aes_core.serving.base.Scorer`` through a text model over HTTP (``scorer``,
+    or ``student`` with a one-member ensemble).
 
     Sends the same length-sorted batches as the in-process scorer (one request each) and
     returns the server's fold-averaged MEMBERS; blending stays in ``score_frame``.
     """
 
     def __init__(self, url: str, ensemble: EnsembleArtifact, batch_size: int = 16,
-                 client=None, bundle_version: str | None = None):
+                 client=None, bundle_version: str | None = None,
+                 model: str = SCORER_MODEL):
         import tritonclient.http as httpclient
+        from tritonclient.utils import InferenceServerException
 
         self.url = url
         self.ensemble = ensemble
         self.batch_size = batch_size
+        self.model = model
         self._own = client is None
         self.client = client or httpclient.InferenceServerClient(url, network_timeout=300.0)
-        cfg = self.client.get_model_config(SCORER_MODEL)
+        try:
+            cfg = self.client.get_model_config(model)
+        except InferenceServerException as e:
+            raise TritonError(f"Triton at {url} has no model {model!r} ({e.message()}): "
+                              f"regenerate triton_repo") from e
         params = cfg.get("parameters", {})
         served = params.get("members", {}).get("string_value", "")
+        self.backend = params.get("backend", {}).get("string_value", "onnx_cpu")
         if served.split(",") != list(ensemble.members):
             raise TritonError(f"Triton at {url} serves members {served!r}, expected "
                               f"{','.join(ensemble.members)!r}: regenerate triton_repo")
@@ -256,7 +266,7 @@ class TritonScorer:
         outs = [httpclient.InferRequestedOutput(n, binary_data=True)
                 for n in ("SCORE", "BLENDED", "MEMBERS")]
         try:
-            res = self.client.infer(SCORER_MODEL, [inp], outputs=outs)
+            res = self.client.infer(self.model, [inp], outputs=outs)
         except InferenceServerException as e:
             raise TritonError(f"Triton at {self.url} failed to score {len(texts)} essays: "
                               f"{e.message()}") from e

@@ -1,7 +1,8 @@
 """Triton Python-backend BLS model ``scorer``: essay TEXT in, SCORE / BLENDED / MEMBERS out.
 
 For each request (one batch of essays): tokenize per member exactly like training (windows and
-their ``window_weights`` for chunked members, ``aes_core.models.tokens``), call the
+their ``window_weights`` for chunked members, ``aes_core.models.tokens.TokenEncoder`` with the
+token cache), call the
 member fold models (``<backbone>__<head>__f<fold>``) through BLS, average folds, add the GBDT
 member in-process, then blend and threshold with ``EnsembleArtifact`` — the same library
 code the in-process scorer uses. ``scorer.json`` next to this file names the members, their
@@ -13,16 +14,18 @@ import sys
 
 
 def _extend_path():
-    """The stub ignores PYTHONPATH: prepend the project's paths before numpy is imported."""
+    """The stub ignores PYTHONPATH: put these paths first on sys.path, in this order, before
+    numpy is imported: AES_TRITON_PYTHONPATH (e.g. a numpy 1.x folder), python_paths.txt
+    (serving.triton_python_paths, the project, the packages), AES_PYTHONPATH."""
     here = os.path.dirname(os.path.abspath(__file__))
-    paths = [p for p in os.environ.get("AES_PYTHONPATH", "").split(os.pathsep) if p]
+    paths = [p for p in os.environ.get("AES_TRITON_PYTHONPATH", "").split(os.pathsep) if p]
     listed = os.path.join(here, "python_paths.txt")
     if os.path.exists(listed):
         with open(listed) as f:
             paths += [p for p in f.read().splitlines() if p]
-    for p in reversed(list(dict.fromkeys(paths))):
-        if p not in sys.path:
-            sys.path.insert(0, p)
+    paths += [p for p in os.environ.get("AES_PYTHONPATH", "").split(os.pathsep) if p]
+    paths = list(dict.fromkeys(paths))
+    sys.path[:] = paths + [p for p in sys.path if p not in paths]
 
 
 _extend_path()
@@ -52,23 +55,30 @@ class TritonPythonModel:
         from aes_core.models import tokens
         from aes_core.models.regressor import RegressorSpec
         from aes_core.serving import onnx_scorer
+        from aes_core.serving.token_cache import CachedEncoder, TokenCache
 
         self.lib = onnx_scorer
         self.tokens = tokens
         self.ensemble = EnsembleArtifact.load(os.path.join(here, meta["ensemble"]))
+        cache = TokenCache(int(meta.get("token_cache_size", 0)), meta.get("token_cache_dir"))
+        cpt = float(meta.get("chars_per_token", 0.0))
         self.members = []
+        encoders = {}  # one tokenization per tokenizer + token plan (members of a backbone)
         for name in self.ensemble.members:
             if name == GBDT_MEMBER:
-                from aes_core.ensemble.gbdt import GbdtMember
+                from aes_core.serving.gbdt_fast import load_gbdt
 
-                self.members.append((name, GbdtMember.load(os.path.join(here, meta["gbdt_dir"])),
+                self.members.append((name, load_gbdt(os.path.join(here, meta["gbdt_dir"])),
                                      None, None))
                 continue
             m = meta["members"][name]
-            tok = AutoTokenizer.from_pretrained(os.path.join(here, m["tokenizer"]),
-                                                local_files_only=True)
             spec = RegressorSpec.model_validate(m["spec"])
-            self.members.append((name, tok, spec, list(m["models"])))
+            key = (m["tokenizer"], tokens.TokenPlan.of(spec))
+            if key not in encoders:
+                tok = AutoTokenizer.from_pretrained(os.path.join(here, m["tokenizer"]),
+                                                    local_files_only=True)
+                encoders[key] = CachedEncoder(tokens.TokenEncoder(tok, spec, cpt), cache)
+            self.members.append((name, encoders[key], spec, list(m["models"])))
 
     def _fold_logits(self, model_name, batch):
         req = pb_utils.InferenceRequest(
@@ -93,11 +103,14 @@ class TritonPythonModel:
             except UnicodeDecodeError as e:
                 raise ScoringError(f"TEXT row {i} is not valid UTF-8: {e}") from e
         preds = np.zeros((len(texts), len(self.members)), dtype=np.float64)
+        batches = {}
         for j, (_name, tok, spec, models) in enumerate(self.members):
             if spec is None:  # GBDT member, in-process
                 preds[:, j] = np.asarray(tok.predict(texts), dtype=np.float64).reshape(-1)
                 continue
-            batch = self.tokens.encode_batch(tok, texts, spec)
+            if id(tok) not in batches:  # the member's CachedEncoder: ids as encode_batch
+                batches[id(tok)] = tok.batch(texts)
+            batch = batches[id(tok)]
             preds[:, j] = self.lib.fold_average(
                 [self._fold_logits(m, batch) for m in models], spec.loss)
         blended = self.ensemble.blend(preds, texts)  # a stacker ensemble reads the texts

@@ -1,0 +1,128 @@
+"""Triton Python-backend model ``scorer`` / ``student`` (serving.backend torch_gpu): TEXT in,
+SCORE / BLENDED / MEMBERS out, every fold model in this process on one device.
+
+``scorer.json`` next to this file lists the members' fold folders (regressor folders: weights,
+spec, tokenizer), the GBDT folder and the ``TorchScorer`` options. Each instance runs on the
+GPU Triton gives it (``instance_group`` KIND_GPU) or on the CPU (KIND_CPU, fp32). A request is
+tokenized once per backbone and every fold model runs on that batch on the device
+(``aes_core.serving.torch_scorer``); folds are averaged, members blended and thresholded with
+``EnsembleArtifact``, the same library code as every other path. With ``merge_requests`` the
+requests Triton batches together are scored as one length-sorted set.
+"""
+
+import os
+import sys
+
+
+def _extend_path():
+    """The stub ignores PYTHONPATH: put these paths first on sys.path, in this order, before
+    numpy is imported: AES_TRITON_PYTHONPATH (e.g. a numpy 1.x folder), python_paths.txt
+    (serving.triton_python_paths, the project, the packages), AES_PYTHONPATH."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    paths = [p for p in os.environ.get("AES_TRITON_PYTHONPATH", "").split(os.pathsep) if p]
+    listed = os.path.join(here, "python_paths.txt")
+    if os.path.exists(listed):
+        with open(listed) as f:
+            paths += [p for p in f.read().splitlines() if p]
+    paths += [p for p in os.environ.get("AES_PYTHONPATH", "").split(os.pathsep) if p]
+    paths = list(dict.fromkeys(paths))
+    sys.path[:] = paths + [p for p in sys.path if p not in paths]
+
+
+_extend_path()
+
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+
+class ScoringError(Exception):
+    """A request could not be scored; the message goes back to the client."""
+
+
+def _error(name, msg):
+    return pb_utils.InferenceResponse(output_tensors=[],
+                                      error=pb_utils.TritonError(f"{name}: {msg}"))
+
+
+def _texts(request):
+    t = pb_utils.get_input_tensor_by_name(request, "TEXT")
+    if t is None:
+        raise ScoringError("input TEXT is required")
+    arr = t.as_numpy()
+    if arr.size == 0:
+        raise ScoringError("empty batch: send at least one essay")
+    texts = []
+    for i, x in enumerate(arr.reshape(-1)):
+        try:
+            texts.append(x.decode("utf-8") if isinstance(x, bytes) else str(x))
+        except UnicodeDecodeError as e:
+            raise ScoringError(f"TEXT row {i} is not valid UTF-8: {e}") from e
+    return texts
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        here = os.path.join(args["model_repository"], args["model_version"])
+        with open(os.path.join(here, "scorer.json")) as f:
+            meta = json.load(f)
+        root = meta.get("aes_root")
+        if root and root not in sys.path:
+            sys.path.insert(0, root)
+        from aes_core.ensemble.artifact import EnsembleArtifact
+        from aes_core.serving.token_cache import TokenCache
+        from aes_core.serving.torch_scorer import TorchScorer
+
+        self.name = args["model_name"]
+        python = meta.get("python")
+        if python and not os.path.basename(sys.executable or "").startswith("python"):
+            import multiprocessing
+
+            multiprocessing.set_executable(python)  # worker processes (GBDT) need Python
+        opts = dict(meta.get("torch", {}))
+        gpu = args.get("model_instance_kind") == "GPU"
+        device = f"cuda:{args.get('model_instance_device_id', '0')}" if gpu else "cpu"
+        self.merge = bool(opts.pop("merge_requests", False))
+        cache = TokenCache(int(opts.pop("token_cache_size", 0)), opts.pop("token_cache_dir", None))
+        self.ensemble = EnsembleArtifact.load(os.path.join(here, meta["ensemble"]))
+        members = {m: [os.path.join(here, f) for f in v["folds"]]
+                   for m, v in meta["members"].items()}
+        gbdt = os.path.join(here, meta["gbdt_dir"]) if meta.get("gbdt_dir") else None
+        self.scorer = TorchScorer(self.ensemble, members, gbdt, device=device,
+                                  token_cache=cache, **opts)
+
+    def _response(self, preds):
+        blended = self.ensemble.blend(preds)
+        scores = self.ensemble.to_scores(blended)
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor("SCORE", scores.astype(np.int32).reshape(-1, 1)),
+            pb_utils.Tensor("BLENDED", blended.astype(np.float64).reshape(-1, 1)),
+            pb_utils.Tensor("MEMBERS", np.ascontiguousarray(preds, dtype=np.float64)),
+        ])
+
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        good = []
+        for i, request in enumerate(requests):
+            try:
+                good.append((i, _texts(request)))
+            except ScoringError as e:
+                responses[i] = _error(self.name, e)
+        groups = [good] if (self.merge and len(good) > 1) else [[g] for g in good]
+        for group in groups:
+            texts = [t for _, ts in group for t in ts]
+            try:
+                preds = self.scorer.predict_request(texts)
+            except Exception as e:  # noqa: BLE001 - never take the server down
+                for i, _ in group:
+                    responses[i] = _error(self.name, f"{type(e).__name__}: {e}")
+                continue
+            row = 0
+            for i, ts in group:
+                responses[i] = self._response(preds[row:row + len(ts)])
+                row += len(ts)
+        return responses
+
+    def finalize(self):
+        self.scorer.close()

@@ -1,0 +1,58 @@
+"""benchmarks/serving_gpu.py end to end on CPU with tiny models: it builds a bundle, distills a
+student, serves both through the real tritonserver (torch repository, KIND_CPU), loads them
+from client processes, runs the ONNX CPU baseline and writes its JSON and plot. Small
+numbers; no timing is asserted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytest.importorskip("tritonclient.http")
+
+
+def _benchmark():
+    spec = importlib.util.spec_from_file_location("serving_gpu_bench",
+                                                  ROOT / "benchmarks" / "serving_gpu.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_serving_benchmark_runs_end_to_end_on_cpu(tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        report = _benchmark().main(["--tiny", "--out", str(tmp_path / "out"),
+                                    "--work", str(tmp_path / "work")])
+    finally:
+        torch.set_num_threads(before)
+    saved = json.loads((tmp_path / "out" / "serving_gpu.json").read_text())
+    assert saved["gpu"] == "none" and saved["hardware"]["cores"]
+    ens = saved["triton_ensemble"]
+    assert ens["members"] == 3 and ens["fold_models"] == 4  # 2 heads x 2 folds + GBDT
+    assert ens["essays_per_s"] > 0 and ens["p99_ms_single"] >= ens["p50_ms_single"] > 0
+    assert ens["instance_kind"] == "KIND_CPU" and ens["load"]["errors"] == []
+    assert ens["load"]["essays"] == 64 and ens["single"]["requests"] == 10
+    st = saved["student"]
+    assert st["essays_per_s"] > 0 and st["p99_ms_single"] > 0
+    assert st["test_qwk"] is not None and -1 <= st["test_qwk"] <= 1
+    assert saved["ensemble_test_qwk"] is not None
+    assert saved["cpu_onnx_baseline_essays_per_s"] > 0
+    # CPU: served and reference are both fp32
+    assert saved["agreement"]["ensemble"]["max_abs_blended_diff"] < 1e-4
+    assert saved["agreement"]["ensemble"]["rounded_scores_changed_fraction"] == 0.0
+    assert saved["agreement"]["student"]["max_abs_blended_diff"] < 1e-4
+    tok = saved["tokenization"]
+    assert all(tok[k] > 0 for k in ("hf_call", "fast_backend", "cache_hit"))
+    assert saved["gbdt"]["max_abs_diff"] < 1e-9 and saved["gbdt"]["folds"] == 2
+    assert Path(saved["plot"]).stat().st_size > 10_000
+    assert report["triton_ensemble"] == ens

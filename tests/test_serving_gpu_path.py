@@ -1,0 +1,311 @@
+"""The torch serving path, tested on CPU with the code that runs on CUDA.
+
+Checks: the fast tokenizer path and the token cache give exactly ``tokenize_windows``' ids;
+the in-process ``TorchScorer`` (fp32 on CPU) equals the ONNX scorer within 1e-4 on every head,
+a chunked member and the GBDT member; the compiled path (captured with the eager backend)
+equals eager; ``serving.backend`` picks the scorer; the generated torch repository (one
+``scorer`` model, KIND_CPU here) answers through a real tritonserver with the in-process
+scores; ``triton_python_paths`` go first on the models' sys.path.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from aes_core.config import ServingSection
+from aes_core.export.triton_repo import TEMPLATES, repo_backend, write_triton_repo
+from aes_core.models.tokens import TokenEncoder, TokenPlan, tokenize_windows
+from aes_core.serving.base import score_frame
+from aes_core.serving.loader import in_process_scorer, open_scorer, torch_scorer
+from aes_core.serving.onnx_scorer import OnnxScorer
+from aes_core.serving.token_cache import CachedEncoder, TokenCache
+from aes_core.serving.torch_scorer import TorchScorer, resolve_backend
+from tests.gpu_serving_support import build_tiny_bundle, tokenizer_of
+from tests.serving_support import sample_essays
+
+ATOL = 1e-4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: one thread avoids OpenMP spin contention."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, tiny_backbone):
+    """Every head, one chunked member, and the GBDT member; 2 folds."""
+    return build_tiny_bundle(tmp_path_factory.mktemp("bundle"), tiny_backbone,
+                             ["mean", "attention", "lstm", "weighted_layers"], gbdt=True,
+                             chunked_heads=("attention",))
+
+
+@pytest.fixture(scope="module")
+def essays():
+    df = sample_essays(40)
+    long = "word " * 3000  # far over every limit: cut before tokenizing, identical ids
+    df.loc[len(df)] = {**df.iloc[0].to_dict(), "essay_id": "long", "full_text": long}
+    return df
+
+
+def _texts(essays):
+    return essays["full_text"].tolist() + ["", "  \n\n ", "Ünïcödé İstanbul. " * 200,
+                                           "a" * 3000, "para one\n\npara two\n" * 100]
+
+
+@pytest.mark.parametrize("plan", [TokenPlan(32), TokenPlan(64, add_newline_tokens=True),
+                                  TokenPlan(48, chunking=True, chunk_overlap=8, max_chunks=3)],
+                         ids=["truncated", "newline_tokens", "chunked"])
+@pytest.mark.parametrize("chars_per_token", [0.0, 8.0, 1.0])
+def test_token_encoder_identical_to_tokenize_windows(bundle, essays, plan, chars_per_token):
+    from aes_core.models.backbone import load_tokenizer
+
+    tok = tokenizer_of(bundle)
+    if plan.add_newline_tokens:
+        tok = load_tokenizer(bundle.member_dirs()["tiny__mean"][0] / "backbone", True)
+    texts = _texts(essays)
+    enc = TokenEncoder(tok, plan, chars_per_token)
+    assert enc.fast
+    assert enc.windows(texts) == tokenize_windows(tok, texts, plan)
+
+
+def test_pretruncation_falls_back_when_the_cut_is_short(bundle):
+    """1 char per token cuts 64 chars of a text of long words: too few tokens, so the whole
+    essay is tokenized again (same ids as without the cut)."""
+    tok = tokenizer_of(bundle)
+    text = "extraordinarily " * 200
+    plan = TokenPlan(64)
+    enc = TokenEncoder(tok, plan, chars_per_token=1.0)
+    assert enc.windows([text]) == tokenize_windows(tok, [text], plan)
+    assert len(enc.windows([text])[0][0]) == 64
+
+
+def test_token_cache_memory_and_disk(bundle, essays, tmp_path):
+    tok = tokenizer_of(bundle)
+    plan = TokenPlan(48, chunking=True, chunk_overlap=8, max_chunks=3)
+    texts = _texts(essays)
+    ref = tokenize_windows(tok, texts, plan)
+    cache = TokenCache(1000, tmp_path / "cache")
+    enc = CachedEncoder(TokenEncoder(tok, plan, 8.0), cache)
+    assert enc.windows(texts) == ref
+    assert (cache.hits, cache.misses) == (0, len(texts))
+    assert enc.windows(texts[::-1]) == ref[::-1]
+    assert cache.hits == len(texts)
+    cache.close()
+    # a new process reads the disk cache: every essay a hit, ids unchanged
+    again = TokenCache(1000, tmp_path / "cache")
+    enc2 = CachedEncoder(TokenEncoder(tok, plan, 8.0), again)
+    assert enc2.windows(texts) == ref and again.hits == len(texts)
+    # another plan never reads these ids
+    other = CachedEncoder(TokenEncoder(tok, TokenPlan(32), 8.0), again)
+    assert other.windows(texts[:3]) == tokenize_windows(tok, texts[:3], TokenPlan(32))
+    assert again.misses == 3
+    again.close()
+
+
+def test_token_cache_is_bounded(bundle, tmp_path):
+    tok = tokenizer_of(bundle)
+    cache = TokenCache(5, tmp_path / "c")
+    enc = CachedEncoder(TokenEncoder(tok, TokenPlan(16)), cache)
+    enc.windows([f"essay number {i}" for i in range(12)])
+    assert len(cache) == 5
+    n = cache._db.execute("SELECT COUNT(*) FROM tokens").fetchone()[0]
+    assert n == 5
+    cache.close()
+
+
+def test_torch_scorer_fp32_equals_onnx(bundle, essays):
+    onnx = OnnxScorer(bundle.ensemble, bundle.member_dirs(), bundle.gbdt_dir, batch_size=8)
+    torch_ = TorchScorer(bundle.ensemble, bundle.member_dirs(), bundle.gbdt_dir, batch_size=8,
+                         device="cpu", chars_per_token=8.0, token_cache=TokenCache(100))
+    texts = essays["full_text"].tolist()
+    a, b = onnx.predict_members(texts), torch_.predict_members(texts)
+    assert a.shape == b.shape == (len(texts), 5)
+    assert np.abs(a - b).max() < ATOL
+    assert len(torch_.groups) == 2  # chunked attention reads essays differently: own group
+    assert torch_.n_models == 8 and torch_.description == "torch cpu fp32"
+    sa, sb = score_frame(onnx, essays), score_frame(torch_, essays)
+    assert (sa.score == sb.score).all()
+    assert len(set(sb.score.tolist())) >= 4
+
+
+def test_large_requests_are_cut_into_length_sorted_batches(bundle, essays):
+    """A request over gpu_batch_size runs as several padded batches: for heads that ignore
+    padding, the scores equal one batch's."""
+    members = {m: d for m, d in bundle.member_dirs().items() if m in ("tiny__mean",
+                                                                       "tiny__weighted_layers")}
+    from aes_core.ensemble.artifact import EnsembleArtifact
+
+    ens = EnsembleArtifact(members=list(members), weights=[0.5, 0.5], n_folds=2)
+    texts = essays["full_text"].tolist()[:20]
+    whole = TorchScorer(ens, members, device="cpu", gpu_batch_size=64).predict_request(texts)
+    cut = TorchScorer(ens, members, device="cpu", gpu_batch_size=3).predict_request(texts)
+    assert np.abs(whole - cut).max() < ATOL
+
+
+def test_compiled_path_equals_eager(bundle, essays):
+    """One compiled graph per architecture, weights passed in (functional_call): captured here
+    with the eager backend (inductor needs minutes on 2 cores; CUDA compiles with it)."""
+    members = {"tiny__mean": bundle.member_dirs()["tiny__mean"],
+               "tiny__lstm": bundle.member_dirs()["tiny__lstm"]}
+    from aes_core.ensemble.artifact import EnsembleArtifact
+
+    ens = EnsembleArtifact(members=list(members), weights=[0.5, 0.5], n_folds=2)
+    texts = essays["full_text"].tolist()[:12]
+    eager = TorchScorer(ens, members, device="cpu").predict_members(texts)
+    comp = TorchScorer(ens, members, device="cpu", compile=True, compile_backend="eager")
+    assert comp.compiled, comp.compile_error
+    assert np.abs(comp.predict_members(texts) - eager).max() < ATOL
+
+
+def test_backend_choice(bundle):
+    assert resolve_backend("auto") == "onnx_cpu"  # no CUDA on this machine
+    assert resolve_backend("torch_gpu") == "torch_gpu"
+    with pytest.raises(ValueError, match="unknown backend"):
+        resolve_backend("tensorflow")
+    assert isinstance(in_process_scorer(bundle, ServingSection()), OnnxScorer)
+    torch_ = in_process_scorer(bundle, ServingSection(backend="torch_gpu"))
+    assert isinstance(torch_, TorchScorer) and torch_.device.type == "cpu"
+    torch_.close()
+    with open_scorer(bundle, ServingSection(backend="torch_gpu", use_triton=False)) as choice:
+        assert choice.via == "torch cpu fp32 (in-process)"
+    with pytest.raises(Exception, match="no distilled student"):
+        in_process_scorer(bundle, ServingSection(scorer="student"))
+
+
+def _extend_path_fn():
+    """The template's ``_extend_path``, compiled on its own (the module needs the stub)."""
+    src = (TEMPLATES / "torch_scorer_model.py").read_text()
+    fn = next(n for n in ast.parse(src).body
+              if isinstance(n, ast.FunctionDef) and n.name == "_extend_path")
+    return ast.Module(body=[fn], type_ignores=[])
+
+
+def test_triton_python_paths_go_first(tmp_path, monkeypatch):
+    (tmp_path / "python_paths.txt").write_text("/first/listed\n/second/listed\n")
+    monkeypatch.setenv("AES_TRITON_PYTHONPATH", f"/env/numpy1{os.pathsep}/env/other")
+    monkeypatch.setenv("AES_PYTHONPATH", "/project")
+    ns = {"os": os, "sys": sys, "__file__": str(tmp_path / "model.py")}
+    saved = list(sys.path)
+    try:
+        sys.path.append("/first/listed")  # already present: still moved to the front
+        exec(compile(_extend_path_fn(), "model.py", "exec"), ns)  # noqa: S102
+        ns["_extend_path"]()
+        assert sys.path[:5] == ["/env/numpy1", "/env/other", "/first/listed",
+                                "/second/listed", "/project"]
+        assert sys.path.count("/first/listed") == 1
+    finally:
+        sys.path[:] = saved
+
+
+@pytest.fixture(scope="module")
+def torch_served(tmp_path_factory, bundle):
+    from aes_core.serving.triton import TritonServer
+
+    pytest.importorskip("tritonclient.http")
+    tmp = tmp_path_factory.mktemp("torch_repo")
+    serving = ServingSection(backend="torch_gpu", triton_repo=str(tmp / "repo"),
+                             max_batch_size=16, request_batch_size=8, gpu_batch_size=16,
+                             torch_threads=1, gbdt_workers=1,
+                             triton_python_paths=[str(tmp / "first")])
+    written = write_triton_repo(serving.triton_repo, bundle, serving)
+    server = TritonServer(serving.triton_repo, http_port=0, grpc_port=0, metrics_port=0,
+                          startup_timeout_s=180)
+    server.start()
+    try:
+        yield {"serving": serving, "written": written, "server": server}
+    finally:
+        server.stop()
+
+
+def test_torch_repo_layout(torch_served, bundle):
+    repo, written = torch_served["server"].repo, torch_served["written"]
+    assert written.serving_backend == "torch_gpu" and written.instance_kind == "KIND_CPU"
+    assert written.model_names() == ["scorer"]
+    assert written.backend == "torch_gpu (python backend, torch on CPU, no CUDA)"
+    assert repo_backend(repo) == "torch_gpu"
+    cfg = (repo / "scorer" / "config.pbtxt").read_text()
+    assert "instance_group [ { count: 1 kind: KIND_CPU } ]" in cfg
+    assert "dynamic_batching" in cfg and 'string_value: "torch_gpu"' in cfg
+    meta = json.loads((repo / "scorer" / "1" / "scorer.json").read_text())
+    assert meta["backend"] == "torch_gpu" and meta["torch"]["gpu_batch_size"] == 16
+    assert meta["members"]["tiny__lstm"]["folds"] == ["members/tiny__lstm/f0",
+                                                      "members/tiny__lstm/f1"]
+    f0 = repo / "scorer" / "1" / "members" / "tiny__lstm" / "f0"
+    assert (f0 / "model.safetensors").exists() and not (f0 / "model.onnx").exists()
+    paths = (repo / "scorer" / "1" / "python_paths.txt").read_text().splitlines()
+    assert paths[0] == torch_served["serving"].triton_python_paths[0]
+    assert not (repo / "tiny__mean__f0").exists()  # no per-fold models: one process
+
+
+def test_torch_triton_equals_in_process(torch_served, bundle, essays):
+    serving = torch_served["serving"]
+    with open_scorer(bundle, serving, triton_url=torch_served["server"].url) as choice:
+        assert choice.via.startswith("triton") and choice.scorer.backend == "torch_gpu"
+        served = score_frame(choice.scorer, essays)
+    local = torch_scorer(bundle, serving)
+    ref = score_frame(local, essays)
+    local.close()
+    onnx = score_frame(OnnxScorer(bundle.ensemble, bundle.member_dirs(), bundle.gbdt_dir,
+                                  batch_size=serving.request_batch_size), essays)
+    assert np.abs(served.member_preds - ref.member_preds).max() < ATOL
+    assert np.abs(served.member_preds - onnx.member_preds).max() < ATOL
+    assert (served.score == onnx.score).all()
+
+
+def test_torch_triton_errors_are_per_request(torch_served):
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    client = torch_served["server"].client()
+    arr = np.array([b"\xff\xfe not utf-8"], dtype=np.object_).reshape(-1, 1)
+    inp = httpclient.InferInput("TEXT", list(arr.shape), "BYTES")
+    inp.set_data_from_numpy(arr)
+    with pytest.raises(InferenceServerException, match="TEXT row 0 is not valid UTF-8"):
+        client.infer("scorer", [inp])
+    ok = np.array([b"A short essay about cars."], dtype=np.object_).reshape(-1, 1)
+    inp = httpclient.InferInput("TEXT", list(ok.shape), "BYTES")
+    inp.set_data_from_numpy(ok)
+    res = client.infer("scorer", [inp])
+    assert 1 <= int(res.as_numpy("SCORE")[0, 0]) <= 6
+
+
+def test_shared_analysis_gbdt_predicts_as_the_member(bundle, essays):
+    from aes_core.ensemble.gbdt import GbdtMember
+    from aes_core.serving.gbdt_fast import SharedAnalysisGbdt
+
+    member = GbdtMember.load(bundle.gbdt_dir)
+    fast = SharedAnalysisGbdt(member)
+    assert fast.reason == ""
+    texts = _texts(essays)
+    assert np.abs(fast.predict(texts) - member.predict(texts)).max() < 1e-9
+    assert fast.predict([]).shape == (0,)
+
+
+def test_worker_processes_give_the_same_scores(bundle, essays):
+    """Tokenizer processes run ahead of the model; GBDT processes score beside it (the
+    essays split among them)."""
+    texts = essays["full_text"].tolist()[:24]
+    plain = TorchScorer(bundle.ensemble, bundle.member_dirs(), bundle.gbdt_dir, batch_size=8,
+                        device="cpu", chars_per_token=8.0)
+    piped = TorchScorer(bundle.ensemble, bundle.member_dirs(), bundle.gbdt_dir, batch_size=8,
+                        device="cpu", chars_per_token=8.0, tokenizer_workers=1,
+                        gbdt_workers=2)
+    try:
+        ref = plain.predict_members(texts)
+        assert np.abs(piped.predict_members(texts) - ref).max() < 1e-6
+        assert np.abs(piped.predict_request(texts[:5]) - plain.predict_request(texts[:5])
+                      ).max() < 1e-6
+    finally:
+        piped.close()
