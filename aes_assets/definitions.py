@@ -15,6 +15,7 @@ from aes_assets.assets.data import data_assets
 from aes_assets.assets.ensemble import ENSEMBLE_CHECKS, ensemble_assets
 from aes_assets.assets.export import export_assets, serving_assets
 from aes_assets.assets.serving import submission_asset
+from aes_assets.assets.student import student_assets
 from aes_assets.assets.training import training_assets
 from aes_assets.checks import DATA_CHECKS
 from aes_assets.jobs import PIPELINE_JOB, build_jobs
@@ -35,7 +36,7 @@ def build_definitions(profile: str | AesConfig | None = None) -> dg.Definitions:
     assets = [*data_assets(cfg), *training_assets(cfg), *ensemble_assets(cfg)]
     for bb in cfg.backbones:  # per-backbone export into the serving bundle
         assets += export_assets(cfg, bb.name)
-    assets += [*serving_assets(cfg), submission_asset(cfg)]
+    assets += [*serving_assets(cfg), *student_assets(cfg), submission_asset(cfg)]
     return dg.Definitions(
         assets=assets,
         asset_checks=[*DATA_CHECKS, *ENSEMBLE_CHECKS],

@@ -19,6 +19,7 @@ TENSORRT = dg.AssetKey("tensorrt_engines")
 BUNDLE = dg.AssetKey("serving_bundle")
 TRITON_REPO = dg.AssetKey("triton_repo")
 SUBMISSION = dg.AssetKey("submission")
+STUDENT = dg.AssetKey("student_model")
 
 MLM_ASSET, FOLD_HEAD_ASSET, ONNX_ASSET = "mlm_backbone", "fold_head_checkpoints", "onnx_models"
 

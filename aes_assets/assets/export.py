@@ -176,6 +176,7 @@ def serving_assets(cfg: AesConfig) -> list:
         key=keys.TRITON_REPO, group_name=GROUP,
         ins={"serving_bundle": dg.AssetIn(key=keys.BUNDLE),
              "tensorrt_engines": dg.AssetIn(key=keys.TENSORRT)},
+        deps=[keys.STUDENT] if cfg.student.enabled else [],  # the repository serves it too
         code_version=code_version(cfg.serving),
         description="The Triton model repository (serving.triton_repo), generated from the "
                     "serving bundle: with serving.backend torch_gpu (auto on a CUDA host) one "

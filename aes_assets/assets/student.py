@@ -22,7 +22,7 @@ from aes_resources.settings import PipelineSettings
 from aes_resources.storage import ArtifactStore
 
 GROUP = "export"
-STUDENT = dg.AssetKey("student_model")
+STUDENT = keys.STUDENT
 
 
 def student_assets(cfg: AesConfig) -> list[dg.AssetsDefinition]:
