@@ -18,7 +18,7 @@ from aes_core import config as c
 SECTIONS: dict[str, type[c.Section]] = {
     "data": c.DataSection, "folds": c.FoldSection, "mlm": c.MlmSection,
     "train": c.TrainSection, "gbdt": c.GbdtSection, "ensemble": c.EnsembleSection,
-    "export": c.ExportSection, "serving": c.ServingSection,
+    "export": c.ExportSection, "serving": c.ServingSection, "flags": c.FlagsSection,
 }
 
 

@@ -9,6 +9,8 @@ bundle copied to another machine serves without any pipeline storage next to it:
     members/<member>/fold<k>-<hash>/ model.onnx, model.safetensors, aes_model.json, backbone/
     gbdt/                            GBDT member folder (when the ensemble has one)
     essay_stats.json                 typical essay statistics per score (the page)
+    flagger/                         the essay flagger (gaming / off-topic flags and the score
+                                     cap policy), named by ``extras["flagger"]`` when present
 
 Every path in the manifest is relative to the bundle folder.
 """
@@ -20,7 +22,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,11 +30,15 @@ from aes_core.ensemble.artifact import EnsembleArtifact
 from aes_core.members import GBDT_MEMBER
 from aes_core.models.regressor import BACKBONE_DIR, RegressorSpec
 
+if TYPE_CHECKING:
+    from aes_core.flags import EssayFlagger
+
 MANIFEST_FILE = "manifest.json"
 ENSEMBLE_PATH = "ensemble/ensemble.json"
 MEMBERS_DIR = "members"
 GBDT_DIR = "gbdt"
 STATS_FILE = "essay_stats.json"
+FLAGGER_DIR = FLAGGER_EXTRA = "flagger"
 FORMAT_VERSION = 1
 
 
@@ -92,6 +98,7 @@ class Bundle:
         self.root = Path(root)
         self.manifest = manifest
         self._ensemble: EnsembleArtifact | None = None
+        self._flagger: EssayFlagger | None = None
 
     @classmethod
     def load(cls, root: str | Path) -> Bundle:
@@ -134,6 +141,20 @@ class Bundle:
             return None
         return json.loads(self.path(self.manifest.essay_stats).read_text())
 
+    @property
+    def flagger_dir(self) -> Path | None:
+        rel = self.manifest.extras.get(FLAGGER_EXTRA)
+        return self.path(rel) if rel else None
+
+    def flagger(self) -> EssayFlagger | None:
+        """The bundle's essay flagger, with the thresholds and score policy it was saved with
+        (None when the bundle has none: flags were off when it was built)."""
+        if self._flagger is None and self.flagger_dir is not None:
+            from aes_core.flags import EssayFlagger
+
+            self._flagger = EssayFlagger.load(self.flagger_dir)
+        return self._flagger
+
     def version(self) -> str:
         """Changes whenever a new manifest is written (the page reloads on it)."""
         return self.manifest.created_at
@@ -150,6 +171,8 @@ class Bundle:
                          if not self.path(f).is_dir()]
         if self.manifest.gbdt_dir and not self.path(self.manifest.gbdt_dir).is_dir():
             problems.append(f"GBDT folder {self.manifest.gbdt_dir} is missing")
+        problems += [f"{name} {rel} is missing" for name, rel in self.manifest.extras.items()
+                     if not self.path(rel).exists()]
         if not problems:
             absent = [m for m in self.ensemble.members if m not in self.manifest.member_names()]
             if absent:
