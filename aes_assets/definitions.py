@@ -14,6 +14,7 @@ import dagster as dg
 from aes_assets.assets.data import data_assets
 from aes_assets.assets.ensemble import ENSEMBLE_CHECKS, ensemble_assets
 from aes_assets.assets.export import export_assets, serving_assets
+from aes_assets.assets.flags import FLAG_CHECKS, flag_assets
 from aes_assets.assets.serving import submission_asset
 from aes_assets.assets.student import student_assets
 from aes_assets.assets.training import training_assets
@@ -33,13 +34,14 @@ from aes_resources.settings import active_profile
 
 def build_definitions(profile: str | AesConfig | None = None) -> dg.Definitions:
     cfg = profile if isinstance(profile, AesConfig) else load_config(profile or active_profile())
-    assets = [*data_assets(cfg), *training_assets(cfg), *ensemble_assets(cfg)]
+    assets = [*data_assets(cfg), *flag_assets(cfg), *training_assets(cfg),
+              *ensemble_assets(cfg)]
     for bb in cfg.backbones:  # per-backbone export into the serving bundle
         assets += export_assets(cfg, bb.name)
     assets += [*serving_assets(cfg), *student_assets(cfg), submission_asset(cfg)]
     return dg.Definitions(
         assets=assets,
-        asset_checks=[*DATA_CHECKS, *ENSEMBLE_CHECKS],
+        asset_checks=[*DATA_CHECKS, *ENSEMBLE_CHECKS, *FLAG_CHECKS],
         jobs=[*build_jobs(cfg, assets), score_inbox_file_job, rescore_inbox_history_job],
         sensors=[build_inbox_sensor(cfg), build_new_ensemble_sensor(cfg)],
         schedules=[build_rescore_schedule(cfg)],

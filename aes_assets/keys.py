@@ -20,6 +20,8 @@ BUNDLE = dg.AssetKey("serving_bundle")
 TRITON_REPO = dg.AssetKey("triton_repo")
 SUBMISSION = dg.AssetKey("submission")
 STUDENT = dg.AssetKey("student_model")
+FLAGGER = dg.AssetKey("essay_flagger")
+ROBUSTNESS = dg.AssetKey("robustness_set")
 
 MLM_ASSET, FOLD_HEAD_ASSET, ONNX_ASSET = "mlm_backbone", "fold_head_checkpoints", "onnx_models"
 

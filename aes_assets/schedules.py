@@ -1,8 +1,9 @@
 """Re-scoring the inbox history: nightly (serving.rescore_cron) and on a new ensemble.
 
-Each run scores every archived inbox file (serving.history_dir) with the current ensemble into
-``<outbox>/rescored/<ensemble hash>/``; files already there for that ensemble are skipped, so
-repeated triggers cost nothing and a new ensemble gets a fresh folder.
+Each run scores (and flags) every archived inbox file (serving.history_dir) with the current
+ensemble into ``<outbox>/rescored/<ensemble hash>/``; files already there for that ensemble
+and flagger are skipped, so repeated triggers cost nothing and a new ensemble or flagger gets
+a fresh folder.
 """
 
 import hashlib
@@ -22,9 +23,14 @@ RESCORED = "rescored"
 
 
 def ensemble_tag(cfg: AesConfig) -> str:
-    """A short content hash of the bundle's ensemble (names its re-score folder)."""
-    ens = load_bundle(cfg).ensemble
-    return hashlib.sha256(ens.model_dump_json().encode()).hexdigest()[:12]
+    """A short content hash of the bundle's ensemble and flagger (names its re-score folder)."""
+    from aes_core.flags.flagger import FLAGGER_FILE
+
+    bundle = load_bundle(cfg)
+    h = hashlib.sha256(bundle.ensemble.model_dump_json().encode())
+    if bundle.flagger_dir is not None:
+        h.update((bundle.flagger_dir / FLAGGER_FILE).read_bytes())
+    return h.hexdigest()[:12]
 
 
 @dg.op(out=dg.Out(dg.Nothing),
@@ -38,8 +44,8 @@ def rescore_inbox_history(context: dg.OpExecutionContext,
         context.log.info(f"no inbox history in {cfg.serving.history_dir}")
         return dg.Output(None, metadata={"ensemble": tag, "files": 0,
                                          "detail": dg.MetadataValue.json([])})
-    with serving_scorer(cfg, context.log) as scorer:
-        done = rescore_history(cfg.serving.history_dir, scorer, out_dir)
+    with serving_scorer(cfg, context.log) as (scorer, flagger):
+        done = rescore_history(cfg.serving.history_dir, scorer, out_dir, flagger=flagger)
     return dg.Output(None, metadata={
         "ensemble": tag, "out_dir": dg.MetadataValue.path(str(out_dir)),
         "files": len(done), "rescored_rows": sum(d["rows"] for d in done),

@@ -3,7 +3,8 @@
 ``run_key`` is the file's content hash and the cursor keeps every hash already requested, so
 a file is scored once even across daemon restarts (Dagster also refuses a repeated run_key);
 the op itself is idempotent (an existing scored output is never recomputed). Outputs go to
-serving.outbox_dir, bad rows to a report in serving.rejected_dir, good rows to the history.
+serving.outbox_dir (flagged by the bundle's flagger), bad rows to a report in
+serving.rejected_dir, good rows to the history.
 """
 
 import contextlib
@@ -13,6 +14,8 @@ from collections.abc import Iterator
 import dagster as dg
 
 from aes_core.config import AesConfig
+from aes_core.flags import EssayFlagger
+from aes_core.serving.base import Scorer
 from aes_core.serving.inbox import list_inbox, process_inbox_file
 from aes_core.serving.loader import load_bundle, open_scorer
 from aes_resources.settings import PipelineSettings
@@ -30,14 +33,17 @@ class InboxFileConfig(dg.Config):
 
 
 @contextlib.contextmanager
-def serving_scorer(cfg: AesConfig, log=None) -> Iterator:
-    """The scorer for sensor/schedule runs, from the serving bundle: a configured Triton
-    server (``serving.triton_url``) when it answers, else in-process ONNX Runtime."""
+def serving_scorer(cfg: AesConfig, log=None) -> Iterator[tuple[Scorer, EssayFlagger | None]]:
+    """(scorer, flagger) for sensor/schedule runs, both from the serving bundle: a configured
+    Triton server (``serving.triton_url``) when it answers, else in-process ONNX Runtime; the
+    bundle's flagger (None when it has none)."""
     bundle = load_bundle(cfg)
+    flagger = bundle.flagger()
     with open_scorer(bundle, cfg.serving, start_server=False, logger=log) as choice:
         if log is not None:
-            log.info(f"scoring with {choice.via} (bundle {bundle.version()})")
-        yield choice.scorer
+            flags = "with flags" if flagger is not None else "without flags (none in the bundle)"
+            log.info(f"scoring with {choice.via} {flags} (bundle {bundle.version()})")
+        yield choice.scorer, flagger
 
 
 @dg.op(out=dg.Out(dg.Nothing),
@@ -46,9 +52,9 @@ def score_inbox_file(context: dg.OpExecutionContext, config: InboxFileConfig,
                      settings: PipelineSettings) -> dg.Output:
     cfg = settings.config
     s = cfg.serving
-    with serving_scorer(cfg, context.log) as scorer:
+    with serving_scorer(cfg, context.log) as (scorer, flagger):
         res = process_inbox_file(config.path, config.content_hash, scorer, s.outbox_dir,
-                                 s.rejected_dir, s.history_dir)
+                                 s.rejected_dir, s.history_dir, flagger=flagger)
     if res.bad_rows or res.reason:
         context.log.warning(f"{res.file}: {res.bad_rows} bad row(s) {res.reason}; report in "
                             f"{s.rejected_dir}")

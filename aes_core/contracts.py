@@ -96,6 +96,9 @@ class ScoringReportResult(StageResult):
     summary_path: str
     plots: dict[str, str] = Field(default_factory=dict)
     per_prompt: list[dict[str, Any]] = Field(default_factory=list)
+    flag_counts: dict[str, int] = Field(
+        default_factory=dict, description="OOF essays per flag (+ 'any gaming flag')")
+    qwk_after_flags: float | None = Field(None, description="OOF QWK after the flag policy")
 
 
 class OnnxExport(StageResult):
@@ -129,3 +132,13 @@ class SubmissionResult(StageResult):
     test_qwk: float | None = None
 
 
+
+
+class EssayFlaggerResult(StageResult):
+    """``essay_flagger``: the saved flagger (``EssayFlagger.save``) the bundle serves with."""
+
+    enabled: bool = Field(description="flags.enabled; without flags there is no folder")
+    folder: str | None = None
+    reference_essays: int = 0
+    prompts: list[str] = Field(default_factory=list, description="prompts the model knows")
+    seconds: float = 0.0

@@ -2,7 +2,8 @@
 
 Plots use matplotlib's Agg backend (no display). Inputs are the OOF table from
 :func:`aes_core.ensemble.blend.fit_ensemble` (``score``, ``blended``, ``pred_score``, optional
-``prompt_name``, member columns) and the :class:`EnsembleArtifact`.
+``prompt_name``, member columns, optional ``flags`` from the essay flagger) and the
+:class:`EnsembleArtifact`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from aes_core.config import FlagsSection  # noqa: E402
 from aes_core.ensemble.artifact import EnsembleArtifact  # noqa: E402
 from aes_core.ensemble.thresholds import fast_qwk  # noqa: E402
 from aes_core.metrics import SCORES, score_confusion  # noqa: E402
@@ -36,6 +38,8 @@ class ScoringReport:
     plots: dict[str, Path] = field(default_factory=dict)
     markdown: str = ""
     overall_qwk: float = float("nan")
+    flag_table: pd.DataFrame | None = None    # per flag, when the table has ``flags``
+    qwk_after_flags: float | None = None      # QWK of the scores after the flag policy
 
 
 def per_prompt_qwk(df: pd.DataFrame, pred_col: str = "pred_score") -> pd.DataFrame:
@@ -183,13 +187,58 @@ def plot_importance(importance: pd.DataFrame, path: Path,
     return _save(fig, path)
 
 
+def flag_table(table: pd.DataFrame, pred_col: str = "pred_score") -> pd.DataFrame:
+    """Per flag name (every known one, then ``any gaming flag``): essays carrying it, their
+    share, mean true and mean predicted score (before the flag policy)."""
+    from aes_core.flags import FLAG_NAMES, GAMING_FLAGS
+    from aes_core.flags.flagger import FLAG_SEP
+
+    names = [set(f.split(FLAG_SEP)) - {""} for f in table["flags"].fillna("")]
+    groups = {f: np.array([f in n for n in names], dtype=bool) for f in FLAG_NAMES}
+    groups["any gaming flag"] = np.array([bool(n & set(GAMING_FLAGS)) for n in names],
+                                         dtype=bool)
+    rows = []
+    for name, mask in groups.items():
+        sel = table[mask]
+        rows.append({"flag": name, "essays": int(mask.sum()),
+                     "share": float(mask.mean()) if len(mask) else 0.0,
+                     "mean_true_score": float(sel["score"].mean()) if len(sel) else None,
+                     "mean_pred_score": float(sel[pred_col].mean()) if len(sel) else None})
+    return pd.DataFrame(rows)
+
+
+def _flag_lines(table: pd.DataFrame, flags: pd.DataFrame, policy: FlagsSection | None,
+                overall: float) -> tuple[list[str], float | None]:
+    """The summary's flag section and the QWK after the flag policy (None without one)."""
+    from aes_core.flags import apply_flag_policy
+
+    after = None
+    lines = ["", "## Flags (gaming / off-topic) on these essays",
+             flags.to_markdown(index=False, floatfmt=".3f")]
+    if policy is not None:
+        capped = apply_flag_policy(table["pred_score"].to_numpy(), table["flags"].tolist(),
+                                   policy)
+        after = fast_qwk(table["score"], capped.astype(int))
+        cap = policy.cap_score_when_flagged
+        if cap is None:
+            lines += ["", "The flag policy caps no score (`flags.cap_score_when_flagged` is "
+                      "null)."]
+        else:
+            lines += ["", f"With the flag policy (score capped at {cap} for "
+                      f"{', '.join(policy.cap_flags)}): OOF QWK **{after:.4f}** (without: "
+                      f"{overall:.4f})."]
+    return lines, after
+
+
 def build_report(table: pd.DataFrame, artifact: EnsembleArtifact,
-                 out_dir: str | Path, importance: pd.DataFrame | None = None) -> ScoringReport:
+                 out_dir: str | Path, flag_policy: FlagsSection | None = None,
+                 importance: pd.DataFrame | None = None) -> ScoringReport:
     """Write the PNG plots into ``out_dir`` and return tables + Markdown summary.
 
-    ``importance`` (the GBDT member's ``feature, gain`` table,
-    :func:`aes_core.ensemble.gbdt.load_importance`) adds the ``gbdt_importance`` plot.
-    """
+    With a ``flags`` column the summary counts the essays per flag; with ``flag_policy`` it
+    also gives the QWK after the policy's score cap. ``importance`` (the GBDT member's
+    ``feature, gain`` table, :func:`aes_core.ensemble.gbdt.load_importance`) adds the
+    ``gbdt_importance`` plot."""
     for c in ("score", "blended", "pred_score"):
         if c not in table.columns:
             raise ValueError(f"report table lacks column {c!r}; found {list(table.columns)}")
@@ -236,11 +285,16 @@ def build_report(table: pd.DataFrame, artifact: EnsembleArtifact,
         "",
         "## Confusion matrix (rows: true, columns: predicted)",
         conf_df.to_markdown(),
-        "",
-        f"_{artifact.notes}_",
     ]
+    flags, after = None, None
+    if "flags" in table.columns:
+        flags = flag_table(table)
+        more, after = _flag_lines(table, flags, flag_policy, overall)
+        lines += more
+    lines += ["", f"_{artifact.notes}_"]
     md = "\n".join(lines)
     (out / "summary.md").write_text(md)
     prompts.to_csv(out / "per_prompt_qwk.csv", index=False)
     return ScoringReport(per_prompt=prompts, confusion=conf_df, member_table=members,
-                         plots=plots, markdown=md, overall_qwk=overall)
+                         plots=plots, markdown=md, overall_qwk=overall, flag_table=flags,
+                         qwk_after_flags=after)

@@ -11,6 +11,10 @@ set is reproducible and a row does not change when other essays or attacks are a
 ``predict_scores(texts) -> scores`` and reports per attack the flag rate and the mean score
 shift (perturbed minus clean, before and after ``apply_flag_policy``).
 ``robustness_check`` compares that report with the FlagsSection margins.
+
+``robustness_table`` keeps a set in one table (clean sources + perturbed essays, column
+``set``; the pipeline's ``robustness_set``), ``split_robustness_table`` takes it apart again
+and ``attack_table`` turns a report into one row per attack for display.
 """
 
 from __future__ import annotations
@@ -317,3 +321,75 @@ def robustness_check(report: RobustnessReport | dict[str, Any],
         f"no attack gains more than {cfg.max_attack_score_gain:+.2f} after flags; "
         f"{rate:.1%} of clean essays flagged")
     return CheckResult(not problems, desc, details=data)
+
+
+# -- one table for a stored set --------------------------------------------------------------
+
+CLEAN, PERTURBED = "clean", "perturbed"
+_TABLE_COLUMNS = ["essay_id", "set", "source_id", "attack", "full_text", "prompt_name",
+                  "expected_flag", "detail"]
+
+
+def robustness_sources(essays: pd.DataFrame,
+                       reference: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The clean essays a set starts from: ``essays`` with prompt names from ``reference``
+    (PERSUADE ``full_text, prompt_name``, joined by normalized text) when it is given and,
+    when some essays have a ``score``, only those (graded by a person: genuine essays)."""
+    from aes_core.data.folds import join_persuade
+
+    src = _check_essays(essays, "robustness sources")
+    if reference is not None:
+        src = join_persuade(src.drop(columns="prompt_name"), reference)[0]
+    if "score" in src.columns and src["score"].notna().any():
+        src = src[src["score"].notna()]
+    return _check_essays(src.reset_index(drop=True), "robustness sources")
+
+
+def robustness_table(essays: pd.DataFrame, cfg: FlagsSection,
+                     reference: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Clean sources (``set`` = clean, ``attack`` "") and their perturbations (``set`` =
+    perturbed) in one table, sources chosen by :func:`robustness_sources` and subsampled to
+    ``cfg.perturb_max_essays``; ``source_score`` when the sources are scored."""
+    src = robustness_sources(essays, reference)
+    perturbed = build_perturbations(src, cfg)
+    used = src[src["essay_id"].isin(set(perturbed["source_id"]))]
+    clean = pd.DataFrame({"essay_id": used["essay_id"], "source_id": used["essay_id"],
+                          "attack": "", "full_text": used["full_text"],
+                          "prompt_name": used["prompt_name"], "expected_flag": "",
+                          "detail": "clean source essay"})
+    if "score" in used.columns:
+        clean["source_score"] = used["score"].to_numpy()
+    table = pd.concat([clean.assign(set=CLEAN), perturbed.assign(set=PERTURBED)],
+                      ignore_index=True)
+    extra = [c for c in table.columns if c not in _TABLE_COLUMNS]
+    return table[_TABLE_COLUMNS + extra]
+
+
+def split_robustness_table(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(clean essays, perturbed essays) of a :func:`robustness_table`, as
+    :func:`evaluate_robustness` takes them."""
+    missing = [c for c in _TABLE_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"robustness table: missing column(s) {missing}; "
+                         f"found {list(table.columns)}")
+    odd = sorted(set(table["set"]) - {CLEAN, PERTURBED})
+    if odd:
+        raise ValueError(f"robustness table, field 'set': unknown value(s) {odd}")
+    is_clean = table["set"] == CLEAN
+    clean = table.loc[is_clean, ["essay_id", "full_text", "prompt_name"]]
+    return clean.reset_index(drop=True), table[~is_clean].reset_index(drop=True)
+
+
+def attack_table(report: RobustnessReport | dict[str, Any]) -> pd.DataFrame:
+    """One row per attack (after a first ``clean`` row): essays, expected flag, share with a
+    gaming flag, share with the expected flag, mean score shift before and after flags."""
+    data = report.to_dict() if isinstance(report, RobustnessReport) else report
+    rows = [{"attack": CLEAN, "essays": data["n_clean"], "expected_flag": "",
+             "flagged": data["clean_false_flag_rate"], "expected_flag_rate": None,
+             "mean_shift": None, "mean_shift_after_flags": None}]
+    for attack, e in data["attacks"].items():
+        rows.append({"attack": attack, "essays": e["n"], "expected_flag": e["expected_flag"] or "",
+                     "flagged": e["flag_rate"], "expected_flag_rate": e["expected_flag_rate"],
+                     "mean_shift": e.get("mean_score_shift"),
+                     "mean_shift_after_flags": e.get("mean_score_shift_after_flags")})
+    return pd.DataFrame(rows)

@@ -122,3 +122,14 @@ def commit_bundle(bundle_dir: Path, ens: EnsembleArtifact, exports: list[OnnxExp
     """Write the manifest (the export stage's ``build_bundle``) and load the bundle back."""
     build_bundle(bundle_dir, ens, exports, gbdt_dir, essay_stats, profile="test")
     return Bundle.load(bundle_dir)
+
+
+def repeated_paragraph_essay(max_chars: int = 3000) -> tuple[str, str]:
+    """(original, gamed): a real training essay of 4+ paragraphs and the same essay with every
+    paragraph written twice in a row (the gaming attempt the repetition flag is for)."""
+    train = io.load_train(SAMPLE_DIR / "train.csv.gz")
+    for text in train["full_text"]:
+        paras = [p.strip() for p in text.split("\n\n") if p.strip()]
+        if len(paras) >= 4 and len(text) < max_chars:
+            return text, "\n\n".join(p for p in paras for _ in range(2))
+    raise AssertionError("no essay of 4+ paragraphs in the sample")

@@ -3,6 +3,7 @@ and the Dagster assets (gbdt_member/gbdt_oof, ensemble_weights, scoring_report, 
 
 import json
 import re
+from pathlib import Path
 
 import dagster as dg
 import mlflow
@@ -250,7 +251,8 @@ def test_ensemble_assets_materialize_with_report_and_checks(tmp_path, monkeypatc
               if oof_key not in (a.keys if isinstance(a, dg.AssetsDefinition) else {a.key})]
     assets += [fake_oof_predictions, *defs.asset_checks]
     selection = ["raw_essays", "persuade_reference", "folded_essays", "oof_predictions",
-                 "gbdt_member", "gbdt_oof", "ensemble_weights", "scoring_report"]
+                 "gbdt_member", "gbdt_oof", "ensemble_weights", "essay_flagger",
+                 "scoring_report"]
     with dg.instance_for_test() as instance:
         res = dg.materialize(assets, selection=selection, instance=instance,
                              resources=defs.resources)
@@ -280,6 +282,17 @@ def test_ensemble_assets_materialize_with_report_and_checks(tmp_path, monkeypatc
         assert "# Scoring report" in meta["summary"].value
         assert meta["plot_confusion_matrix"].value.startswith("![confusion_matrix](data:image/png")
         assert "Per prompt" in meta["summary"].value
+        # essays per flag on the OOF essays, in the summary and the metadata
+        assert "## Flags (gaming / off-topic)" in meta["summary"].value
+        assert set(report.flag_counts) == {"too_short", "repetition", "prompt_copy",
+                                           "gibberish", "off_topic", "unknown_prompt",
+                                           "any gaming flag"}
+        assert 0 <= report.flag_counts["any gaming flag"] <= 240 * 0.05
+        assert meta["flagged_essays"].value == report.flag_counts["any gaming flag"]
+        assert "| repetition " in meta["flag_counts"].value
+        assert meta["oof_qwk_after_flags"].value == pytest.approx(report.qwk_after_flags)
+        summary = Path(report.summary_path).read_text()
+        assert f"OOF QWK **{report.qwk_after_flags:.4f}**" in summary
 
         # a run-config member list naming an untrained head fails, naming the member
         bad = dg.materialize(

@@ -94,8 +94,8 @@ def pipeline(tmp_path_factory, tiny_backbone):
     rs = defs.resources
     instance = dg.DagsterInstance.ephemeral()
     _materialize(assets, rs, ["raw_essays", "persuade_reference", "folded_essays",
-                              "test_essays", "gbdt_member", "gbdt_oof", "ensemble_weights"],
-                 instance=instance)
+                              "test_essays", "gbdt_member", "gbdt_oof", "ensemble_weights",
+                              "essay_flagger"], instance=instance)
     pks = fold_head_partitions(cfg).get_partition_keys()
     backfill = {RANGE_START: pks[0], RANGE_END: pks[-1]}  # one run over every partition
     _materialize(assets, rs, [keys.fold_head_key(BACKBONE)], instance=instance, tags=backfill)
@@ -174,7 +174,7 @@ def test_submission_through_triton(pipeline):
     assert meta["scored_via"].value.startswith("triton")
     sub = pd.read_csv(pipeline["storage"] / "submission.csv", dtype={"essay_id": str})
     test = res.output_for_node("submission")
-    assert list(sub.columns) == ["essay_id", "score"]
+    assert list(sub.columns) == ["essay_id", "score", "flags", "flag_evidence", "model_score"]
     from aes_core.data import io
 
     ids = io.load_essays(cfg.data.test_path)["essay_id"].astype(str)
@@ -234,7 +234,8 @@ def test_write_submission_rejects_non_integer_scores(tmp_path):
 def test_a_copied_bundle_serves_without_any_pipeline_storage(pipeline, tmp_path):
     """The bundle folder alone serves: copied elsewhere, with the pipeline's storage, the
     trained checkpoints and the Triton repository deleted, in-process ONNX Runtime and a
-    Triton server on a repository generated from the copy give the submission's scores.
+    Triton server on a repository generated from the copy, with the copy's flagger, give the
+    submission's scores and flags.
     (Deletes the module's storage: keep this test last.)"""
     from aes_core.data import io
     from aes_core.export.triton_repo import write_triton_repo
@@ -258,14 +259,19 @@ def test_a_copied_bundle_serves_without_any_pipeline_storage(pipeline, tmp_path)
         "bundle_dir": str(copy), "triton_repo": str(tmp_path / "repo"), "use_triton": True,
         "http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()})
     in_process = serving.model_copy(update={"use_triton": False})
+    flagger = bundle.flagger()  # the flags travel with the bundle too
+    assert flagger is not None and bundle.flagger_dir.is_relative_to(copy)
     with open_scorer(bundle, in_process) as choice:
         assert choice.via == IN_PROCESS
-        local = score_frame(choice.scorer, essays)
+        local = score_frame(choice.scorer, essays, flagger)
     write_triton_repo(serving.triton_repo, bundle, serving)
     with open_scorer(bundle, serving, start_server=True) as choice:
         assert choice.via.startswith("triton"), choice.fallback_reason
-        remote = score_frame(choice.scorer, essays)
+        remote = score_frame(choice.scorer, essays, flagger)
     np.testing.assert_array_equal(remote.score, local.score)
     np.testing.assert_allclose(remote.member_preds, local.member_preds, rtol=0, atol=1e-6)
-    scores = local.to_frame().set_index("essay_id")["score"]
-    assert (scores.loc[submitted["essay_id"]].to_numpy() == submitted["score"].to_numpy()).all()
+    scores = local.to_frame().set_index("essay_id")
+    assert (scores.loc[submitted["essay_id"], "score"].to_numpy()
+            == submitted["score"].to_numpy()).all()
+    assert (scores.loc[submitted["essay_id"], "flags"].fillna("").to_numpy()
+            == submitted["flags"].fillna("").to_numpy()).all()

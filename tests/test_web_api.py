@@ -25,6 +25,7 @@ from aes_core.models.regressor import EssayRegressor, load_regressor_tokenizer, 
 from aes_core.serving.base import score_frame
 from aes_core.serving.loader import load_bundle, load_scorer
 from aes_core.serving.manifest import write_manifest
+from tests.serving_support import repeated_paragraph_essay
 from tests.web_support import (
     HEADS,
     N_FOLDS,
@@ -36,7 +37,7 @@ from tests.web_support import (
     web_config,
 )
 from web.app import create_app
-from web.essay_warnings import TOO_SHORT
+from web.essay_warnings import TOO_SHORT, essay_warnings
 
 
 @pytest.fixture(scope="module")
@@ -173,8 +174,9 @@ def test_short_essay_is_scored_with_a_warning(client, cfg, text, n_words):
     r = client.post("/api/score", json={"text": text})
     assert r.status_code == 200 and 1 <= r.json()["score"] <= 6
     (warning,) = r.json()["warnings"]
-    assert set(warning) == {"code", "message", "evidence"}
+    assert set(warning) == {"code", "message", "evidence", "level"}
     assert warning["code"] == TOO_SHORT and "too short" in warning["message"]
+    assert warning["level"] == "warning"
     assert warning["evidence"].startswith(f"{n_words} word")
     assert f"at least {cfg.web.min_words:,} words" in warning["evidence"]
 
@@ -523,3 +525,49 @@ def test_cli_rejects_unknown_profile_with_a_clear_message():
     helped = subprocess.run([sys.executable, "-m", "web", "--help"], cwd=root,
                             capture_output=True, text=True, timeout=120)
     assert helped.returncode == 0 and "--port" in helped.stdout and "--host" in helped.stdout
+
+
+def test_flags_become_warnings_and_columns(tmp_path, tiny_backbone):
+    """A bundle with a flagger: a repeated-paragraph essay gets the repetition warning, a
+    one-word essay one too_short warning (the flag's, not a second one from the page's own
+    word count), both capped scores; the scored CSV carries flags, evidence and model score."""
+    storage = build_storage(tmp_path / "storage", tiny_backbone, flags=True)
+    cfg = web_config(tmp_path, storage)
+    original, gamed = repeated_paragraph_essay()
+    essays = pd.DataFrame({"essay_id": ["gamed", "original", "dogs"],
+                           "full_text": [gamed, original, "Dogs"]})
+    with TestClient(create_app(cfg)) as c:
+        r = c.post("/api/score-csv?format=csv", content=_csv(essays))
+        assert r.status_code == 200, r.text
+        one = c.post("/api/score", json={"text": "Dogs"}).json()
+    table = pd.read_csv(io.StringIO(r.text), dtype={"essay_id": str}, keep_default_na=False)
+    cols = list(table.columns)
+    assert cols[:7] == ["essay_id", "score", "warnings", "warning_details", "flags",
+                        "flag_evidence", "model_score"]
+    rows = table.set_index("essay_id")
+    cap = cfg.flags.cap_score_when_flagged
+    assert rows.at["gamed", "warnings"] == "repetition"
+    assert "duplicated paragraph(s)" in rows.at["gamed", "warning_details"]
+    dogs = rows.at["dogs", "warnings"].split(";")  # (also off_topic: no essay vocabulary)
+    assert dogs.count(TOO_SHORT) == 1 and dogs == rows.at["dogs", "flags"].split(";")
+    assert "1 words (fewer than" in rows.at["dogs", "warning_details"]
+    assert rows.at["original", "warnings"] == "" and rows.at["original", "flags"] == ""
+    for essay_id in ("gamed", "dogs"):
+        assert rows.at[essay_id, "score"] == min(rows.at[essay_id, "model_score"], cap)
+    assert rows.at["original", "score"] == rows.at["original", "model_score"]
+    assert [w["code"] for w in one["warnings"]] == one["flags"] == dogs
+    assert one["score"] == min(one["model_score"], cap)
+
+
+def test_unknown_prompt_is_a_notice_after_the_warnings(cfg):
+    from aes_core.flags import EssayFlags, Flag
+
+    flags = EssayFlags((Flag("unknown_prompt", "far from every known prompt"),
+                        Flag("repetition", "2 duplicated paragraph(s)")), None, 0.1)
+    out = essay_warnings(essay_stats("Dogs"), cfg.web, flags, score=2, model_score=5)
+    assert [(w.code, w.level) for w in out] == [
+        ("repetition", "warning"), (TOO_SHORT, "warning"), ("unknown_prompt", "notice")]
+    assert "capped at 2" in out[0].message and "would be 5" in out[0].message
+    assert out[2].evidence == "far from every known prompt"
+    plain = essay_warnings(essay_stats("Dogs"), cfg.web, flags, score=2, model_score=2)
+    assert not any("capped" in w.message for w in plain)

@@ -9,12 +9,15 @@ Set ``AES_WEB_SCREENSHOT=<png path>`` to also save a screenshot of the scored pa
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +27,7 @@ from aes_core.serving.base import score_frame
 from aes_core.serving.loader import load_scorer
 from aes_core.serving.triton import free_port
 from tests.conftest import write_profile
+from tests.serving_support import repeated_paragraph_essay
 from tests.web_support import build_storage, sample_essays, web_config, web_overrides
 from web.essay_warnings import TOO_SHORT
 
@@ -39,15 +43,14 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory, tiny_backbone):
-    """Start ``python -m web`` on a free port with a profile pointing at a tiny ensemble."""
-    tmp = tmp_path_factory.mktemp("web_browser")
-    storage = build_storage(tmp / "storage", tiny_backbone)
-    profile = write_profile(tmp, web_overrides(tmp, storage), name="webtest")
+@contextlib.contextmanager
+def _serve(tmp: Path, storage: Path, name: str) -> Iterator[str]:
+    """Run ``python -m web`` on a free port with a profile for ``storage``; yields its URL."""
+    profile = write_profile(tmp, web_overrides(tmp, storage), name=name)
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(PROJECT)}
-    log = open(tmp / "server.log", "w")  # noqa: SIM115 - closed in the teardown below
+    log_path = tmp / f"{name}.log"
+    log = open(log_path, "w")  # noqa: SIM115 - closed in the teardown below
     proc = subprocess.Popen([sys.executable, "-m", "web", "--profile", str(profile),
                              "--port", str(port), "--no-triton"], cwd=PROJECT, env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -62,9 +65,9 @@ def site(tmp_path_factory, tiny_backbone):
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"web server did not start:\n{(tmp / 'server.log').read_text()}")
+                raise RuntimeError(f"web server did not start:\n{log_path.read_text()}")
             time.sleep(0.3)
-        yield {"url": url, "tmp": tmp, "cfg": web_config(tmp, storage)}
+        yield url
     finally:
         proc.terminate()
         try:
@@ -72,6 +75,24 @@ def site(tmp_path_factory, tiny_backbone):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, tiny_backbone):
+    """Start ``python -m web`` on a free port with a profile pointing at a tiny ensemble."""
+    tmp = tmp_path_factory.mktemp("web_browser")
+    storage = build_storage(tmp / "storage", tiny_backbone)
+    with _serve(tmp, storage, "webtest") as url:
+        yield {"url": url, "tmp": tmp, "cfg": web_config(tmp, storage)}
+
+
+@pytest.fixture(scope="module")
+def flag_site(tmp_path_factory, tiny_backbone):
+    """The same page on a bundle that holds an essay flagger."""
+    tmp = tmp_path_factory.mktemp("web_browser_flags")
+    storage = build_storage(tmp / "storage", tiny_backbone, flags=True)
+    with _serve(tmp, storage, "webflags") as url:
+        yield {"url": url, "tmp": tmp, "cfg": web_config(tmp, storage)}
 
 
 @pytest.fixture(scope="module")
@@ -277,3 +298,40 @@ def test_keyboard_switches_tabs(site, browser):
     active.send_keys(Keys.ARROW_LEFT)
     _wait(browser, lambda d: d.find_element("id", "panel-paste").is_displayed())
     assert browser.find_element("id", "tab-csv").get_attribute("tabindex") == "-1"
+
+
+def test_pasted_repeated_paragraph_essay_shows_the_warning(flag_site, browser):
+    """Browser test: a pasted repeated-paragraph essay shows the warning on the page."""
+    original, gamed = repeated_paragraph_essay()
+    browser.get(flag_site["url"] + "/")
+    _wait(browser, lambda d: "ensemble of" in d.find_element("id", "model-info").text)
+
+    _set_essay(browser, original)  # the essay as its student wrote it: no warning
+    browser.find_element("id", "score-btn").click()
+    _wait(browser, lambda d: d.find_element("id", "result").is_displayed())
+    assert not browser.find_element("id", "paste-warnings").is_displayed()
+
+    _set_essay(browser, gamed)  # every paragraph twice
+    browser.find_element("id", "score-btn").click()
+    _wait(browser, lambda d: d.find_element("id", "paste-warnings").is_displayed())
+    warning = browser.find_element("css selector",
+                                   '#paste-warnings .warning[data-code="repetition"]')
+    assert warning.is_displayed() and "notice" not in warning.get_attribute("class")
+    assert "Large parts of this essay are repeated" in warning.text
+    evidence = warning.find_element("css selector", ".warning-evidence").text
+    assert "duplicated paragraph(s)" in evidence
+    starts = [" ".join(p.split())[:30] for p in original.split("\n\n") if p.strip()]
+    assert any(s in evidence for s in starts)  # it quotes the repeated paragraph
+
+    # the score on the page is the served one: capped by the bundle's flag policy
+    body = json.dumps({"text": gamed}).encode()
+    req = urllib.request.Request(flag_site["url"] + "/api/score", data=body,
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        served = json.loads(r.read())
+    assert "repetition" in served["flags"]
+    cap = flag_site["cfg"].flags.cap_score_when_flagged
+    assert served["score"] == min(served["model_score"], cap)
+    assert browser.find_element("id", "score-value").text == str(served["score"])
+    if served["model_score"] > served["score"]:
+        assert f"capped at {served['score']}" in warning.text

@@ -25,6 +25,7 @@ def test_page_scores_with_a_materialized_tiny_pipeline(tmp_path, tiny_backbone, 
     overrides = deep_merge(tiny_overrides(tmp_path, tiny_backbone),
                            web_overrides(tmp_path, tmp_path / "storage"))
     overrides["mlm"]["enabled"] = False  # not needed for serving; keeps the test short
+    overrides["train"]["method"] = "finetune"  # the profile's ridge fits the mean head only
     profile = str(write_profile(tmp_path, overrides))
     monkeypatch.setenv("AES_PROFILE", profile)  # run_pipeline sets it; restored afterwards
     graph = build_definitions(profile).resolve_asset_graph()
@@ -50,8 +51,11 @@ def test_page_scores_with_a_materialized_tiny_pipeline(tmp_path, tiny_backbone, 
         one = c.post("/api/score", json={"text": essays["full_text"].iloc[0]}).json()
         table = c.post("/api/score-csv?format=json",
                        content=essays[["essay_id", "full_text"]].to_csv(index=False).encode())
-    ref = score_frame(load_scorer(cfg), essays)
+    ref = score_frame(load_scorer(cfg), essays, bundle.flagger())  # the pipeline's flagger
     rows = pd.DataFrame(table.json()["rows"])
+    assert rows["flags"].tolist() == [r.flags_text for r in ref.flag_results]
+    assert rows["model_score"].tolist() == ref.model_score.tolist()
+    assert one["flags"] == ref.flag_results[0].names
     assert rows["score"].tolist() == ref.score.tolist()
     assert rows["blended"].to_numpy() == pytest.approx(ref.blended, abs=1e-3)
     assert one["score"] == int(ref.score[0])

@@ -38,18 +38,22 @@ def train_stats() -> dict:
                          web.typical_high_q)
 
 
-def commit(root: Path, ens: EnsembleArtifact) -> Path:
-    """(Re)commit the bundle under ``root`` for ``ens`` from the regressors there (exports
-    already in the bundle are reused); returns the manifest path."""
+def commit(root: Path, ens: EnsembleArtifact, flagger_dir: Path | None = None) -> Path:
+    """(Re)commit the bundle under ``root`` for ``ens`` (and the saved flagger in
+    ``flagger_dir``) from the regressors there (exports already in the bundle are reused);
+    returns the manifest path."""
     ckpts = [checkpoint_for(root / "regressors" / f"{fold}__{head}", head, fold)
              for head in HEADS for fold in range(N_FOLDS)]
     exports = export_checkpoints(root / BUNDLE, ckpts)
-    build_bundle(root / BUNDLE, ens, exports, None, train_stats(), profile="test")
+    build_bundle(root / BUNDLE, ens, exports, None, train_stats(), flagger_dir=flagger_dir,
+                 profile="test")
     return root / BUNDLE / "manifest.json"
 
 
-def build_storage(root: Path, backbone: Path) -> Path:
-    """Write a scoreable bundle under ``root`` (the storage_root); returns ``root``."""
+def build_storage(root: Path, backbone: Path, flags: bool = False) -> Path:
+    """Write a scoreable bundle under ``root`` (the storage_root); returns ``root``. With
+    ``flags`` the bundle holds an essay flagger fitted on the sample's PERSUADE reference (as
+    the essay_flagger asset does)."""
     tok = load_tokenizer(backbone)
     heads_cfg = HeadSection(heads=list(HEADS), attention_hidden=8, lstm_hidden=8)
     for h_i, head in enumerate(HEADS):
@@ -62,7 +66,15 @@ def build_storage(root: Path, backbone: Path) -> Path:
                 for p in model.head.parameters():
                     p.mul_(8.0)
             model.save_pretrained(root / "regressors" / f"{fold}__{head}", tokenizer=tok)
-    commit(root, default_ensemble())
+    flagger_dir = None
+    if flags:
+        from aes_core.config import FlagsSection
+        from aes_core.data.io import load_persuade
+        from aes_core.flags import fit_flagger
+
+        persuade = load_persuade(SAMPLE_DIR / "persuade_reference.csv.gz")
+        flagger_dir = fit_flagger(persuade, FlagsSection()).save(root / "flagger")
+    commit(root, default_ensemble(), flagger_dir)
     return root
 
 

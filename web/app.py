@@ -3,7 +3,8 @@
 ``create_app(cfg, scorer_factory)`` builds the FastAPI app. Scoring goes through
 :func:`aes_core.serving.base.score_frame` with the same scorer as the ``submission`` asset
 (by default :func:`aes_core.serving.loader.load_scorer`: Triton when a server answers, else
-in-process ONNX Runtime on the latest materialized ensemble).
+in-process ONNX Runtime on the latest materialized ensemble) and the serving bundle's flagger
+(gaming / off-topic flags become warnings; a flagged score is capped as everywhere else).
 
 Safety: request bodies are capped before they are read, uploads are parsed in memory, no
 path from a request is ever used on the filesystem (static files are read once at start-up),
@@ -36,11 +37,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aes_core.config import AesConfig, WebSection, load_config
 from aes_core.data.io import DataError, load_essays
-from aes_core.essay_stats import STAT_LABELS, STAT_NAMES, compare_to_range, essay_stats
+from aes_core.essay_stats import (
+    STAT_LABELS,
+    STAT_NAMES,
+    EssayStats,
+    compare_to_range,
+    essay_stats,
+)
+from aes_core.flags import EssayFlagger
 from aes_core.serving.base import ScoredEssays, Scorer, score_frame
 from aes_core.serving.loader import load_bundle
-from aes_core.serving.manifest import MANIFEST_FILE
-from web.essay_warnings import essay_warnings, warning_codes, warning_details
+from aes_core.serving.manifest import MANIFEST_FILE, BundleError
+from web.essay_warnings import EssayWarning, essay_warnings, warning_codes, warning_details
 
 ScorerFactory = Callable[[], Scorer]
 log = logging.getLogger(__name__)
@@ -132,7 +140,10 @@ class ScoringService:
         self._ranges: dict | None = None
         self._ranges_key: object = None
         self._ranges_error: str | None = None
+        self._flagger: EssayFlagger | None = None
+        self._flagger_key: object = None
         self._lock = threading.Lock()
+        self._flagger_lock = threading.Lock()
 
     def scorer(self) -> Scorer:
         with self._lock:
@@ -163,10 +174,31 @@ class ScoringService:
                 self._ranges_error = f"{type(e).__name__}: {e}"
         return self._ranges
 
+    def flagger(self) -> EssayFlagger | None:
+        """The serving bundle's flagger (None when there is no bundle or it has none),
+        reloaded with each new bundle; a broken one keeps the last good flagger."""
+        key = bundle_version(self.cfg)()
+        with self._flagger_lock:
+            if key != self._flagger_key:
+                try:
+                    flagger = load_bundle(self.cfg).flagger()
+                except BundleError:  # no bundle: the scorer reports that
+                    flagger = None
+                except Exception as e:
+                    if self._flagger is not None:
+                        log.warning("reloading the flagger failed (%s); keeping the loaded one",
+                                    e)
+                        return self._flagger
+                    raise ScorerUnavailable(f"the serving bundle's flagger does not load: "
+                                            f"{type(e).__name__}: {e}") from e
+                self._flagger, self._flagger_key = flagger, key
+            return self._flagger
+
     def score(self, essays: pd.DataFrame) -> ScoredEssays:
         scorer = self.scorer()
+        flagger = self.flagger()
         with self._lock:
-            return score_frame(scorer, essays)
+            return score_frame(scorer, essays, flagger)
 
     def describe(self, scored: ScoredEssays, i: int, text: str) -> dict[str, Any]:
         """One essay's full result: score, spread, warnings, members, stats vs typical range."""
@@ -180,7 +212,9 @@ class ScoringService:
             "score": score,
             "blended": round(float(scored.blended[i]), 4),
             "spread": [round(float(p), 4) for p in scored.spread[i]],
-            "warnings": [x.model_dump() for x in essay_warnings(own, self.cfg.web)],
+            "warnings": [x.model_dump() for x in warnings_of(scored, i, own, self.cfg.web)],
+            **({"model_score": int(scored.model_score[i]),
+                "flags": scored.flag_results[i].names} if scored.flagged else {}),
             "members": [
                 {"name": m, "weight": round(float(w), 4),
                  "prediction": round(float(scored.member_preds[i, j]), 4)}
@@ -216,15 +250,25 @@ class ScoringService:
         return out
 
 
+def warnings_of(scored: ScoredEssays, i: int, stats: EssayStats,
+                web: WebSection) -> list[EssayWarning]:
+    """Essay ``i``'s warnings: its flags (and whether they capped its score) + its statistics."""
+    if not scored.flagged:
+        return essay_warnings(stats, web)
+    return essay_warnings(stats, web, scored.flag_results[i], int(scored.score[i]),
+                          int(scored.model_score[i]))
+
+
 def scored_table(scored: ScoredEssays, texts: list[str], web: WebSection) -> pd.DataFrame:
-    """The scored table: id, score, warnings (lists), blended, members, spread, statistics."""
+    """The scored table: id, score, warnings (lists), flags, flag evidence and model score
+    (with flags), blended, members, spread, statistics."""
     df = scored.to_frame(with_members=True)
     for col in ["blended", *scored.members]:
         df[col] = df[col].astype(float).round(4)
     own = [essay_stats(t) for t in texts]
     df.insert(df.columns.get_loc("score") + 1, "warnings",
-              pd.Series([[x.model_dump() for x in essay_warnings(s, web)] for s in own],
-                        index=df.index, dtype=object))
+              pd.Series([[x.model_dump() for x in warnings_of(scored, i, s, web)]
+                         for i, s in enumerate(own)], index=df.index, dtype=object))
     for k in range(6):
         df[f"p_score_{k + 1}"] = np.round(scored.spread[:, k], 4) if len(df) else []
     stats = pd.DataFrame([s.as_dict() for s in own], columns=list(STAT_NAMES) + ["sentences"])

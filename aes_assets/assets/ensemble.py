@@ -15,7 +15,7 @@ from aes_assets import keys
 from aes_assets.configs import run_config
 from aes_assets.metadata import code_version, config_metadata, md, png_md
 from aes_core.config import AesConfig
-from aes_core.contracts import GbdtMemberResult, ScoringReportResult
+from aes_core.contracts import EssayFlaggerResult, GbdtMemberResult, ScoringReportResult
 from aes_core.ensemble.artifact import EnsembleArtifact
 from aes_core.ensemble.blend import (
     assemble_oof,
@@ -144,44 +144,73 @@ def ensemble_assets(cfg: AesConfig) -> list:
         key=keys.REPORT, group_name=GROUP,
         ins={"oof_predictions": dg.AssetIn(key=keys.OOF), "gbdt_oof": dg.AssetIn(
             key=keys.GBDT_OOF), "ensemble_weights": dg.AssetIn(key=keys.ENSEMBLE),
-             "folded_essays": dg.AssetIn(key=keys.FOLDED)},
+             "folded_essays": dg.AssetIn(key=keys.FOLDED),
+             "essay_flagger": dg.AssetIn(key=keys.FLAGGER),
+             "gbdt_member": dg.AssetIn(key=keys.GBDT)},
         code_version=code_version(cfg.ensemble),
         description="Scoring report on OOF predictions: per-prompt QWK, confusion matrix, score "
-                    "distribution and calibration plots (PNG in metadata and MLflow) and a "
+                    "distribution and calibration plots (PNG in metadata and MLflow), essays "
+                    "per gaming / off-topic flag (and the QWK after the flag policy) and a "
                     "Markdown summary.",
     )
     def scoring_report(context: dg.AssetExecutionContext, artifacts: ArtifactStore,
                        mlflow: MlflowTracker, oof_predictions: pd.DataFrame,
                        gbdt_oof: pd.DataFrame, ensemble_weights: EnsembleArtifact,
-                       folded_essays: pd.DataFrame) -> ScoringReportResult:
-        """Score the OOF table with the ensemble artifact and write the report."""
+                       folded_essays: pd.DataFrame, essay_flagger: EssayFlaggerResult,
+                       gbdt_member: GbdtMemberResult) -> ScoringReportResult:
+        """Score the OOF table with the ensemble artifact, flag its essays, write the report."""
         art = ensemble_weights
         table = assemble_oof(oof_predictions, gbdt_oof, expected=art.members)
         texts = table["essay_id"].map(folded_essays.set_index(
             folded_essays["essay_id"].astype(str))["full_text"]).astype(str).tolist()
         table["blended"] = art.blend(table[art.members].to_numpy(), texts)
         table["pred_score"] = art.to_scores(table["blended"].to_numpy())
+        policy = None
+        if essay_flagger.folder:
+            from aes_core.flags import EssayFlagger
+
+            flagger = EssayFlagger.load(essay_flagger.folder)
+            prompts = table["prompt_name"] if "prompt_name" in table.columns else None
+            table["flags"] = flagger.flag_frame(texts, prompts)["flags"].to_numpy()
+            policy = flagger.cfg
         folder = artifacts.folder(keys.REPORT, fresh=True)
-        rep = build_report(table, art, folder)
+        importance = None
+        if gbdt_member.model_dir:
+            from aes_core.ensemble.gbdt import load_importance
+
+            importance = load_importance(gbdt_member.model_dir)
+        rep = build_report(table, art, folder, flag_policy=policy, importance=importance)
         with mlflow.run("scoring_report", tags={"asset": "scoring_report",
                                                 "dagster_run_id": context.run_id}) as run:
             run.metrics({"oof_qwk": rep.overall_qwk})
+            if rep.qwk_after_flags is not None:
+                run.metrics({"oof_qwk_after_flags": rep.qwk_after_flags})
             for _, r in rep.per_prompt.iterrows():
                 key = "".join(ch if ch.isalnum() else "_" for ch in str(r["prompt_name"]))
                 run.metrics({f"prompt_qwk.{key}": float(r["qwk"])})
             run.artifact(folder, "scoring_report")
+        flag_counts = ({} if rep.flag_table is None else
+                       dict(zip(rep.flag_table["flag"], rep.flag_table["essays"], strict=True)))
+        flag_meta = {} if rep.flag_table is None else {
+            "flag_counts": md(rep.flag_table, index=False),
+            "flagged_essays": flag_counts["any gaming flag"],
+            **({"oof_qwk_after_flags": rep.qwk_after_flags}
+               if rep.qwk_after_flags is not None else {})}
         context.add_output_metadata({
             "summary": dg.MetadataValue.md(rep.markdown),
             "oof_qwk": rep.overall_qwk,
             "per_prompt_qwk": md(rep.per_prompt, index=False),
             "report_dir": dg.MetadataValue.path(str(folder)),
+            **flag_meta,
             **{f"plot_{name}": png_md(p) for name, p in rep.plots.items()},
         })
         return ScoringReportResult(
             oof_qwk=rep.overall_qwk, nested_qwk=art.oof_qwk.get("blend_nested"),
             report_dir=str(folder), summary_path=str(folder / "summary.md"),
             plots={k: str(v) for k, v in rep.plots.items()},
-            per_prompt=rep.per_prompt.to_dict(orient="records"))
+            per_prompt=rep.per_prompt.to_dict(orient="records"),
+            flag_counts={k: int(v) for k, v in flag_counts.items()},
+            qwk_after_flags=rep.qwk_after_flags)
 
     return [gbdt_member_and_oof, ensemble_weights, scoring_report]
 

@@ -17,7 +17,13 @@ from aes_assets.configs import run_config
 from aes_assets.metadata import code_version, config_metadata, md
 from aes_assets.partitions import fold_head_partitions
 from aes_core.config import AesConfig
-from aes_core.contracts import FoldHeadCheckpoint, GbdtMemberResult, OnnxExport, TritonRepoResult
+from aes_core.contracts import (
+    EssayFlaggerResult,
+    FoldHeadCheckpoint,
+    GbdtMemberResult,
+    OnnxExport,
+    TritonRepoResult,
+)
 from aes_core.ensemble.artifact import EnsembleArtifact
 from aes_core.export.bundle import ExportTask, build_bundle, export_member, typical_stats
 from aes_core.serving.manifest import Bundle, ServingManifest
@@ -150,24 +156,28 @@ def serving_assets(cfg: AesConfig) -> list:
         key=keys.BUNDLE, group_name=GROUP,
         ins={**_onnx_ins(cfg), "ensemble_weights": dg.AssetIn(key=keys.ENSEMBLE),
              "gbdt_member": dg.AssetIn(key=keys.GBDT),
-             "folded_essays": dg.AssetIn(key=keys.FOLDED)},
+             "folded_essays": dg.AssetIn(key=keys.FOLDED),
+             "essay_flagger": dg.AssetIn(key=keys.FLAGGER)},
         code_version=code_version(cfg.web, cfg.serving),
         description="The serving bundle (serving.bundle_dir): manifest.json + the ensemble, "
-                    "its fold models, the GBDT member and typical essay statistics. Serving, "
-                    "the inbox, the rescoring schedule and the teachers' page read only this.",
+                    "its fold models, the GBDT member, typical essay statistics and the essay "
+                    "flagger. Serving, the inbox, the rescoring schedule and the teachers' page "
+                    "read only this.",
     )
     def serving_bundle(context: dg.AssetExecutionContext, settings: PipelineSettings,
                        ensemble_weights: EnsembleArtifact, gbdt_member: GbdtMemberResult,
-                       folded_essays: pd.DataFrame, **onnx_models) -> ServingManifest:
+                       folded_essays: pd.DataFrame, essay_flagger: EssayFlaggerResult,
+                       **onnx_models) -> ServingManifest:
         full = settings.config
         stats = typical_stats(folded_essays, full.web.typical_low_q, full.web.typical_high_q)
         manifest = build_bundle(full.bundle_dir, ensemble_weights, _exports(onnx_models),
-                                gbdt_member.model_dir, stats, profile=full.profile,
-                                config_hash=settings.config_hash)
+                                gbdt_member.model_dir, stats, flagger_dir=essay_flagger.folder,
+                                profile=full.profile, config_hash=settings.config_hash)
         context.add_output_metadata({
             "bundle_dir": dg.MetadataValue.path(str(full.bundle_dir)),
             "members": dg.MetadataValue.json(manifest.member_names()),
             "fold_models": sum(len(m.folds) for m in manifest.members),
+            "flagger": essay_flagger.folder is not None,
             "git_commit": manifest.git_commit,
         })
         return manifest

@@ -1,5 +1,6 @@
 """Serving stage: ``submission`` scores ``test_essays`` from the serving bundle through a real
-Triton server (in-process ONNX Runtime when no server is usable: identical scores)."""
+Triton server (in-process ONNX Runtime when no server is usable: identical scores), flagged
+by the bundle's flagger (flagged scores capped, the model's own kept in ``model_score``)."""
 
 
 from pathlib import Path
@@ -34,9 +35,10 @@ def submission_asset(cfg: AesConfig) -> dg.AssetsDefinition:
              "serving_bundle": dg.AssetIn(key=keys.BUNDLE),
              "triton_repo": dg.AssetIn(key=keys.TRITON_REPO)},
         code_version=code_version(cfg.serving),
-        description="submission.csv (essay_id, score 1..6, every test id once) scored from the "
-                    "serving bundle through Triton (or in-process ONNX Runtime, identical "
-                    "scores); QWK, per-member QWK and confusion matrix when test labels exist.",
+        description="submission.csv (essay_id, score 1..6, every test id once; then flags, "
+                    "flag_evidence, model_score) scored from the serving bundle through Triton "
+                    "(or in-process ONNX Runtime, identical scores) and flagged by the bundle's "
+                    "flagger; QWK, per-member QWK and confusion matrix when test labels exist.",
         kinds={"csv"},
     )
     def submission(context: dg.AssetExecutionContext, config: ServingRun,
@@ -46,8 +48,9 @@ def submission_asset(cfg: AesConfig) -> dg.AssetsDefinition:
         full = settings.resolve(serving=config)
         bundle = Bundle.load(full.bundle_dir)
         essays = test_essays[["essay_id", "full_text"]]
+        flagger = bundle.flagger()
         with triton.scorer(bundle, full.serving, log=context.log) as choice:
-            scored = score_frame(choice.scorer, essays)
+            scored = score_frame(choice.scorer, essays, flagger)
         df = scored.to_frame()
         storage = Path(full.storage_root)
         path = write_submission(df, essays["essay_id"].astype(str).tolist(),
@@ -60,6 +63,8 @@ def submission_asset(cfg: AesConfig) -> dg.AssetsDefinition:
                 **config_metadata(full.serving)}
         if choice.fallback_reason:
             meta["triton_fallback_reason"] = choice.fallback_reason
+        if scored.flagged:
+            meta.update(flag_metadata(df))
         ev = evaluate_submission(df, test_essays)
         if ev is not None:
             y = test_essays.set_index("essay_id")["score"]
@@ -67,6 +72,9 @@ def submission_asset(cfg: AesConfig) -> dg.AssetsDefinition:
             truth = labelled["essay_id"].map(y).astype(int).to_numpy()
             per_member = {m: qwk(truth, np.clip(np.rint(labelled[m]), 1, 6))
                           for m in scored.members}
+            if scored.flagged:
+                unflagged = evaluate_submission(df.assign(score=df["model_score"]), test_essays)
+                meta["test_qwk_model_score"] = unflagged["qwk"]
             meta.update({"test_qwk": ev["qwk"], "labelled_rows": ev["n"],
                          "confusion_matrix": md(ev["confusion"]),
                          **{f"test_qwk_rounded/{m}": q for m, q in per_member.items()}})
@@ -80,3 +88,15 @@ def submission_asset(cfg: AesConfig) -> dg.AssetsDefinition:
         return df
 
     return submission
+
+
+def flag_metadata(df: pd.DataFrame) -> dict:
+    """Essays per flag and how many scores the flag policy capped."""
+    from aes_core.flags import FLAG_NAMES
+    from aes_core.flags.flagger import FLAG_SEP
+
+    names = [set(f.split(FLAG_SEP)) for f in df["flags"]]
+    counts = {f: sum(f in n for n in names) for f in FLAG_NAMES}
+    return {"flag_counts": dg.MetadataValue.json(counts),
+            "flagged_essays": int((df["flags"] != "").sum()),
+            "capped_scores": int((df["score"] != df["model_score"]).sum())}

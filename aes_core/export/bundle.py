@@ -4,7 +4,7 @@
 regressor folder into ``members/<member>/fold<k>-<spec hash>/`` (hard links where possible),
 exports ``model.onnx`` next to it and checks parity with PyTorch; a folder that already holds
 a parity-checked export of the same model is reused. ``build_bundle`` adds the ensemble, the
-GBDT member and the essay statistics, and writes the manifest last.
+GBDT member, the essay statistics and the essay flagger, and writes the manifest last.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from aes_core.export.onnx import ONNX_FILE, check_parity, export_onnx, load_spec
 from aes_core.members import GBDT_MEMBER
 from aes_core.serving.manifest import (
     ENSEMBLE_PATH,
+    FLAGGER_DIR,
+    FLAGGER_EXTRA,
     GBDT_DIR,
     MEMBERS_DIR,
     STATS_FILE,
@@ -89,11 +91,14 @@ def _result(ckpt: FoldHeadCheckpoint, folder: Path, parity: dict) -> OnnxExport:
 
 def build_bundle(bundle_dir: str | Path, ensemble: EnsembleArtifact,
                  exports: list[OnnxExport], gbdt_dir: str | Path | None,
-                 essay_stats: dict | None, **provenance: str) -> ServingManifest:
+                 essay_stats: dict | None, flagger_dir: str | Path | None = None,
+                 **provenance: str) -> ServingManifest:
     """Commit a bundle for ``ensemble``: copy what it needs in, write the manifest last.
 
     ``exports`` holds every exported fold model (any backbone); the ensemble's transformer
-    members must all be there, each with one fold model per ensemble fold.
+    members must all be there, each with one fold model per ensemble fold. ``flagger_dir``
+    (an ``EssayFlagger.save`` folder) is copied in as ``flagger/``; without it the bundle
+    scores without flags.
     """
     from aes_core.tracking import git_commit, package_versions
 
@@ -142,12 +147,18 @@ def build_bundle(bundle_dir: str | Path, ensemble: EnsembleArtifact,
     if essay_stats is not None:
         (root / STATS_FILE).write_text(json.dumps(essay_stats, indent=2))
         stats_rel = STATS_FILE
+    extras = {}
+    if flagger_dir is not None:
+        link_or_copy_tree(flagger_dir, root / FLAGGER_DIR)
+        extras[FLAGGER_EXTRA] = FLAGGER_DIR
     manifest = ServingManifest(members=entries, gbdt_dir=gbdt_rel, essay_stats=stats_rel,
-                               git_commit=git_commit(), versions=package_versions(),
-                               **provenance)
+                               extras=extras, git_commit=git_commit(),
+                               versions=package_versions(), **provenance)
     manifest.student = _kept_student(root, manifest)
     write_manifest(root, manifest)
     prune_members(root, [f for e in entries for f in e.folds])
+    if flagger_dir is None and (root / FLAGGER_DIR).is_dir():  # no longer referenced
+        shutil.rmtree(root / FLAGGER_DIR, ignore_errors=True)
     return manifest
 
 

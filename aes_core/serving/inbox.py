@@ -3,7 +3,9 @@
 Each file is identified by the SHA-256 of its content. Processing is idempotent and
 crash-safe: outputs are written atomically first (``<outbox>/<stem>.<hash12>.scored.csv``),
 then the file's good rows are archived in the history folder and the original leaves the
-inbox. A file whose scored output already exists is never scored again.
+inbox. A file whose scored output already exists is never scored again. With the serving
+bundle's flagger, scored files carry ``flags``, ``flag_evidence`` and ``model_score`` after
+``score`` (see :func:`aes_core.serving.base.score_frame`).
 """
 
 from __future__ import annotations
@@ -15,12 +17,16 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from aes_core.data.io import decode_bytes
 from aes_core.data.schema import DataError, Essays
 from aes_core.serving.base import Scorer, score_frame
+
+if TYPE_CHECKING:
+    from aes_core.flags import EssayFlagger
 
 HASH_LEN = 12
 
@@ -151,8 +157,10 @@ def scored_output(outbox: Path, digest: str) -> Path | None:
 
 
 def process_inbox_file(path: str | Path, digest: str, scorer: Scorer, outbox: str | Path,
-                       rejected: str | Path, history: str | Path) -> InboxResult:
-    """Score one inbox file into the outbox; bad rows go to a report in ``rejected``."""
+                       rejected: str | Path, history: str | Path,
+                       flagger: EssayFlagger | None = None) -> InboxResult:
+    """Score one inbox file into the outbox (flagged with ``flagger``); bad rows go to a
+    report in ``rejected``."""
     path, outbox, rejected, history = Path(path), Path(outbox), Path(rejected), Path(history)
     stem = path.stem
     scored_path = outbox / output_name(stem, digest, "scored")
@@ -182,7 +190,7 @@ def process_inbox_file(path: str | Path, digest: str, scorer: Scorer, outbox: st
         report.write_text("\n".join(lines) + "\n")
         shutil.copy2(path, rejected / f"{stem}.{digest[:HASH_LEN]}.csv")
         outputs.append(str(report))
-    scored = score_frame(scorer, parsed.good).to_frame(with_members=True)
+    scored = score_frame(scorer, parsed.good, flagger).to_frame(with_members=True)
     _atomic_csv(archive_frame(parsed.good), archived)
     _atomic_csv(scored, scored_path)
     outputs.append(str(scored_path))
@@ -201,8 +209,10 @@ def _archive_original(path: Path, digest: str) -> None:
         path.unlink()
 
 
-def rescore_history(history: str | Path, scorer: Scorer, out_dir: str | Path) -> list[dict]:
-    """Score every archived inbox file into ``out_dir`` (skips files already there)."""
+def rescore_history(history: str | Path, scorer: Scorer, out_dir: str | Path,
+                    flagger: EssayFlagger | None = None) -> list[dict]:
+    """Score (and flag) every archived inbox file into ``out_dir`` (skips files already
+    there)."""
     history, out_dir = Path(history), Path(out_dir)
     done = []
     for f in sorted(history.glob("*.essays.csv")):
@@ -211,6 +221,6 @@ def rescore_history(history: str | Path, scorer: Scorer, out_dir: str | Path) ->
             done.append({"file": f.name, "skipped": True, "rows": 0})
             continue
         df = pd.read_csv(f, dtype={"essay_id": str, "full_text": str}, keep_default_na=False)
-        _atomic_csv(score_frame(scorer, df).to_frame(with_members=True), target)
+        _atomic_csv(score_frame(scorer, df, flagger).to_frame(with_members=True), target)
         done.append({"file": f.name, "skipped": False, "rows": len(df)})
     return done

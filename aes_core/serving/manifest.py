@@ -10,6 +10,8 @@ bundle copied to another machine serves without any pipeline storage next to it:
     gbdt/                            GBDT member folder (when the ensemble has one)
     essay_stats.json                 typical essay statistics per score (the page)
     student/<hash>/                  the distilled student (optional): a regressor folder
+    flagger/                         the essay flagger (gaming / off-topic flags and the score
+                                     cap policy), named by ``extras["flagger"]`` when present
 
 Every path in the manifest is relative to the bundle folder.
 """
@@ -21,13 +23,16 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from aes_core.ensemble.artifact import EnsembleArtifact
 from aes_core.members import GBDT_MEMBER
 from aes_core.models.regressor import BACKBONE_DIR, RegressorSpec
+
+if TYPE_CHECKING:
+    from aes_core.flags import EssayFlagger
 
 MANIFEST_FILE = "manifest.json"
 ENSEMBLE_PATH = "ensemble/ensemble.json"
@@ -36,6 +41,7 @@ GBDT_DIR = "gbdt"
 STATS_FILE = "essay_stats.json"
 STUDENT_DIR = "student"
 STUDENT_MEMBER = "student"
+FLAGGER_DIR = FLAGGER_EXTRA = "flagger"
 FORMAT_VERSION = 1
 
 
@@ -118,6 +124,7 @@ class Bundle:
         self.root = Path(root)
         self.manifest = manifest
         self._ensemble: EnsembleArtifact | None = None
+        self._flagger: EssayFlagger | None = None
 
     @classmethod
     def load(cls, root: str | Path) -> Bundle:
@@ -186,6 +193,20 @@ class Bundle:
             return None
         return json.loads(self.path(self.manifest.essay_stats).read_text())
 
+    @property
+    def flagger_dir(self) -> Path | None:
+        rel = self.manifest.extras.get(FLAGGER_EXTRA)
+        return self.path(rel) if rel else None
+
+    def flagger(self) -> EssayFlagger | None:
+        """The bundle's essay flagger, with the thresholds and score policy it was saved with
+        (None when the bundle has none: flags were off when it was built)."""
+        if self._flagger is None and self.flagger_dir is not None:
+            from aes_core.flags import EssayFlagger
+
+            self._flagger = EssayFlagger.load(self.flagger_dir)
+        return self._flagger
+
     def version(self) -> str:
         """Changes whenever a new manifest is written (the page reloads on it)."""
         return self.manifest.created_at
@@ -204,6 +225,8 @@ class Bundle:
             problems.append(f"GBDT folder {self.manifest.gbdt_dir} is missing")
         if self.manifest.student and not self.path(self.manifest.student.folder).is_dir():
             problems.append(f"student folder {self.manifest.student.folder} is missing")
+        problems += [f"{name} {rel} is missing" for name, rel in self.manifest.extras.items()
+                     if not self.path(rel).exists()]
         if not problems:
             absent = [m for m in self.ensemble.members if m not in self.manifest.member_names()]
             if absent:

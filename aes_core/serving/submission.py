@@ -1,4 +1,5 @@
-"""Writing and evaluating a submission table (essay_id, score)."""
+"""Writing and evaluating a submission table (essay_id, score, then any further columns such
+as the flags)."""
 
 from __future__ import annotations
 
@@ -34,10 +35,12 @@ def validate_submission(df: pd.DataFrame, expected_ids: list[str]) -> None:
 
 
 def write_submission(df: pd.DataFrame, expected_ids: list[str], path: str | Path) -> Path:
-    """Validate and write ``essay_id,score`` (input order) atomically."""
+    """Validate and write ``essay_id,score`` + ``df``'s other columns (input order) atomically."""
     out = pd.DataFrame({"essay_id": df["essay_id"].astype(str), "score": df["score"]})
     validate_submission(out, expected_ids)  # before the int cast, which would hide 2.5 -> 2
     out["score"] = out["score"].astype(int)
+    for col in df.columns.drop(["essay_id", "score"]):
+        out[col] = df[col].to_numpy()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".csv.tmp")

@@ -40,7 +40,7 @@ async function errorText(resp) {
   }
 }
 
-// ---- warnings (any code: too short, and later gaming / off-topic flags) -----------------
+// ---- warnings (any code: too short, gaming / off-topic flags; level "notice" is softer) ---
 function evidenceText(ev) {
   if (ev === null || ev === undefined || ev === "") return "";
   return typeof ev === "string" ? ev : JSON.stringify(ev);
@@ -49,9 +49,12 @@ function codeLabel(code) {
   const s = String(code).replace(/_/g, " ");
   return s.charAt(0).toUpperCase() + s.slice(1);
 }
+function levelClass(w) {
+  return w.level === "notice" ? " notice" : "";
+}
 function warningHtml(w) {
   const ev = evidenceText(w.evidence);
-  return `<div class="warning" data-code="${esc(w.code)}">` +
+  return `<div class="warning${levelClass(w)}" data-code="${esc(w.code)}">` +
     `<span class="warning-icon" aria-hidden="true">${WARN_ICON}</span><div>` +
     `<div class="warning-message">${esc(w.message)}</div>` +
     (ev ? `<div class="warning-evidence">${esc(ev)}</div>` : "") + "</div></div>";
@@ -65,7 +68,8 @@ function warningPills(warnings) {
   return (warnings || []).map((w) => {
     const ev = evidenceText(w.evidence);
     const tip = w.message + (ev ? ` (${ev})` : "");
-    return `<span class="warn-pill" data-code="${esc(w.code)}" title="${esc(tip)}">` +
+    return `<span class="warn-pill${levelClass(w)}" data-code="${esc(w.code)}" ` +
+      `title="${esc(tip)}">` +
       `<span aria-hidden="true">${WARN_ICON}</span> ${esc(codeLabel(w.code))}</span>`;
   }).join(" ");
 }
