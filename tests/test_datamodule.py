@@ -21,3 +21,11 @@ def test_grouped_batches_cover_each_essay_once_with_less_padding():
     order = np.random.default_rng(3).permutation(1000)
     plain = [order[i:i + 32] for i in range(0, 1000, 32)]
     assert _padding(epoch1, lengths) < 0.3 * _padding(plain, lengths)
+
+
+def test_worker_sees_the_parents_gpu_by_its_physical_id():
+    from aes_core.training.parallel import physical_gpu
+
+    assert physical_gpu(0, {"CUDA_VISIBLE_DEVICES": "2,3"}) == "2"
+    assert physical_gpu(1, {"CUDA_VISIBLE_DEVICES": "2,3"}) == "3"
+    assert physical_gpu(1, {}) == "1"

@@ -49,11 +49,20 @@ class JobFailure:
         return lines[-1] if lines else "unknown error"
 
 
-def _init_worker(gpu: int | None, threads: int | None) -> None:
+def physical_gpu(index: int, env: dict[str, str] | None = None) -> str:
+    """The device id a child process must see for this process's GPU ``index`` (CUDA numbers
+    the devices in CUDA_VISIBLE_DEVICES from 0: index 0 of "2,3" is device 2)."""
+    listed = (env if env is not None else os.environ).get("CUDA_VISIBLE_DEVICES")
+    if listed:
+        ids = [x.strip() for x in listed.split(",") if x.strip()]
+        if index < len(ids):
+            return ids[index]
+    return str(index)
+
+
+def _init_worker(gpu: str | None, threads: int | None) -> None:
     if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    else:
-        os.environ["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)
         import torch
@@ -97,7 +106,8 @@ def run_jobs(fn: Callable[[T], R], jobs: Sequence[T], slots: Sequence[WorkerSlot
     for s in slots:
         by_slot[s] = by_slot.get(s, 0) + 1
     pools = {s: ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker,
-                                    initargs=(s.gpu, s.threads))
+                                    initargs=(None if s.gpu is None else physical_gpu(s.gpu),
+                                              s.threads))
              for s, n in by_slot.items()}
     free = dict(by_slot)
     pending = list(range(len(jobs)))
