@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 import time
+import uuid
 
 import dagster as dg
 
@@ -118,17 +119,26 @@ def run_pipeline(profile: str, select: str = "*", instance: dg.DagsterInstance |
     graph = defs.resolve_asset_graph()
     steps = len({graph.get(k).assets_def for k in keys}) + sum(
         len(list(graph.get(k).check_keys)) for k in keys)
-    loggers = {"progress": {"config": {"total_steps": steps}}}
+    loggers: dict = {"progress": {}}
     if verbose:
         loggers["console"] = {"config": {"log_level": "DEBUG"}}
     run_config = {**executor_config(cfg), "loggers": loggers}
     from aes_assets.definitions import pipeline_job
+    from aes_assets.jobs import PIPELINE_JOB
+    from aes_assets.progress import StepProgress, last_step_durations
 
-    result = dg.execute_job(
-        dg.reconstructable(pipeline_job), instance, run_config=run_config,
-        asset_selection=keys,
-        tags={**_range_tags(defs, keys), "aes/profile": cfg.profile,
-              "aes/config_hash": config_hash(cfg)})
+    driver = ("aes/driver", uuid.uuid4().hex[:12])
+    history = last_step_durations(instance, PIPELINE_JOB, {"aes/profile": cfg.profile})
+    progress = StepProgress(instance, driver, steps, history=history)
+    progress.start()
+    try:
+        result = dg.execute_job(
+            dg.reconstructable(pipeline_job), instance, run_config=run_config,
+            asset_selection=keys,
+            tags={**_range_tags(defs, keys), "aes/profile": cfg.profile,
+                  "aes/config_hash": config_hash(cfg), driver[0]: driver[1]})
+    finally:
+        progress.stop()
     if not result.success:
         failed = [e.step_key for e in result.all_events if e.is_step_failure]
         raise RuntimeError(f"pipeline run {result.run_id} failed in step(s) {failed}; see the "
