@@ -22,7 +22,8 @@ def hardware() -> dict[str, str]:
         mem = f"{kb / 1024 ** 2:.1f} GiB"
     except (OSError, ValueError, IndexError):
         pass
-    out = {"cpu": cpu, "cores": str(os.cpu_count()), "memory": mem,
+    out = {"cpu": cpu, "cores": str(_usable_cores()), "cores_on_host": str(os.cpu_count()),
+           "memory": mem,
            "python": platform.python_version(), "platform": platform.platform()}
     try:
         import torch
@@ -37,3 +38,11 @@ def hardware() -> dict[str, str]:
     except ImportError:  # pragma: no cover
         out["gpu"] = "unknown (no torch)"
     return out
+
+
+def _usable_cores() -> int:
+    """Cores this process may use (its CPU affinity), which a benchmark's numbers depend on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

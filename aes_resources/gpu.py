@@ -17,7 +17,7 @@ from typing import Any
 import dagster as dg
 
 from aes_core.config import GpuSection
-from aes_core.training.parallel import WorkerSlot
+from aes_core.training.parallel import WorkerSlot, usable_cpus
 
 GPU_TAG = "aes/gpu"
 
@@ -170,7 +170,7 @@ class GpuResource(dg.ConfigurableResource, GpuSection):
     def _threads(self, workers: int) -> int:
         if self.threads_per_worker:
             return self.threads_per_worker
-        return max(1, (os.cpu_count() or 1) // max(1, workers))
+        return max(1, usable_cpus() // max(1, workers))
 
     @classmethod
     def from_section(cls, section: GpuSection) -> GpuResource:

@@ -134,12 +134,20 @@ def run_jobs(fn: Callable[[T], R], jobs: Sequence[T], slots: Sequence[WorkerSlot
     return results  # type: ignore[return-value]
 
 
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity, e.g. under taskset or a container)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def cpu_slots(workers: int, n_jobs: int) -> list[WorkerSlot]:
     """``workers`` CPU worker processes sharing the cores (one = in the caller's process)."""
     n = max(1, min(workers, n_jobs))
     if n == 1:
         return [WorkerSlot(in_process=True)]
-    return [WorkerSlot(gpu=None, threads=max(1, (os.cpu_count() or 1) // n))] * n
+    return [WorkerSlot(gpu=None, threads=max(1, usable_cpus() // n))] * n
 
 
 def failures(results: Sequence[Any]) -> list[JobFailure]:
