@@ -80,7 +80,9 @@ def plan(defs: dg.Definitions, instance: dg.DagsterInstance, select: str,
     return sorted(run), sorted(selected - run)
 
 
-def _range_tags(defs: dg.Definitions, keys: list[dg.AssetKey]) -> dict[str, str]:
+def _range_tags(defs: dg.Definitions, keys: list[dg.AssetKey],
+                partition_range: str | None = None) -> dict[str, str]:
+    """Range tags covering every fold x head partition, or ``first...last`` of a given range."""
     graph = defs.resolve_asset_graph()
     pdefs = {graph.get(k).partitions_def for k in keys if graph.get(k).partitions_def}
     if not pdefs:
@@ -88,11 +90,19 @@ def _range_tags(defs: dg.Definitions, keys: list[dg.AssetKey]) -> dict[str, str]
     if len(pdefs) > 1:
         raise ValueError("the selection mixes partitioned assets with different partitions")
     pks = next(iter(pdefs)).get_partition_keys()
+    if partition_range:
+        first, _, last = partition_range.partition("...")
+        last = last or first
+        unknown = [k for k in (first, last) if k not in pks]
+        if unknown:
+            raise ValueError(f"unknown partition key(s) {unknown}; keys are {pks}")
+        return {RANGE_START: first, RANGE_END: last}
     return {RANGE_START: pks[0], RANGE_END: pks[-1]}
 
 
 def run_pipeline(profile: str, select: str = "*", instance: dg.DagsterInstance | None = None,
-                 verbose: bool = False, log=print) -> dg.ExecuteJobResult | None:
+                 verbose: bool = False, log=print,
+                 partition_range: str | None = None) -> dg.ExecuteJobResult | None:
     """Materialize ``select`` (Dagster selection syntax) on ``profile`` in one run.
 
     Returns the run's result (None when everything selected is fresh); raises on failure.
@@ -135,7 +145,7 @@ def run_pipeline(profile: str, select: str = "*", instance: dg.DagsterInstance |
         result = dg.execute_job(
             dg.reconstructable(pipeline_job), instance, run_config=run_config,
             asset_selection=keys,
-            tags={**_range_tags(defs, keys), "aes/profile": cfg.profile,
+            tags={**_range_tags(defs, keys, partition_range), "aes/profile": cfg.profile,
                   "aes/config_hash": config_hash(cfg), driver[0]: driver[1]})
     finally:
         progress.stop()
@@ -151,12 +161,14 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default=os.environ.get(PROFILE_ENV, "cpu-small"))
     ap.add_argument("--select", default="*", help="Dagster asset selection, e.g. 'raw_essays+'")
+    ap.add_argument("--partitions", help="fold x head partitions, 'first...last' (default: all)")
     ap.add_argument("--verbose", action="store_true", help="Dagster DEBUG logs, library noise")
     args = ap.parse_args(argv)
     os.environ.setdefault("DAGSTER_HOME", str(PROJECT_ROOT))
     logging.basicConfig(level=logging.WARNING)
     t0 = time.time()
-    result = run_pipeline(args.profile, args.select, verbose=args.verbose)
+    result = run_pipeline(args.profile, args.select, verbose=args.verbose,
+                          partition_range=args.partitions)
     from aes_assets.summary import print_summary
 
     cfg: AesConfig = load_config(args.profile)

@@ -44,6 +44,9 @@ class StageInfo(StageResult):
     val_essays: int = 0
     train_tokens: int = Field(0, description="tokens seen in training (all epochs)")
     seconds: float = 0.0
+    steady_tokens_per_s: float | None = Field(
+        None, description="training tokens per second from the first to the last training "
+        "batch, all devices together (excludes start-up, validation excluded as run time)")
     resumed_from: str | None = None
 
 

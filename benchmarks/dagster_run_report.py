@@ -72,7 +72,11 @@ def run_report(instance: dg.DagsterInstance, run_id: str) -> dict[str, Any]:
             training[key] = {"partitions": len(parts), "train_tokens": tokens,
                              "step_seconds": round(wall, 1) if wall else None,
                              "tokens_per_s": round(tokens / wall) if wall else None,
-                             "fold_qwk": {p["partition"]: p.get("fold_qwk") for p in parts}}
+                             "fold_qwk": {p["partition"]: p.get("fold_qwk") for p in parts},
+                             "steady_tokens_per_s": {p["partition"]: p.get("steady_tokens_per_s")
+                                                     for p in parts},
+                             "partition_seconds": {p["partition"]: p.get("seconds")
+                                                   for p in parts}}
     return {
         "via": "dagster", "run_id": run_id, "job": run.job_name,
         "profile": run.tags.get("aes/profile"), "status": run.status.value,

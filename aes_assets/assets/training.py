@@ -54,6 +54,7 @@ def _partition_metadata(r: FoldHeadCheckpoint) -> dict:
         "train_tokens": r.train_tokens, "seconds": r.seconds,
         "tokens_per_second": round(r.train_tokens / max(
             r.stage1.seconds + (r.stage2.seconds if r.stage2 else 0.0), 1e-9)),
+        "steady_tokens_per_s": r.stage1.steady_tokens_per_s,
         "peak_gpu_gib": r.peak_gpu_gib, "device": r.device, "reused": r.reused,
         "notes": "; ".join(r.notes) or "none", "trainable_params": r.trainable_params,
     }

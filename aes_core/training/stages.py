@@ -147,6 +147,41 @@ class FoldHeadJob:
     progress: bool = True
 
 
+THROUGHPUT_FILE = "throughput.json"
+
+
+class Throughput(Callback):
+    """Training tokens per second between the first and the last training batch of a fit,
+    counted on rank 0 and multiplied by the number of ranks (DDP shards evenly), written to
+    ``<stage dir>/throughput.json`` (spawned DDP ranks cannot hand values back)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.t0: float | None = None
+        self.t1 = 0.0
+        self.tokens: torch.Tensor | int = 0  # summed on the device: no sync per step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.t0 is None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.t0 = time.time()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.tokens = self.tokens + batch["attention_mask"].sum()
+        self.t1 = time.time()
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        if trainer.is_global_zero and self.t0 is not None and self.t1 > self.t0:
+            self.t1 = time.time()  # the last batch's kernels have finished
+            total = int(self.tokens) * trainer.world_size
+            self.path.write_text(json.dumps({"tokens": total, "seconds": self.t1 - self.t0,
+                                             "tokens_per_s": total / (self.t1 - self.t0),
+                                             "world_size": trainer.world_size}))
+
+
 class EpochLog(Callback):
     """Writes each epoch's metrics through ``log_fn`` (e.g. Dagster's run log)."""
 
@@ -236,7 +271,8 @@ def run_stage(job: FoldHeadJob, stage: str, model: EssayRegressor, tokenizer,
     ckpt_cb = ModelCheckpoint(dirpath=sdir, filename="best", monitor="val_qwk", mode="max",
                               save_top_k=1, save_last=True)
     callbacks: list[Callback] = [ckpt_cb, EarlyStopping("val_qwk", mode="max",
-                                                        patience=cfg.early_stopping_patience)]
+                                                        patience=cfg.early_stopping_patience),
+                                 Throughput(sdir / THROUGHPUT_FILE)]
     if job.log_fn:
         callbacks.append(EpochLog(stage, job.log_fn))
     callbacks += job.callbacks
@@ -263,10 +299,13 @@ def run_stage(job: FoldHeadJob, stage: str, model: EssayRegressor, tokenizer,
     # read progress from last.ckpt: spawned DDP workers do not send it back to this process
     summary = checkpoint_summary(last if last.exists() else Path(best))
     epochs_run = summary["epochs"]
+    thr = sdir / THROUGHPUT_FILE
+    steady = json.loads(thr.read_text())["tokens_per_s"] if thr.exists() else None
     info = StageInfo(best_val_qwk=summary["best_model_score"], epochs_run=epochs_run,
                      global_step=summary["global_step"], train_essays=len(train_ds),
                      val_essays=len(val_ds), train_tokens=epochs_run * train_ds.n_tokens,
-                     seconds=round(seconds, 2), resumed_from=resume)
+                     seconds=round(seconds, 2), steady_tokens_per_s=steady,
+                     resumed_from=resume)
     done.write_text(json.dumps({"best_ckpt": best, "stage": info.model_dump()}, indent=2))
     _log(job, f"{stage}: best val QWK {info.best_val_qwk} in {seconds:.0f}s")
     return info, best
