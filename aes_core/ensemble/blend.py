@@ -173,19 +173,20 @@ def local_optima(preds: np.ndarray, y: np.ndarray,
     top = np.argsort(alone)[::-1][:cfg.single_member_starts]  # the strongest members
     starts += [np.eye(n_members)[j] * 0.9 + 0.1 / n_members for j in sorted(top)]
     starts += [rng.dirichlet(np.ones(n_members)) for _ in range(cfg.restarts)]
+    jobs = [(preds, y, z0, cfg) for z0 in starts]
     if cfg.n_jobs > 1:
-        from joblib import Parallel, delayed
+        from aes_core.training.parallel import map_processes
 
-        found = Parallel(n_jobs=min(cfg.n_jobs, len(starts)))(
-            delayed(_descend)(preds, y, z0, cfg) for z0 in starts)
+        found = map_processes(_descend, jobs, min(cfg.n_jobs, len(starts)))
     else:
-        found = [_descend(preds, y, z0, cfg) for z0 in starts]
+        found = [_descend(job) for job in jobs]
     return sorted(found, key=lambda t: t[0])
 
 
-def _descend(preds: np.ndarray, y: np.ndarray, z0: np.ndarray,
-             cfg: EnsembleSection) -> tuple[float, np.ndarray]:
+def _descend(job: tuple[np.ndarray, np.ndarray, np.ndarray, EnsembleSection]
+             ) -> tuple[float, np.ndarray]:
     """One Nelder-Mead descent from ``z0``: (objective, cleaned weights)."""
+    preds, y, z0, cfg = job
     f = blend_objective(preds, y, cfg.rmse_tiebreak)
     res = minimize(f, z0, method="Nelder-Mead",
                    options={"maxiter": cfg.max_iter, "xatol": 1e-4, "fatol": 1e-7,

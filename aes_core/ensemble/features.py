@@ -259,6 +259,10 @@ def _rows(texts: list[str], spelling: bool, feature_set: FeatureSet) -> np.ndarr
         len(rows), len(names))
 
 
+def _rows_job(job: tuple[list[str], bool, FeatureSet]) -> np.ndarray:
+    return _rows(*job)
+
+
 def feature_matrix(texts: list[str], spelling: bool = True, progress: bool = False,
                    feature_set: FeatureSet = "basic", n_jobs: int = 1) -> np.ndarray:
     """[N, len(feature_names(feature_set))] float32 matrix of :func:`essay_features`.
@@ -270,11 +274,11 @@ def feature_matrix(texts: list[str], spelling: bool = True, progress: bool = Fal
     if not texts:
         return np.zeros((0, len(names)), dtype=np.float32)
     if n_jobs > 1 and len(texts) >= 8 * n_jobs:
-        from joblib import Parallel, delayed
+        from aes_core.training.parallel import map_processes
 
         chunks = np.array_split(np.arange(len(texts)), n_jobs)
-        parts = Parallel(n_jobs=n_jobs)(
-            delayed(_rows)([texts[i] for i in c], spelling, feature_set) for c in chunks)
+        parts = map_processes(_rows_job, [([texts[i] for i in c], spelling, feature_set)
+                                          for c in chunks], n_jobs)
         return np.concatenate(parts, axis=0)
     if progress:
         from tqdm.auto import tqdm
