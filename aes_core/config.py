@@ -579,6 +579,7 @@ class AesConfig(Section):
         f"sqlite:///{PROJECT_ROOT / 'var' / 'mlflow.db'}", description="local MLflow store"
     )
     mlflow_experiment: str = "aes"
+    mlflow_enabled: bool = Field(True, description="False: no experiment tracking")
     mlflow_artifact_location: str | None = Field(
         None, description="where MLflow keeps run artifacts; None = 'mlflow-artifacts' next "
         "to a SQLite tracking store (else the server's default)")

@@ -129,4 +129,4 @@ class MlflowTracker(dg.ConfigurableResource):
     def from_config(cls, cfg) -> MlflowTracker:
         """Built from the top-level tracking fields of an ``AesConfig``."""
         return cls(tracking_uri=cfg.mlflow_tracking_uri, experiment=cfg.mlflow_experiment,
-                   artifact_location=cfg.mlflow_artifact_location)
+                   artifact_location=cfg.mlflow_artifact_location, enabled=cfg.mlflow_enabled)
