@@ -281,18 +281,6 @@ def test_torch_triton_errors_are_per_request(torch_served):
     assert 1 <= int(res.as_numpy("SCORE")[0, 0]) <= 6
 
 
-def test_shared_analysis_gbdt_predicts_as_the_member(bundle, essays):
-    from aes_core.ensemble.gbdt import GbdtMember
-    from aes_core.serving.gbdt_fast import SharedAnalysisGbdt
-
-    member = GbdtMember.load(bundle.gbdt_dir)
-    fast = SharedAnalysisGbdt(member)
-    assert fast.reason == ""
-    texts = _texts(essays)
-    assert np.abs(fast.predict(texts) - member.predict(texts)).max() < 1e-9
-    assert fast.predict([]).shape == (0,)
-
-
 def test_worker_processes_give_the_same_scores(bundle, essays):
     """Tokenizer processes run ahead of the model; GBDT processes score beside it (the
     essays split among them)."""

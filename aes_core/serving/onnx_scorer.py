@@ -91,9 +91,9 @@ class OnnxScorer:
         if GBDT_MEMBER in ensemble.members:
             if gbdt_dir is None:
                 raise ValueError("the ensemble has a 'gbdt' member but no gbdt_dir was given")
-            from aes_core.serving.gbdt_fast import load_gbdt
+            from aes_core.ensemble.gbdt import GbdtMember
 
-            self.gbdt = load_gbdt(gbdt_dir)  # same predictions as GbdtMember, faster
+            self.gbdt = GbdtMember.load(gbdt_dir)  # each essay analyzed once for all folds
         self._tokenizers: dict[Path, object] = {}
 
     def _tokenizer(self, folder: Path):

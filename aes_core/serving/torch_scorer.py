@@ -105,9 +105,9 @@ class MemberGroup:
 
 
 def _gbdt_init(folder: str) -> None:
-    from aes_core.serving.gbdt_fast import load_gbdt
+    from aes_core.ensemble.gbdt import GbdtMember
 
-    _GBDT["member"] = load_gbdt(folder)
+    _GBDT["member"] = GbdtMember.load(folder)
 
 
 def _gbdt_predict(texts: list[str]) -> np.ndarray:
@@ -177,9 +177,9 @@ class TorchScorer:
                     gbdt_workers, mp_context=mp.get_context("spawn"), initializer=_gbdt_init,
                     initargs=(str(gbdt_dir),))
             else:
-                from aes_core.serving.gbdt_fast import load_gbdt
+                from aes_core.ensemble.gbdt import GbdtMember
 
-                self.gbdt = load_gbdt(gbdt_dir)
+                self.gbdt = GbdtMember.load(gbdt_dir)
 
     # ------------------------------------------------------------------ loading
     def _load_groups(self, members: dict[str, list[str | Path]],

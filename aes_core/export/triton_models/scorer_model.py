@@ -66,9 +66,9 @@ class TritonPythonModel:
         encoders = {}  # one tokenization per tokenizer + token plan (members of a backbone)
         for name in self.ensemble.members:
             if name == GBDT_MEMBER:
-                from aes_core.serving.gbdt_fast import load_gbdt
+                from aes_core.ensemble.gbdt import GbdtMember
 
-                self.members.append((name, load_gbdt(os.path.join(here, meta["gbdt_dir"])),
+                self.members.append((name, GbdtMember.load(os.path.join(here, meta["gbdt_dir"])),
                                      None, None))
                 continue
             m = meta["members"][name]
