@@ -104,7 +104,7 @@ def test_interrupted_run_resumes_from_last_checkpoint(tiny_backbone, tmp_path, e
     again = run_mlm(tiny_backbone, out, essays, cfg.model_copy(update={"lr": 1e-3}),
                     progress=False, callbacks=[probe2])
     assert probe2.starts == [0] and again["resumed_from"] is None
-    assert again["notes"] == ["starting fresh (the spec changed)"]
+    assert again["notes"] == ["starting over: its configuration, data or code changed"]
 
 
 @pytest.mark.slow

@@ -7,12 +7,18 @@ import numpy as np
 import pytest
 
 from aes_core.config import ServingSection
-from aes_core.export.onnx import export_onnx
 from aes_core.export.triton_repo import write_triton_repo
 from aes_core.serving.base import score_frame
 from aes_core.serving.onnx_scorer import OnnxScorer
 from aes_core.serving.triton import TritonScorer, TritonServer, server_ready
-from tests.serving_support import make_regressor, sample_essays, spread_ensemble
+from tests.serving_support import (
+    checkpoint_for,
+    commit_bundle,
+    export_checkpoints,
+    make_regressor,
+    sample_essays,
+    spread_ensemble_for,
+)
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -23,22 +29,20 @@ MEMBER, N_FOLDS = "tiny__lstm", 2  # the BiLSTM reads padding: any batching diff
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_backbone):
     tmp = tmp_path_factory.mktemp("triton_chunked")
-    folds = []
-    for fold in range(N_FOLDS):
-        reg = make_regressor(tiny_backbone, tmp / f"reg{fold}", "lstm", seed=fold, chunked=True)
-        export_onnx(reg, tmp / f"member{fold}")
-        folds.append(tmp / f"member{fold}")
-    members = {MEMBER: folds}
+    ckpts = [checkpoint_for(make_regressor(tiny_backbone, tmp / f"reg{fold}", "lstm", seed=fold,
+                                           chunked=True), "lstm", fold)
+             for fold in range(N_FOLDS)]
+    exports = export_checkpoints(tmp / "bundle", ckpts)
     essays = sample_essays(16)
-    probe = OnnxScorer(spread_ensemble([MEMBER], np.array([1.0, 6.0]), N_FOLDS), members)
-    ens = spread_ensemble([MEMBER], score_frame(probe, essays).blended, N_FOLDS)
+    ens = spread_ensemble_for(exports, essays, N_FOLDS)
+    bundle = commit_bundle(tmp / "bundle", ens, exports)
     serving = ServingSection(triton_repo=str(tmp / "repo"), instance_count=1, max_batch_size=8,
                              request_batch_size=8)
-    write_triton_repo(serving.triton_repo, ens, members, serving)
+    write_triton_repo(serving.triton_repo, bundle, serving)
     server = TritonServer(serving.triton_repo, http_port=0, grpc_port=0, metrics_port=0)
     server.start()
     try:
-        yield {"ens": ens, "members": members, "essays": essays, "server": server,
+        yield {"ens": ens, "members": bundle.member_dirs(), "essays": essays, "server": server,
                "client": server.client()}
     finally:
         server.stop()

@@ -207,7 +207,7 @@ def test_a_running_server_of_another_bundle_is_not_used(served, tmp_path):
         assert f"serves bundle {served['bundle'].version()!r}" in choice.fallback_reason
         assert f"expected {newer.version()!r}" in choice.fallback_reason
     with open_scorer(served["bundle"], served["cfg"].serving, triton_url=url) as choice:
-        assert choice.via == f"triton ({url})" and not choice.fallback_reason
+        assert choice.via == f"triton ({url}, model scorer)" and not choice.fallback_reason
 
 
 def test_open_scorer_falls_back_when_the_repo_is_for_another_bundle(served, tmp_path):

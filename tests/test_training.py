@@ -224,7 +224,7 @@ def test_interrupted_partition_resumes_from_last_checkpoint(tmp_path, tiny_backb
     redone = train_fold_head(retrain, tiny_folded)
     assert not redone.reused and probe3.starts[0] == (0, 0)
     assert redone.spec_hash == result.spec_hash
-    assert any("re-training a completed partition" in n for n in redone.notes)
+    assert "starting over: re-making a completed run" in redone.notes
 
     # a changed spec (another learning rate) starts the folder over
     changed = _job(tmp_path, tiny_backbone, out, stage1_epochs=2, stage2_epochs=1,
