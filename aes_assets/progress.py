@@ -24,6 +24,17 @@ import dagster as dg
 STARTED, DONE, FAILED = "STEP_START", "STEP_SUCCESS", "STEP_FAILURE"
 
 
+def failure_reason(event: dg.DagsterEvent) -> str:
+    """The last line of a failed step's error (the exception message), or a plain note."""
+    error = getattr(event.event_specific_data, "error", None)
+    if error is None:
+        return "no error recorded (see the run in the UI)"
+    cause = error
+    while getattr(cause, "cause", None) is not None:  # the user code's own exception
+        cause = cause.cause
+    return cause.message.strip().splitlines()[-1] if cause.message else error.message.strip()
+
+
 class MessageHandler(logging.Handler):
     """The assets' own messages (no Dagster events), one line each."""
 
@@ -95,6 +106,8 @@ class StepProgress(threading.Thread):
             word = "ok" if kind == DONE else "FAILED"
             self._say(f"[aes] {word} {step} in {took:.0f}s ({self.done} of {self.total} steps, "
                       f"{self._clock()})")
+            if kind == FAILED:
+                self._say(f"[aes]   why: {failure_reason(ev)}")
 
     def poll(self, run_id: str, cursor: str | None) -> str | None:
         records = self.instance.get_records_for_run(run_id, cursor=cursor, of_type={

@@ -22,7 +22,6 @@ from aes_core.robustness import (
     robustness_table,
     split_robustness_table,
 )
-from aes_core.serving.loader import open_scorer
 from aes_core.serving.manifest import Bundle, ServingManifest
 from aes_resources.settings import PipelineSettings
 from aes_resources.storage import ArtifactStore
@@ -115,6 +114,8 @@ def gaming_robustness(context: dg.AssetCheckExecutionContext, settings: Pipeline
     clean, perturbed = split_robustness_table(robustness_set)
     t0 = time.time()
     in_process = cfg.serving.model_copy(update={"use_triton": False})
+    from aes_core.serving.loader import open_scorer  # torch: lazily
+
     with open_scorer(bundle, in_process, start_server=False) as choice:
         report, _ = evaluate_robustness(clean, perturbed, flagger, EnsembleScores(choice.scorer))
         via = choice.via

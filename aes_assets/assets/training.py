@@ -23,7 +23,7 @@ from aes_assets.partitions import fold_head_partitions, partition_key, split_par
 from aes_core.config import AesConfig, BackboneSection
 from aes_core.contracts import FoldHeadCheckpoint, MlmBackbone
 from aes_core.training.parallel import JobFailure, failures, run_jobs
-from aes_core.training.stages import PartitionTask, stage_history, train_partition
+from aes_core.training.tasks import PartitionTask, stage_history, train_partition
 from aes_resources.gpu import GpuResource
 from aes_resources.mlflow import MlflowTracker
 from aes_resources.settings import PipelineSettings

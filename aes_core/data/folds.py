@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
 from aes_core.config import FoldSection
 from aes_core.data.normalize import normalize_text
@@ -72,6 +71,8 @@ def make_folds(df: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
         axis=1,
     ).to_numpy(dtype=int)
     folds = np.full(len(df), -1, dtype=int)
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold  # sklearn: lazily
+
     mskf = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     for i, (_, val_idx) in enumerate(mskf.split(np.zeros(len(df)), labels)):
         folds[val_idx] = i

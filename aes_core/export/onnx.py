@@ -15,7 +15,6 @@ including the BiLSTM with a dynamic sequence axis, and needs no ``onnxscript``.
 
 from __future__ import annotations
 
-import json
 import shutil
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -28,10 +27,10 @@ from aes_core.models.regressor import (
     BACKBONE_DIR,
     SPEC_FILE,
     EssayRegressor,
-    RegressorSpec,
     load_regressor_tokenizer,
     logits_to_scores,
 )
+from aes_core.models.spec import load_spec  # noqa: F401  (re-exported)
 from aes_core.models.tokens import ATTENTION_MASK, INPUT_IDS, WINDOW_WEIGHTS, encode_batch
 
 ONNX_FILE = "model.onnx"
@@ -74,14 +73,6 @@ def _example_inputs(chunked: bool) -> tuple[tuple[torch.Tensor, ...], dict[str, 
                                   ATTENTION_MASK: {0: "windows", 1: "seq"},
                                   WINDOW_WEIGHTS: {0: "essays", 1: "windows"},
                                   OUTPUT_NAME: {0: "essays"}}
-
-
-def load_spec(folder: str | Path) -> RegressorSpec:
-    """The RegressorSpec stored in a regressor or exported member folder."""
-    path = Path(folder) / SPEC_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{folder}: no {SPEC_FILE} (not a regressor/member folder)")
-    return RegressorSpec.model_validate(json.loads(path.read_text()))
 
 
 def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = 17) -> Path:

@@ -9,33 +9,21 @@ A saved regressor is a self-contained folder::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from aes_core.config import HeadSection
 from aes_core.logs import explain_loading, quiet_libraries
 from aes_core.models.heads import build_head
-
-SPEC_FILE = "aes_model.json"
-WEIGHTS_FILE = "model.safetensors"
-BACKBONE_DIR = "backbone"
-
-
-class RegressorSpec(BaseModel):
-    head: str
-    heads_cfg: HeadSection = HeadSection()
-    loss: str = "bce"
-    max_length: int = 512
-    add_newline_tokens: bool = False
-    backbone_name: str = "minilm"
-    chunking: bool = False     # whole essay as overlapping windows (BackboneSection.chunking)
-    chunk_overlap: int = 128
-    max_chunks: int = 8
+from aes_core.models.spec import (  # noqa: F401  (re-exported)
+    BACKBONE_DIR,
+    SPEC_FILE,
+    WEIGHTS_FILE,
+    RegressorSpec,
+    load_spec,
+)
 
 
 def encoder_overrides(num_layers: int | None) -> dict:
@@ -129,7 +117,7 @@ class EssayRegressor(nn.Module):
         folder = Path(folder)
         if not (folder / SPEC_FILE).exists():
             raise FileNotFoundError(f"{folder} is not a saved regressor (no {SPEC_FILE})")
-        spec = RegressorSpec.model_validate(json.loads((folder / SPEC_FILE).read_text()))
+        spec = load_spec(folder)
         enc_cfg = AutoConfig.from_pretrained(str(folder / BACKBONE_DIR), local_files_only=True)
         model = cls(AutoModel.from_config(enc_cfg), spec)
         state = load_file(str(folder / WEIGHTS_FILE), device=map_location)

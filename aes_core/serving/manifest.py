@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aes_core.ensemble.artifact import EnsembleArtifact
 from aes_core.members import GBDT_MEMBER
-from aes_core.models.regressor import BACKBONE_DIR, RegressorSpec
+from aes_core.models.spec import BACKBONE_DIR, RegressorSpec
 
 if TYPE_CHECKING:
     from aes_core.flags import EssayFlagger

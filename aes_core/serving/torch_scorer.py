@@ -32,7 +32,8 @@ import numpy as np
 
 from aes_core.ensemble.artifact import EnsembleArtifact
 from aes_core.members import GBDT_MEMBER
-from aes_core.models.regressor import BACKBONE_DIR, SPEC_FILE, RegressorSpec
+from aes_core.models.regressor import BACKBONE_DIR, RegressorSpec
+from aes_core.models.spec import load_spec
 from aes_core.models.tokens import (
     EssayBatch,
     TokenEncoder,
@@ -71,10 +72,6 @@ def resolve_device(device: str | None = None) -> str:
     if device in (None, "", "auto"):
         return "cuda" if cuda_available() else "cpu"
     return device
-
-
-def load_spec(folder: str | Path) -> RegressorSpec:
-    return RegressorSpec.model_validate_json((Path(folder) / SPEC_FILE).read_text())
 
 
 @dataclass

@@ -60,7 +60,7 @@ from aes_core.training.resume import (
 
 log = logging.getLogger(__name__)
 
-OOF_FILE, DONE_FILE, MODEL_DIR, METRICS_FILE = "oof.parquet", "done.json", "model", "metrics.csv"
+OOF_FILE, DONE_FILE, MODEL_DIR = "oof.parquet", "done.json", "model"
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -493,44 +493,3 @@ def load_partition_result(folder: Path) -> FoldHeadCheckpoint | None:
         return FoldHeadCheckpoint.model_validate_json(p.read_text())
     except ValueError:
         return None
-
-
-def stage_history(folder: Path) -> dict[str, list[dict[str, Any]]]:
-    """Per stage, the metric rows Lightning logged (``metrics.csv``), for experiment tracking."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for stage in ("stage1", "stage2"):
-        f = Path(folder) / stage / METRICS_FILE
-        if f.exists():
-            df = pd.read_csv(f)
-            out[stage] = [{k: v for k, v in row.items() if pd.notna(v)}
-                          for row in df.to_dict("records")]
-    return out
-
-
-# ----------------------------------------------------------------------------- worker entry
-@dataclass
-class PartitionTask:
-    """One fold x head partition for a worker process: plain, picklable data."""
-
-    cfg_json: str
-    backbone: str
-    backbone_path: str
-    fold: int
-    head: str
-    out_dir: str
-    folded_path: str
-    trainer_kwargs: dict[str, Any]
-    device: str
-    amp: str | None = None
-
-
-def train_partition(task: PartitionTask) -> FoldHeadCheckpoint:
-    """:func:`train_fold_head` in a worker process (see ``aes_core.training.parallel``)."""
-    quiet_libraries()
-    cfg = AesConfig.model_validate_json(task.cfg_json)
-    job = FoldHeadJob(cfg=cfg, backbone=cfg.backbone(task.backbone),
-                      backbone_path=Path(task.backbone_path), fold=task.fold, head=task.head,
-                      out_dir=Path(task.out_dir), trainer_kwargs=task.trainer_kwargs,
-                      device=task.device, amp_dtype=AMP_DTYPES.get(task.amp or ""),
-                      progress=False)
-    return train_fold_head(job, pd.read_parquet(task.folded_path))
