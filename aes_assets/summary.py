@@ -69,7 +69,7 @@ def print_summary(cfg: AesConfig, instance: dg.DagsterInstance, run_id: str | No
         f"  ensemble QWK      OOF {_fmt(s['oof_qwk'])} | nested CV {_fmt(s['nested_cv_qwk'])}"
         f" | test {_fmt(s['test_qwk'])}",
         f"  best member       {_fmt(s['best_member'])} (OOF {_fmt(s['best_member_oof_qwk'])});"
-        f" GBDT alone OOF {_fmt(s['gbdt_oof_qwk'])}; scorer: {_fmt(s['selected'])}",
+        f" GBDT alone OOF {_fmt(s['gbdt_oof_qwk'])} (rounded); scorer: {_fmt(s['selected'])}",
         f"  submission        {_fmt(s['submission'])} (scored via {_fmt(s['scored_via'])})",
     ]
     if report:

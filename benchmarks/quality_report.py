@@ -39,19 +39,23 @@ def load_run(storage: Path) -> dict[str, pd.DataFrame]:
             "gbdt_oof": pd.read_parquet(tables / "gbdt_oof.parquet"),
             "folded": pd.read_parquet(tables / "folded_essays.parquet"),
             "test": pd.read_parquet(tables / "test_essays.parquet"),
-            "test_preds": pd.read_parquet(storage / MEMBER_PREDICTIONS)}
+            "test_preds": (pd.read_parquet(storage / MEMBER_PREDICTIONS)
+                           if (storage / MEMBER_PREDICTIONS).exists() else None)}
 
 
-def evaluate(table: pd.DataFrame, texts: list[str], test_preds: pd.DataFrame,
+def evaluate(table: pd.DataFrame, texts: list[str], test_preds: pd.DataFrame | None,
              test_texts: list[str], y_test: np.ndarray, cfg: AesConfig, method: str
              ) -> dict[str, Any]:
-    """Fit one configuration on OOF; its QWK on test (once), OOF and nested CV."""
+    """Fit one configuration on OOF; its QWK on test (once, when the run scored it), OOF and
+    nested CV."""
     ecfg = cfg.ensemble.model_copy(update={"method": method})
     fit = fit_ensemble(table, ecfg, texts=texts)
     art = fit.artifact
-    preds = test_preds[art.members].to_numpy(dtype=np.float64)
-    return {"members": art.members, "method": art.method,
-            "test_qwk": qwk(y_test, art.to_scores(art.blend(preds, test_texts))),
+    test_qwk = None
+    if test_preds is not None:
+        preds = test_preds[art.members].to_numpy(dtype=np.float64)
+        test_qwk = qwk(y_test, art.to_scores(art.blend(preds, test_texts)))
+    return {"fit": fit, "members": art.members, "method": art.method, "test_qwk": test_qwk,
             "oof_qwk": art.oof_qwk["blend"], "nested_cv_qwk": art.oof_qwk.get("blend_nested"),
             "nested": getattr(art, "nested_qwk", {})}
 
@@ -67,24 +71,32 @@ def truncated_subset(folded: pd.DataFrame, cfg: AesConfig) -> np.ndarray:
     return np.asarray(lengths) > bb.max_length
 
 
-def report(storage: Path, cfg: AesConfig) -> dict[str, Any]:
+def report(storage: Path, cfg: AesConfig, plots: Path | None = None,
+           methods: tuple[str, ...] = ("nelder_mead", "stacker", "auto")) -> dict[str, Any]:
+    """The quality JSON; with ``plots``, the scoring report's plots (confusion matrix per score,
+    calibration, member QWK) of the shipped configuration on OOF, written there."""
     run = load_run(storage)
     table = assemble_oof(run["oof"], run["gbdt_oof"])
     folded = run["folded"].assign(essay_id=lambda d: d["essay_id"].astype(str))
     texts = table["essay_id"].map(folded.set_index("essay_id")["full_text"]).tolist()
     test = run["test"].assign(essay_id=lambda d: d["essay_id"].astype(str))
-    preds = run["test_preds"].assign(essay_id=lambda d: d["essay_id"].astype(str))
-    preds = preds.set_index("essay_id").loc[test["essay_id"]].reset_index()
+    preds = run["test_preds"]
+    if preds is not None:
+        preds = preds.assign(essay_id=lambda d: d["essay_id"].astype(str))
+        preds = preds.set_index("essay_id").loc[test["essay_id"]].reset_index()
     y_test = test["score"].astype(int).to_numpy()
     test_texts = test["full_text"].tolist()
     members = member_columns(table)
     transformers = [m for m in members if m != GBDT_MEMBER]
     meta = [c for c in table.columns if c not in members]
-    out: dict[str, Any] = {"data": "aes2/test", "test_essays": len(test),
+    out: dict[str, Any] = {"data": "aes2/test" if preds is not None else
+                           f"OOF only: the run wrote no {MEMBER_PREDICTIONS}",
+                           "test_essays": len(test) if preds is not None else 0,
                            "oof_essays": len(table), "hardware": hardware(),
                            "test_qwk": {}, "oof_qwk": {}, "ablation": []}
     for m in members:  # each member alone, rounded (no fitted thresholds)
-        out["test_qwk"][m] = qwk(y_test, np.clip(np.rint(preds[m]), 1, 6))
+        out["test_qwk"][m] = (qwk(y_test, np.clip(np.rint(preds[m]), 1, 6))
+                              if preds is not None else None)
         out["oof_qwk"][m] = qwk(table["score"], np.clip(np.rint(table[m]), 1, 6))
     groups = {"GBDT alone": [GBDT_MEMBER], "transformers only": transformers,
               "everything": members}
@@ -92,18 +104,25 @@ def report(storage: Path, cfg: AesConfig) -> dict[str, Any]:
         if not group or any(m not in members for m in group):
             continue
         sub = table[[*meta, *group]]
-        methods = ["nelder_mead"] if len(group) == 1 else ["nelder_mead", "stacker", "auto"]
-        for method in methods:
+        for method in (["nelder_mead"] if len(group) == 1 else methods):
             r = evaluate(sub, texts, preds, test_texts, y_test, cfg, method)
+            fit = r.pop("fit")
+            if plots is not None and name == "everything" and method == "auto":
+                from aes_core.report import build_report
+
+                out["plots"] = {k: str(v) for k, v in
+                                build_report(fit.table, fit.artifact, plots).plots.items()}
             out["ablation"].append({"lever": f"{name} / {method}", **r})
-            print(f"{name:18s} {method:12s} test {r['test_qwk']:.4f}  OOF {r['oof_qwk']:.4f}"
+            print(f"{name:18s} {method:12s} test {_fmt(r['test_qwk'])}  OOF {r['oof_qwk']:.4f}"
                   f"  nested {r['nested_cv_qwk']}", flush=True)
     shipped = next(a for a in out["ablation"] if a["lever"] == "everything / auto")
     gbdt = next(a for a in out["ablation"] if a["lever"] == "GBDT alone / nelder_mead")
     out["test_qwk"].update({"ensemble": shipped["test_qwk"], "gbdt_alone": gbdt["test_qwk"]})
     out["oof_qwk"].update({"ensemble": shipped["oof_qwk"], "gbdt_alone": gbdt["oof_qwk"]})
     out["nested_cv_qwk"] = shipped["nested_cv_qwk"]
-    out["gain_over_gbdt"] = shipped["test_qwk"] - gbdt["test_qwk"]
+    out["gain_over_gbdt"] = (shipped["test_qwk"] - gbdt["test_qwk"]
+                             if preds is not None else None)
+    out["nested_gain_over_gbdt"] = shipped["nested_cv_qwk"] - gbdt["nested_cv_qwk"]
     long = truncated_subset(folded.set_index("essay_id").loc[table["essay_id"]].reset_index(),
                             cfg)
     out["truncated_subset"] = {
@@ -116,14 +135,23 @@ def report(storage: Path, cfg: AesConfig) -> dict[str, Any]:
     return out
 
 
+def _fmt(x: float | None) -> str:
+    return "n/a   " if x is None else f"{x:.4f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--storage", required=True, help="the run's storage_root")
     ap.add_argument("--profile", default="gpu-full", help="ensemble settings of the run")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--plots", type=Path, help="write the shipped blend's OOF plots here")
+    ap.add_argument("--methods", default="nelder_mead,stacker,auto",
+                    help="ensemble methods per member group ('auto' alone also records the "
+                         "nested-CV QWK of each method it compared)")
     a = ap.parse_args(argv)
-    out = report(Path(a.storage), load_config(a.profile))
+    out = report(Path(a.storage), load_config(a.profile), a.plots,
+                 tuple(a.methods.split(",")))
     Path(a.out).write_text(json.dumps(out, indent=2, default=float))
     print(json.dumps({k: out[k] for k in ("test_qwk", "nested_cv_qwk", "gain_over_gbdt")},
                      indent=1, default=float))

@@ -331,7 +331,7 @@ def _predict(job: FoldHeadJob, model: EssayRegressor, tokenizer, df: pd.DataFram
     if job.cfg.train.method == "ridge":  # frozen encoder: its features are cached per essay
         feats = frozen_features(job, model, tokenizer, df["full_text"].astype(str).tolist())
         out = model.head.out
-        logits = feats @ out.weight.detach().cpu().numpy().ravel() + float(out.bias)
+        logits = feats @ out.weight.detach().cpu().numpy().ravel() + float(out.bias.detach())
         return logits_to_scores(torch.from_numpy(logits), model.spec.loss).numpy()
     ds = EssayDataset(df["full_text"].tolist(), tokenizer, job.backbone)
     logits = predict_logits(model, ds, tokenizer, job.cfg.train.eval_batch_size, job.device,
