@@ -41,6 +41,7 @@ from aes_core.ensemble.thresholds import (
     fit_thresholds,
 )
 from aes_core.members import GBDT_MEMBER, OOF_META_COLUMNS, member_columns, member_name
+from aes_core.training.parallel import Mapper, process_map
 
 NELDER_MEAD, STACKER = "nelder_mead", "stacker"
 
@@ -153,10 +154,10 @@ def _clean(z: np.ndarray) -> np.ndarray:
     return w / w.sum()
 
 
-def local_optima(preds: np.ndarray, y: np.ndarray,
-                 cfg: EnsembleSection | None = None) -> list[tuple[float, np.ndarray]]:
+def local_optima(preds: np.ndarray, y: np.ndarray, cfg: EnsembleSection | None = None,
+                 mapper: Mapper | None = None) -> list[tuple[float, np.ndarray]]:
     """Nelder-Mead from every start (equal, the ``single_member_starts`` strongest members,
-    ``restarts`` Dirichlet draws).
+    ``restarts`` Dirichlet draws), over ``mapper`` (a :func:`process_map`) when given.
 
     Returns (objective, weights) per start, best first; weights are >= 0 and sum to one.
     """
@@ -174,12 +175,11 @@ def local_optima(preds: np.ndarray, y: np.ndarray,
     starts += [np.eye(n_members)[j] * 0.9 + 0.1 / n_members for j in sorted(top)]
     starts += [rng.dirichlet(np.ones(n_members)) for _ in range(cfg.restarts)]
     jobs = [(preds, y, z0, cfg) for z0 in starts]
-    if cfg.n_jobs > 1:
-        from aes_core.training.parallel import map_processes
-
-        found = map_processes(_descend, jobs, min(cfg.n_jobs, len(starts)))
+    if mapper is not None:
+        found = mapper(_descend, jobs)
     else:
-        found = [_descend(job) for job in jobs]
+        with process_map(min(cfg.n_jobs, len(starts))) as own:
+            found = own(_descend, jobs)
     return sorted(found, key=lambda t: t[0])
 
 
@@ -210,13 +210,15 @@ class Candidate:
 
 
 def fit_weights_and_thresholds(preds: np.ndarray, y: np.ndarray, members: Sequence[str],
-                               cfg: EnsembleSection) -> tuple[Candidate, dict[str, Candidate]]:
-    """Optimized, equal and single-member candidates, each with fitted thresholds; best first."""
+                               cfg: EnsembleSection, mapper: Mapper | None = None
+                               ) -> tuple[Candidate, dict[str, Candidate]]:
+    """Optimized, equal and single-member candidates, each with fitted thresholds; best first
+    (the Nelder-Mead starts over ``mapper``, see :func:`local_optima`)."""
     m = len(members)
     cands: dict[str, Candidate] = {}
     # every distinct Nelder-Mead optimum gets its own thresholds; the best one is "optimized"
     seen: list[np.ndarray] = []
-    for _, w in local_optima(preds, y, cfg):
+    for _, w in local_optima(preds, y, cfg, mapper):
         if any(np.abs(w - v).max() < 1e-3 for v in seen):
             continue
         seen.append(w)
@@ -263,6 +265,25 @@ def nested_member_qwk(preds: np.ndarray, y: np.ndarray, folds: np.ndarray,
     return out
 
 
+def _fit_and_nest(preds: np.ndarray, y: np.ndarray, folds: np.ndarray, fold_ids: list[int],
+                  members: Sequence[str], cfg: EnsembleSection, mapper: Mapper,
+                  progress: bool) -> tuple[Candidate, dict[str, Candidate], list[float],
+                                           np.ndarray | None]:
+    """The fit on all OOF rows and, with ``nested_cv``, one refit per held-out fold: (best,
+    candidates, nested fold QWKs, held-out scores or None)."""
+    best, cands = fit_weights_and_thresholds(preds, y, members, cfg, mapper)
+    if not (cfg.nested_cv and len(fold_ids) >= 2):
+        return best, cands, [], None
+    nested: list[float] = []
+    held = np.zeros(len(y), dtype=int)
+    for k in tqdm(fold_ids, desc="nested ensemble CV", disable=not progress):
+        tr, va = folds != k, folds == k
+        c, _ = fit_weights_and_thresholds(preds[tr], y[tr], members, cfg, mapper)
+        held[va] = cut(preds[va] @ c.weights, c.thresholds)
+        nested.append(round(fast_qwk(y[va], held[va]), 6))
+    return best, cands, nested, held
+
+
 def fit_ensemble(table: pd.DataFrame, cfg: EnsembleSection | None = None,
                  progress: bool = False, texts: Sequence[str] | None = None,
                  stats: np.ndarray | None = None) -> EnsembleFit:
@@ -290,7 +311,9 @@ def fit_ensemble(table: pd.DataFrame, cfg: EnsembleSection | None = None,
     if cfg.method == STACKER and not cfg.stacker_models:
         raise ValueError("ensemble.method is 'stacker' but ensemble.stacker_models is empty")
 
-    best, cands = fit_weights_and_thresholds(preds, y, members, cfg)
+    with process_map(cfg.n_jobs) as mapper:  # one pool for the fit and its nested refits
+        best, cands, nested, held = _fit_and_nest(preds, y, folds, fold_ids, members, cfg,
+                                                  mapper, progress)
     blended = preds @ best.weights
     final = cut(blended, best.thresholds)
 
@@ -308,15 +331,8 @@ def fit_ensemble(table: pd.DataFrame, cfg: EnsembleSection | None = None,
     rounded[BLEND] = round(fast_qwk(y, cut(blended, DEFAULT_THRESHOLDS)), 6)
     fold_qwk[BLEND] = [round(fast_qwk(y[folds == k], final[folds == k]), 6) for k in fold_ids]
 
-    nested: list[float] = []
     nested_qwk: dict[str, float] = {}
-    if cfg.nested_cv and len(fold_ids) >= 2:
-        held = np.zeros(len(y), dtype=int)
-        for k in tqdm(fold_ids, desc="nested ensemble CV", disable=not progress):
-            tr, va = folds != k, folds == k
-            c, _ = fit_weights_and_thresholds(preds[tr], y[tr], members, cfg)
-            held[va] = cut(preds[va] @ c.weights, c.thresholds)
-            nested.append(round(fast_qwk(y[va], held[va]), 6))
+    if held is not None:
         oof_qwk["blend_nested"] = round(fast_qwk(y, held), 6)
         fold_qwk["blend_nested"] = nested
         nested_qwk = nested_member_qwk(preds, y, folds, members, cfg)

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -60,14 +62,21 @@ def physical_gpu(index: int, env: dict[str, str] | None = None) -> str:
     return str(index)
 
 
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
 def _init_worker(gpu: str | None, threads: int | None) -> None:
+    """Pin a fresh worker to its GPU and thread budget. torch is not imported for it (a CPU
+    worker that never needs torch would pay seconds for it): a later import reads the
+    variables, and a torch already loaded by the spawn bootstrap is set directly."""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     if threads:
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-        import torch
-
-        torch.set_num_threads(threads)
+        for var in THREAD_VARS:
+            os.environ[var] = str(threads)
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.set_num_threads(threads)
 
 
 def _call(fn: Callable[[T], R], job: T) -> R:
@@ -164,3 +173,24 @@ def map_processes(fn: Callable[[T], R], jobs: Sequence[T], workers: int) -> list
         raise RuntimeError(f"{len(failed)} of {len(jobs)} job(s) failed; first:\n"
                            f"{failed[0].error}")
     return results  # type: ignore[return-value]
+
+
+Mapper = Callable[[Callable[[T], R], Sequence[T]], list[R]]
+
+
+@contextmanager
+def process_map(workers: int) -> Iterator[Mapper]:
+    """``map(fn, jobs)`` over ``workers`` spawned CPU processes that stay up for the whole
+    block, so many small maps pay the start-up once; they are shut down on exit (a pool left
+    alive would keep a Dagster step process from exiting). ``workers <= 1`` maps in this
+    process. A failing job raises its error (with the worker's traceback as its cause)."""
+    if workers <= 1:
+        yield lambda fn, jobs: [fn(job) for job in jobs]
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                               initializer=_init_worker,
+                               initargs=(None, max(1, usable_cpus() // workers)))
+    try:
+        yield lambda fn, jobs: list(pool.map(fn, jobs))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
