@@ -45,7 +45,7 @@ def collect_summary(cfg: AesConfig, instance: dg.DagsterInstance) -> dict[str, A
         "oof_qwk": ens.get("blend_oof_qwk"), "nested_cv_qwk": ens.get("blend_nested_qwk"),
         "best_member": ens.get("best_member"),
         "best_member_oof_qwk": ens.get("best_member_oof_qwk"),
-        "gbdt_oof_qwk": gbdt.get("oof_qwk"), "selected": ens.get("selected"),
+        "gbdt_oof_qwk": gbdt.get("oof_qwk"), "method": ens.get("method"),
         "test_qwk": sub.get("test_qwk"), "scored_via": sub.get("scored_via"),
         "submission": sub.get("submission_csv"), "report_dir": rep.get("report_dir"),
         "bundle_dir": str(cfg.bundle_dir),
@@ -69,7 +69,7 @@ def print_summary(cfg: AesConfig, instance: dg.DagsterInstance, run_id: str | No
         f"  ensemble QWK      OOF {_fmt(s['oof_qwk'])} | nested CV {_fmt(s['nested_cv_qwk'])}"
         f" | test {_fmt(s['test_qwk'])}",
         f"  best member       {_fmt(s['best_member'])} (OOF {_fmt(s['best_member_oof_qwk'])});"
-        f" GBDT alone OOF {_fmt(s['gbdt_oof_qwk'])} (rounded); scorer: {_fmt(s['selected'])}",
+        f" GBDT alone OOF {_fmt(s['gbdt_oof_qwk'])} (rounded); blend: {_fmt(s['method'])}",
         f"  submission        {_fmt(s['submission'])} (scored via {_fmt(s['scored_via'])})",
     ]
     if report:

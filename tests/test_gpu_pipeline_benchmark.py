@@ -8,6 +8,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from aes_assets.summary import print_summary
+from aes_core.config import load_config
 from tests.conftest import tiny_overrides, write_profile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +41,14 @@ def test_gpu_pipeline_driver_on_cpu(tmp_path, tiny_backbone, monkeypatch):
     assert report["training"]["tiny/fold_head_checkpoints"]["train_tokens"] > 0
     runs = dg.DagsterInstance.get().get_runs()
     assert len(runs) == 1  # the whole graph was one run
+    # the closing summary reads the run's metadata: QWKs, the blend, where the files are
+    said: list[str] = []
+    s = print_summary(load_config(str(profile)), dg.DagsterInstance.get(), runs[0].run_id, 1.0,
+                      out=said.append)
+    assert s["method"] in ("nelder_mead", "stacker") and f"blend: {s['method']}" in said[0]
+    assert f"test {s['test_qwk']:.4f}" in said[0] and 0 < s["oof_qwk"] <= 1
+    assert Path(s["submission"]).exists() and f"submission        {s['submission']}" in said[0]
+    assert (Path(s["report_dir"]) / "summary.md").exists()
     # a second call finds everything up to date and materializes nothing
     assert gpu_pipeline.main(["--profile", str(profile), "--out", str(out)]) == 0
     assert len(dg.DagsterInstance.get().get_runs()) == 1

@@ -136,7 +136,8 @@ def ensemble_assets(cfg: AesConfig) -> list:
             "equal_blend_oof_qwk": art.oof_qwk["equal_blend"],
             "best_member": best_name, "best_member_oof_qwk": best_q,
             "blend_fold_qwk_std": float(spread.std()), "blend_fold_qwk_min": float(spread.min()),
-            "selected": art.selected, "notes": art.notes, **config_metadata(ecfg),
+            "method": art.method, "selected": art.selected, "notes": art.notes,
+            **config_metadata(ecfg),
         })
         return art
 
