@@ -274,11 +274,12 @@ def feature_matrix(texts: list[str], spelling: bool = True, progress: bool = Fal
     if not texts:
         return np.zeros((0, len(names)), dtype=np.float32)
     if n_jobs > 1 and len(texts) >= 8 * n_jobs:
-        from aes_core.training.parallel import map_processes
+        from aes_core.training.parallel import process_map
 
         chunks = np.array_split(np.arange(len(texts)), n_jobs)
-        parts = map_processes(_rows_job, [([texts[i] for i in c], spelling, feature_set)
-                                          for c in chunks], n_jobs)
+        with process_map(n_jobs) as mapper:
+            parts = mapper(_rows_job, [([texts[i] for i in c], spelling, feature_set)
+                                       for c in chunks])
         return np.concatenate(parts, axis=0)
     if progress:
         from tqdm.auto import tqdm

@@ -163,18 +163,6 @@ def failures(results: Sequence[Any]) -> list[JobFailure]:
     return [r for r in results if isinstance(r, JobFailure)]
 
 
-def map_processes(fn: Callable[[T], R], jobs: Sequence[T], workers: int) -> list[R]:
-    """``[fn(job) for job in jobs]`` over ``workers`` spawned processes that are shut down
-    before returning (a pool left alive would keep a Dagster step process from exiting);
-    the first failure is raised with its worker's traceback."""
-    results = run_jobs(fn, jobs, cpu_slots(workers, len(jobs)))
-    failed = failures(results)
-    if failed:
-        raise RuntimeError(f"{len(failed)} of {len(jobs)} job(s) failed; first:\n"
-                           f"{failed[0].error}")
-    return results  # type: ignore[return-value]
-
-
 Mapper = Callable[[Callable[[T], R], Sequence[T]], list[R]]
 
 
