@@ -19,6 +19,7 @@ import pandas as pd
 from aes_core.contracts import FoldHeadCheckpoint, OnnxExport
 from aes_core.ensemble.artifact import EnsembleArtifact
 from aes_core.members import GBDT_MEMBER
+from aes_core.models.spec import ONNX_FILE, load_spec
 from aes_core.serving.manifest import (
     ENSEMBLE_PATH,
     FLAGGER_DIR,
@@ -57,7 +58,7 @@ def member_folder(bundle_dir: str | Path, ckpt: FoldHeadCheckpoint) -> Path:
 
 def export_member(task: ExportTask) -> OnnxExport:
     """Export one checkpoint into the bundle and check ONNX/PyTorch parity."""
-    from aes_core.export.onnx import ONNX_FILE, check_parity, export_onnx  # torch: lazily
+    from aes_core.export.onnx import check_parity, export_onnx  # torch: lazily
 
     ckpt = FoldHeadCheckpoint.model_validate_json(task.checkpoint_json)
     folder = member_folder(task.bundle_dir, ckpt)
@@ -84,8 +85,6 @@ def export_member(task: ExportTask) -> OnnxExport:
 
 
 def _result(ckpt: FoldHeadCheckpoint, folder: Path, parity: dict) -> OnnxExport:
-    from aes_core.export.onnx import ONNX_FILE
-
     return OnnxExport(member=ckpt.member, backbone=ckpt.backbone, head=ckpt.head,
                       fold=ckpt.fold, member_dir=str(folder),
                       onnx_path=str(folder / ONNX_FILE), model_dir=ckpt.model_dir,
@@ -103,7 +102,6 @@ def build_bundle(bundle_dir: str | Path, ensemble: EnsembleArtifact,
     (an ``EssayFlagger.save`` folder) is copied in as ``flagger/``; without it the bundle
     scores without flags.
     """
-    from aes_core.export.onnx import ONNX_FILE, load_spec  # torch: lazily
     from aes_core.tracking import git_commit, package_versions
 
     root = Path(bundle_dir)

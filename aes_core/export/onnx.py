@@ -30,10 +30,9 @@ from aes_core.models.regressor import (
     load_regressor_tokenizer,
     logits_to_scores,
 )
-from aes_core.models.spec import load_spec  # noqa: F401  (re-exported)
+from aes_core.models.spec import ONNX_FILE, load_spec  # noqa: F401  (re-exported)
 from aes_core.models.tokens import ATTENTION_MASK, INPUT_IDS, WINDOW_WEIGHTS, encode_batch
 
-ONNX_FILE = "model.onnx"
 INPUT_NAMES = [INPUT_IDS, ATTENTION_MASK]
 OUTPUT_NAME = "logits"
 

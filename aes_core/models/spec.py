@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from aes_core.config import HeadSection
 
 SPEC_FILE = "aes_model.json"
+ONNX_FILE = "model.onnx"  # an exported member folder: the regressor folder + this graph
 WEIGHTS_FILE = "model.safetensors"
 BACKBONE_DIR = "backbone"
 
