@@ -7,6 +7,7 @@ blend and, given the serving bundle's flagger, flags every essay and applies the
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from aes_core.ensemble.artifact import EnsembleArtifact
+from aes_core.members import GBDT_MEMBER
 
 if TYPE_CHECKING:
     from aes_core.flags import EssayFlagger, EssayFlags
@@ -65,6 +67,15 @@ class Scorer(Protocol):
     def predict_members(self, texts: list[str]) -> np.ndarray:
         """[N] texts -> [N, M] predictions on the 1..6 scale in ``ensemble.members`` order."""
         ...
+
+
+def require_fold_models(ensemble: EnsembleArtifact, members: Mapping[str, Sequence]) -> None:
+    """Raise unless every transformer member of ``ensemble`` has fold models in ``members``
+    (what every scorer is built from)."""
+    missing = [m for m in ensemble.members if m != GBDT_MEMBER and not members.get(m)]
+    if missing:
+        raise ValueError(f"ensemble members {missing} have no fold models; given: "
+                         f"{sorted(members)}")
 
 
 def score_frame(scorer: Scorer, essays: pd.DataFrame,

@@ -26,6 +26,7 @@ from aes_core.models.tokens import (  # pad_batch, tokenize: imported from here 
     text_batches,
     tokenize,  # noqa: F401
 )
+from aes_core.serving.base import require_fold_models
 
 
 def logits_to_scores_np(logits: np.ndarray, loss: str) -> np.ndarray:
@@ -81,10 +82,7 @@ class OnnxScorer:
         self.ensemble = ensemble
         self.batch_size = batch_size
         self.show_progress = show_progress
-        missing = [m for m in ensemble.members if m != GBDT_MEMBER and not members.get(m)]
-        if missing:
-            raise ValueError(f"ensemble members {missing} have no exported fold models; "
-                             f"given: {sorted(members)}")
+        require_fold_models(ensemble, members)
         self.members = {m: [OnnxMember.load(f, intra_op_threads) for f in members[m]]
                         for m in ensemble.members if m != GBDT_MEMBER}
         self.gbdt = None

@@ -42,6 +42,7 @@ from aes_core.models.tokens import (
     length_sorted_batches,
     text_batches,
 )
+from aes_core.serving.base import require_fold_models
 from aes_core.serving.onnx_scorer import fold_average
 from aes_core.serving.token_cache import CachedEncoder, TokenCache
 
@@ -148,10 +149,7 @@ class TorchScorer:
         self.show_progress = show_progress
         self.tokenizer_workers = tokenizer_workers
         self.token_cache = token_cache
-        missing = [m for m in ensemble.members if m != GBDT_MEMBER and not members.get(m)]
-        if missing:
-            raise ValueError(f"ensemble members {missing} have no fold models; given: "
-                             f"{sorted(members)}")
+        require_fold_models(ensemble, members)
         t0 = time.perf_counter()
         self.groups = self._load_groups(members, chars_per_token)
         self.compiled = False
