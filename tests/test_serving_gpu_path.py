@@ -10,7 +10,6 @@ scores; ``triton_python_paths`` go first on the models' sys.path.
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import sys
@@ -19,28 +18,21 @@ import numpy as np
 import pytest
 
 from aes_core.config import ServingSection
-from aes_core.export.triton_repo import TEMPLATES, repo_backend, write_triton_repo
+from aes_core.export.triton_repo import repo_backend, write_triton_repo
 from aes_core.models.tokens import TokenEncoder, TokenPlan, tokenize_windows
 from aes_core.serving.base import score_frame
 from aes_core.serving.loader import in_process_scorer, open_scorer, torch_scorer
 from aes_core.serving.onnx_scorer import OnnxScorer
 from aes_core.serving.token_cache import CachedEncoder, TokenCache
 from aes_core.serving.torch_scorer import TorchScorer, resolve_backend
-from tests.gpu_serving_support import build_tiny_bundle, tokenizer_of
+from tests.gpu_serving_support import (  # noqa: F401  (one_torch_thread: autouse)
+    build_tiny_bundle,
+    one_torch_thread,
+    tokenizer_of,
+)
 from tests.serving_support import sample_essays
 
 ATOL = 1e-4
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids OpenMP spin contention."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -184,24 +176,17 @@ def test_backend_choice(bundle):
         in_process_scorer(bundle, ServingSection(scorer="student"))
 
 
-def _extend_path_fn():
-    """The template's ``_extend_path``, compiled on its own (the module needs the stub)."""
-    src = (TEMPLATES / "torch_scorer_model.py").read_text()
-    fn = next(n for n in ast.parse(src).body
-              if isinstance(n, ast.FunctionDef) and n.name == "_extend_path")
-    return ast.Module(body=[fn], type_ignores=[])
-
-
 def test_triton_python_paths_go_first(tmp_path, monkeypatch):
     (tmp_path / "python_paths.txt").write_text("/first/listed\n/second/listed\n")
     monkeypatch.setenv("AES_TRITON_PYTHONPATH", f"/env/numpy1{os.pathsep}/env/other")
     monkeypatch.setenv("AES_PYTHONPATH", "/project")
-    ns = {"os": os, "sys": sys, "__file__": str(tmp_path / "model.py")}
     saved = list(sys.path)
     try:
+        # what every generated model.py imports first (a copy lies beside it)
+        from aes_core.export.triton_models.aes_paths import extend_path
+
         sys.path.append("/first/listed")  # already present: still moved to the front
-        exec(compile(_extend_path_fn(), "model.py", "exec"), ns)  # noqa: S102
-        ns["_extend_path"]()
+        extend_path(str(tmp_path))
         assert sys.path[:5] == ["/env/numpy1", "/env/other", "/first/listed",
                                 "/second/listed", "/project"]
         assert sys.path.count("/first/listed") == 1

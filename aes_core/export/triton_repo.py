@@ -51,6 +51,7 @@ SCORER = "scorer"
 STUDENT = "student"
 KEEP = {"README.md"}
 TORCH_TEMPLATE = "torch_scorer_model.py"
+PATHS_MODULE = "aes_paths.py"
 
 
 def member_model_name(member: str, fold: int) -> str:
@@ -161,6 +162,7 @@ def python_paths(aes_root: str | Path = PROJECT_ROOT, first: list[str] | None = 
 def _write_python_model(vdir: Path, template: str, aes_root: str | Path,
                         first: list[str] | None = None) -> None:
     shutil.copy2(TEMPLATES / template, vdir / "model.py")
+    shutil.copy2(TEMPLATES / PATHS_MODULE, vdir / PATHS_MODULE)  # model.py imports it first
     (vdir / "python_paths.txt").write_text("\n".join(python_paths(aes_root, first)) + "\n")
 
 

@@ -13,24 +13,10 @@ requests Triton batches together are scored as one length-sorted set.
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import aes_paths  # noqa: E402, F401  (the project's paths first, before numpy: aes_paths.py)
 
-def _extend_path():
-    """The stub ignores PYTHONPATH: put these paths first on sys.path, in this order, before
-    numpy is imported: AES_TRITON_PYTHONPATH (e.g. a numpy 1.x folder), python_paths.txt
-    (serving.triton_python_paths, the project, the packages), AES_PYTHONPATH."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    paths = [p for p in os.environ.get("AES_TRITON_PYTHONPATH", "").split(os.pathsep) if p]
-    listed = os.path.join(here, "python_paths.txt")
-    if os.path.exists(listed):
-        with open(listed) as f:
-            paths += [p for p in f.read().splitlines() if p]
-    paths += [p for p in os.environ.get("AES_PYTHONPATH", "").split(os.pathsep) if p]
-    paths = list(dict.fromkeys(paths))
-    sys.path[:] = paths + [p for p in sys.path if p not in paths]
-
-
-_extend_path()
-
+# isort: split
 import json  # noqa: E402
 
 import numpy as np  # noqa: E402
