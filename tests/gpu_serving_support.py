@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from aes_core.config import GbdtSection
 from aes_core.export.onnx import export_onnx
@@ -28,6 +29,18 @@ from aes_core.serving.manifest import (
 )
 from aes_core.serving.onnx_scorer import OnnxScorer
 from tests.serving_support import BACKBONE, make_regressor, sample_essays, spread_ensemble
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: one thread avoids OpenMP spin contention
+    (a test module that imports this fixture runs with it)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def train_tiny_gbdt(folder: Path, n_essays: int = 60) -> Path:

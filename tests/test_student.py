@@ -25,18 +25,8 @@ from aes_core.student import (
     select_essays,
     student_backbone,
 )
-from tests.gpu_serving_support import build_tiny_bundle
+from tests.gpu_serving_support import build_tiny_bundle, one_torch_thread  # noqa: F401
 from tests.serving_support import sample_essays
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _cfg(backbone_dir, **student) -> AesConfig:
