@@ -52,6 +52,17 @@ def _longest_span(tokens: list[str], covered: list[bool]) -> str:
     return " ".join(tokens[s:e])
 
 
+def _covered_share(tokens: list[str], covered: list[bool], what: str, max_chars: int) -> Stat:
+    """Share of covered tokens, with the longest covered span as evidence ("N% of words
+    {what}, e.g. ...")."""
+    share = sum(covered) / max(len(tokens), 1)
+    span = _longest_span(tokens, covered)
+    evidence = f"{share:.0%} of words {what}"
+    if span:
+        evidence += f", e.g. {clip(span, max_chars)}"
+    return Stat(share, evidence)
+
+
 def word_count(text: str) -> Stat:
     n = len(words(text))
     return Stat(float(n), f"{n} words")
@@ -68,12 +79,7 @@ def repeated_ngram_share(text: str, n: int, max_chars: int) -> Stat:
             covered[i:i + n] = [True] * n
         else:
             seen.add(gram)
-    share = sum(covered) / max(len(tokens), 1)
-    span = _longest_span(tokens, covered)
-    evidence = f"{share:.0%} of words repeat an earlier {n}-word span"
-    if span:
-        evidence += f", e.g. {clip(span, max_chars)}"
-    return Stat(share, evidence)
+    return _covered_share(tokens, covered, f"repeat an earlier {n}-word span", max_chars)
 
 
 def repeated_paragraph_share(text: str, min_words: int, max_chars: int) -> Stat:
@@ -138,12 +144,7 @@ def prompt_copy_share(text: str, prompt_name: str, prompt_text: str, n: int, min
     for s, e in _runs(matched):
         if e - s >= min_span:
             covered[s:e] = [True] * (e - s)
-    share = sum(covered) / max(len(tokens), 1)
-    span = _longest_span(tokens, covered)
-    evidence = f"{share:.0%} of words copied from prompt {prompt_name!r}"
-    if span:
-        evidence += f", e.g. {clip(span, max_chars)}"
-    return Stat(share, evidence)
+    return _covered_share(tokens, covered, f"copied from prompt {prompt_name!r}", max_chars)
 
 
 def best_prompt_copy(text: str, prompts: Iterable[tuple[str, str]], n: int, min_span: int,
