@@ -59,7 +59,11 @@ def _definitions_for(profile: str) -> dg.Definitions:
     return build_definitions(profile)
 
 
-def pipeline_job() -> dg.JobDefinition:
-    """The whole-graph job of the active profile ($AES_PROFILE), reconstructable by name in
-    every step process of a run."""
-    return _definitions_for(active_profile()).resolve_job_def(PIPELINE_JOB)
+def pipeline_job(profile: str | None = None) -> dg.JobDefinition:
+    """The whole-graph job of ``profile`` (default: the active one, $AES_PROFILE),
+    reconstructable in every step process of a run.
+
+    The driver passes the profile explicitly: a forkserver's step processes inherit the
+    environment of the process that started the server, not of the current run.
+    """
+    return _definitions_for(profile or active_profile()).resolve_job_def(PIPELINE_JOB)

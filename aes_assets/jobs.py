@@ -7,14 +7,22 @@ import dagster as dg
 from aes_core.config import AesConfig
 
 PIPELINE_JOB = "pipeline"
+DEFINITIONS_MODULE = "aes_assets.definitions"  # imported once by a forkserver, not per step
 
 
 def executor_config(cfg: AesConfig) -> dict:
     """Run config selecting the profile's executor (``run.executor``)."""
     if cfg.run.executor == "multiprocess":
         return {"execution": {"config": {"multiprocess": {
-            "max_concurrent": cfg.run.max_concurrent}}}}
+            "max_concurrent": cfg.run.max_concurrent,
+            "start_method": _start_method(cfg)}}}}
     return {"execution": {"config": {"in_process": {}}}}
+
+
+def _start_method(cfg: AesConfig) -> dict:
+    if cfg.run.start_method == "forkserver":
+        return {"forkserver": {"preload_modules": [DEFINITIONS_MODULE]}}
+    return {"spawn": {}}
 
 
 def build_jobs(cfg: AesConfig, assets: list) -> list:

@@ -21,6 +21,7 @@ import os
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import dagster as dg
 
@@ -133,8 +134,7 @@ def run_pipeline(profile: str, select: str = "*", instance: dg.DagsterInstance |
     if verbose:
         loggers["console"] = {"config": {"log_level": "DEBUG"}}
     run_config = {**executor_config(cfg), "loggers": loggers}
-    from aes_assets.definitions import pipeline_job
-    from aes_assets.jobs import PIPELINE_JOB
+    from aes_assets.jobs import DEFINITIONS_MODULE, PIPELINE_JOB
     from aes_assets.progress import StepProgress, last_step_durations
 
     driver = ("aes/driver", uuid.uuid4().hex[:12])
@@ -143,7 +143,9 @@ def run_pipeline(profile: str, select: str = "*", instance: dg.DagsterInstance |
     progress.start()
     try:
         result = dg.execute_job(
-            dg.reconstructable(pipeline_job), instance, run_config=run_config,
+            dg.build_reconstructable_job(DEFINITIONS_MODULE, "pipeline_job",
+                                         reconstructable_args=(_portable(profile),)),
+            instance, run_config=run_config,
             asset_selection=keys,
             tags={**_range_tags(defs, keys, partition_range), "aes/profile": cfg.profile,
                   "aes/config_hash": config_hash(cfg), driver[0]: driver[1]})
@@ -154,6 +156,12 @@ def run_pipeline(profile: str, select: str = "*", instance: dg.DagsterInstance |
         raise RuntimeError(f"pipeline run {result.run_id} failed in step(s) {failed}; see the "
                            f"run in the UI (make dev) or above")
     return result
+
+
+def _portable(profile: str) -> str:
+    """A profile file as an absolute path (step processes may start elsewhere); names stay."""
+    path = Path(profile)
+    return str(path.resolve()) if path.is_file() else profile
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ def hardware() -> dict[str, str]:
         mem = f"{kb / 1024 ** 2:.1f} GiB"
     except (OSError, ValueError, IndexError):
         pass
-    out = {"cpu": cpu, "cores": str(_usable_cores()), "cores_on_host": str(os.cpu_count()),
+    out = {"cpu": cpu, "cores": str(usable_cpus()), "cores_on_host": str(os.cpu_count()),
            "memory": mem,
            "python": platform.python_version(), "platform": platform.platform()}
     try:
@@ -40,8 +40,9 @@ def hardware() -> dict[str, str]:
     return out
 
 
-def _usable_cores() -> int:
-    """Cores this process may use (its CPU affinity), which a benchmark's numbers depend on."""
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity, e.g. under taskset or a container):
+    what a benchmark's numbers depend on and what worker pools are sized from."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

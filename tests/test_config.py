@@ -84,3 +84,20 @@ def test_loaded_config_is_frozen():
     with pytest.raises(ValueError, match="frozen"):
         cfg.train.lr = 1.0
     assert cfg.model_copy(update={"profile": "x"}).profile == "x"
+
+
+def test_multiprocess_steps_start_from_a_preloaded_forkserver(tmp_path, monkeypatch):
+    """Steps fork from a server that imported the definitions once; the job a step rebuilds
+    is the run's profile even when $AES_PROFILE (inherited by the server) names another."""
+    from aes_assets.definitions import pipeline_job
+    from aes_assets.jobs import DEFINITIONS_MODULE, executor_config
+
+    cfg = load_config("gpu-full")
+    mp = executor_config(cfg)["execution"]["config"]["multiprocess"]
+    assert mp["start_method"] == {"forkserver": {"preload_modules": [DEFINITIONS_MODULE]}}
+    spawn = cfg.model_copy(update={"run": cfg.run.model_copy(update={"start_method": "spawn"})})
+    assert executor_config(spawn)["execution"]["config"]["multiprocess"]["start_method"] == {
+        "spawn": {}}
+    monkeypatch.setenv("AES_PROFILE", "cpu-small")
+    job = pipeline_job("gpu-full")
+    assert len(job.partitions_def.get_partition_keys()) == 20  # 5 folds x 4 heads: not cpu-small

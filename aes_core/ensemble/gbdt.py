@@ -19,7 +19,6 @@ Saved folder (``GbdtMember.save``)::
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -40,6 +39,7 @@ from tqdm.auto import tqdm
 
 from aes_core.config import GbdtSection
 from aes_core.ensemble.features import feature_matrix, feature_names
+from aes_core.hardware import usable_cpus
 from aes_core.members import GBDT_MEMBER
 from aes_core.metrics import qwk
 
@@ -356,7 +356,7 @@ def _fit_svd(tfidf: sp.csr_matrix, cfg: GbdtSection, seed: int) -> TruncatedSVD:
 
 def _workers(cfg: GbdtSection, n_folds: int) -> tuple[int, int | None]:
     """(folds trained at once, LightGBM threads each) from ``n_jobs`` and ``num_threads``."""
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()
     jobs = min(cfg.n_jobs or cores, n_folds)
     if jobs <= 1:
         return 1, None
@@ -393,7 +393,7 @@ def fit_gbdt(folded: pd.DataFrame, cfg: GbdtSection, progress: bool = True) -> G
     with phase("handcrafted"):
         hand = feature_matrix(texts, spelling=cfg.spelling, progress=progress,
                               feature_set=cfg.feature_set,
-                              n_jobs=cfg.n_jobs or os.cpu_count() or 1)
+                              n_jobs=cfg.n_jobs or usable_cpus())
     counts = {}
     for kind in ("word", "char"):
         with phase(f"ngram_count_{kind}"):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aes_core.hardware import usable_cpus
 from aes_core.models.regressor import RegressorSpec
 from aes_core.models.tokens import EssayBatch, TokenEncoder, concat_batches
 
@@ -61,7 +62,7 @@ class ParallelTokenizer:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        self.workers = workers or max(1, (os.cpu_count() or 2) - 1)
+        self.workers = workers or max(1, usable_cpus() - 1)
         self.chunk_size = chunk_size
         # spawn: the parent may hold CUDA or a tokenizer thread pool, neither survives a fork
         self._pool = ProcessPoolExecutor(

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from aes_core.hardware import usable_cpus
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -141,14 +143,6 @@ def run_jobs(fn: Callable[[T], R], jobs: Sequence[T], slots: Sequence[WorkerSlot
         for pool in pools.values():
             pool.shutdown(wait=True, cancel_futures=True)
     return results  # type: ignore[return-value]
-
-
-def usable_cpus() -> int:
-    """CPU cores this process may run on (its affinity, e.g. under taskset or a container)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def cpu_slots(workers: int, n_jobs: int) -> list[WorkerSlot]:
