@@ -18,10 +18,12 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from aes_core.hardware import usable_cpus
 
+POOL_FRAMES = ("/concurrent/futures/", "/multiprocessing/", f"/{Path(__file__).name}\"")
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -49,8 +51,15 @@ class JobFailure:
 
     @property
     def summary(self) -> str:
+        """The error's last line and where it was raised (the innermost frame)."""
         lines = [ln for ln in self.error.strip().splitlines() if ln.strip()]
-        return lines[-1] if lines else "unknown error"
+        if not lines:
+            return "unknown error"
+        frames = [ln.strip() for ln in lines if ln.lstrip().startswith('File "')]
+        # the job's own innermost frame, not the pool's (a worker's traceback comes first)
+        job_frames = [f for f in frames if not any(m in f for m in POOL_FRAMES)]
+        where = (job_frames or frames)[-1:]
+        return f"{lines[-1]} ({where[0]})" if where else lines[-1]
 
 
 def physical_gpu(index: int, env: dict[str, str] | None = None) -> str:
