@@ -282,3 +282,26 @@ def test_worker_processes_give_the_same_scores(bundle, essays):
                       ).max() < 1e-6
     finally:
         piped.close()
+
+
+def test_torch_models_need_no_scipy_and_a_broken_one_is_named(monkeypatch):
+    """Triton's stub needs numpy 1.x first on the path, where a host's numpy-2 scipy breaks:
+    the student and the fold models import no scipy; the scorer says what to put there."""
+    import subprocess
+    from pathlib import Path
+
+    code = ("import sys, aes_core.ensemble.artifact, aes_core.serving.torch_scorer, "
+            "aes_core.serving.token_cache; print('scipy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "False"
+    saved = list(sys.path)
+    try:
+        from aes_core.export.triton_models import aes_paths
+    finally:
+        sys.path[:] = saved
+    aes_paths.require_scipy()  # this environment's scipy imports
+    monkeypatch.setitem(sys.modules, "scipy.sparse", None)
+    with pytest.raises(RuntimeError, match=r"scipy cannot be imported with numpy .*Put a "
+                                           r"scipy built for numpy \d\.x in the same folder"):
+        aes_paths.require_scipy()

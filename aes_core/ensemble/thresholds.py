@@ -8,7 +8,6 @@ improvements are accepted, so the result is never worse than plain rounding.
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize
 
 from aes_core.config import EnsembleSection
 
@@ -144,6 +143,8 @@ def fit_thresholds(pred: np.ndarray, y: np.ndarray,
         if x[0] < LOW or x[-1] > HIGH or np.any(np.diff(x) < gap):
             return 1.0  # infeasible: worse than any QWK
         return -thresholded_qwk(pred, y, x)
+
+    from scipy.optimize import minimize  # fitting only: scoring never needs scipy
 
     res = minimize(objective, t, method="Nelder-Mead",
                    options={"maxiter": cfg.threshold_max_iter, "xatol": 1e-4, "fatol": 1e-7,

@@ -22,3 +22,21 @@ def extend_path(here: str) -> None:
 
 
 extend_path(os.path.dirname(os.path.abspath(__file__)))
+
+
+def require_scipy() -> None:
+    """Import scipy (the GBDT member and the stacker need it) or say which numpy broke it.
+
+    The Python-backend stub needs numpy 1.x first on the path; a host's scipy built for
+    numpy 2 then fails on import, so a numpy-1 build of scipy must sit beside that numpy.
+    """
+    try:
+        import scipy.sparse  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - any import failure has the same remedy
+        import numpy
+
+        raise RuntimeError(
+            f"scipy cannot be imported with numpy {numpy.__version__} (from "
+            f"{os.path.dirname(numpy.__file__)}) first on this model's path: "
+            f"{type(e).__name__}: {e}. Put a scipy built for numpy {numpy.__version__[0]}.x "
+            "in the same folder (serving.triton_python_paths / AES_TRITON_PYTHONPATH)") from e

@@ -75,6 +75,8 @@ class TritonPythonModel:
         members = {m: [os.path.join(here, f) for f in v["folds"]]
                    for m, v in meta["members"].items()}
         gbdt = os.path.join(here, meta["gbdt_dir"]) if meta.get("gbdt_dir") else None
+        if gbdt or self.ensemble.method == "stacker":
+            aes_paths.require_scipy()
         self.scorer = TorchScorer(self.ensemble, members, gbdt, device=device,
                                   token_cache=cache, **opts)
 
