@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from aes_core.config import GbdtSection
+from aes_core.ensemble.artifact import EnsembleArtifact
 from aes_core.export.onnx import export_onnx
 from aes_core.members import GBDT_MEMBER, member_name
 from aes_core.models.regressor import load_regressor_tokenizer
@@ -58,8 +59,9 @@ def train_tiny_gbdt(folder: Path, n_essays: int = 60) -> Path:
 
 def build_tiny_bundle(root: Path, backbone_dir: Path, heads: list[str], n_folds: int = 2,
                       gbdt: bool = False, chunked_heads: tuple[str, ...] = (),
-                      max_length: int = 64) -> Bundle:
-    """A committed bundle (manifest written last) with ``heads`` x ``n_folds`` fold models."""
+                      max_length: int = 64, stacker: bool = False) -> Bundle:
+    """A committed bundle (manifest written last) with ``heads`` x ``n_folds`` fold models;
+    ``stacker``: blended by a ridge stacker over the members and essay statistics."""
     root = Path(root)
     entries, dirs = [], {}
     for h, head in enumerate(heads):
@@ -87,10 +89,28 @@ def build_tiny_bundle(root: Path, backbone_dir: Path, heads: list[str], n_folds:
     probe = OnnxScorer(probe_ens, dirs, root / GBDT_DIR if gbdt else None)
     texts = sample_essays(24)["full_text"].tolist()
     ens = spread_ensemble(names, probe_ens.blend(probe.predict_members(texts)), n_folds, weights)
+    if stacker:
+        ens = with_stacker(ens, probe)
     (root / ENSEMBLE_PATH).parent.mkdir(parents=True, exist_ok=True)
     ens.save(root / ENSEMBLE_PATH)
     write_manifest(root, ServingManifest(members=entries, gbdt_dir=gbdt_rel, profile="test"))
     return Bundle.load(root)
+
+
+def with_stacker(ens: EnsembleArtifact, probe: OnnxScorer, n_essays: int = 60):
+    """``ens`` blended by a ridge stacker fitted (3-fold nested CV) on sample essays."""
+    from aes_core.config import SAMPLE_DIR, EnsembleSection
+    from aes_core.data import io
+    from aes_core.ensemble.stacker import essay_statistics, fit_stacker
+
+    df = io.load_train(SAMPLE_DIR / "train.csv.gz").head(n_essays)
+    texts = df["full_text"].tolist()
+    fit = fit_stacker(probe.predict_members(texts), essay_statistics(texts),
+                      df["score"].to_numpy(), np.arange(len(df)) % 3, ens.members, "ridge",
+                      EnsembleSection())
+    st = fit.stacker
+    return ens.model_copy(update={"method": "stacker",
+                                  "thresholds": list(st.thresholds)}).attach_stacker(st)
 
 
 def tokenizer_of(bundle: Bundle):

@@ -305,3 +305,29 @@ def test_torch_models_need_no_scipy_and_a_broken_one_is_named(monkeypatch):
     with pytest.raises(RuntimeError, match=r"scipy cannot be imported with numpy .*Put a "
                                            r"scipy built for numpy \d\.x in the same folder"):
         aes_paths.require_scipy()
+
+
+def test_torch_triton_blends_with_a_stacker(tmp_path, tiny_backbone, essays):
+    """The shipped GPU profile blends with a stacker, which reads the essay texts: the torch
+    Triton model passes them, and its scores equal the in-process ones."""
+    from aes_core.serving.triton import TritonServer
+    from tests.gpu_serving_support import build_tiny_bundle
+
+    pytest.importorskip("tritonclient.http")
+    stacked = build_tiny_bundle(tmp_path / "bundle", tiny_backbone, ["mean"], gbdt=True,
+                                stacker=True)
+    assert stacked.ensemble.method == "stacker"
+    serving = ServingSection(backend="torch_gpu", triton_repo=str(tmp_path / "repo"),
+                             max_batch_size=16, request_batch_size=8, torch_threads=1,
+                             gbdt_workers=1)
+    write_triton_repo(serving.triton_repo, stacked, serving)
+    with TritonServer(serving.triton_repo, http_port=0, grpc_port=0, metrics_port=0,
+                      startup_timeout_s=180) as server:
+        with open_scorer(stacked, serving, triton_url=server.url) as choice:
+            assert choice.via.startswith("triton")
+            served = score_frame(choice.scorer, essays)
+    local = torch_scorer(stacked, serving)
+    ref = score_frame(local, essays)
+    local.close()
+    np.testing.assert_allclose(served.blended, ref.blended, atol=1e-6)
+    assert (served.score == ref.score).all()

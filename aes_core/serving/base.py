@@ -69,6 +69,20 @@ class Scorer(Protocol):
         ...
 
 
+def decode_texts(values: np.ndarray) -> list[str]:
+    """Essay texts from a served TEXT tensor (bytes or str); names an empty batch or the row
+    that is not UTF-8 (``ValueError``)."""
+    if values.size == 0:
+        raise ValueError("empty batch: send at least one essay")
+    texts = []
+    for i, x in enumerate(values.reshape(-1)):
+        try:
+            texts.append(x.decode("utf-8") if isinstance(x, bytes) else str(x))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"TEXT row {i} is not valid UTF-8: {e}") from e
+    return texts
+
+
 def require_fold_models(ensemble: EnsembleArtifact, members: Mapping[str, Sequence]) -> None:
     """Raise unless every transformer member of ``ensemble`` has fold models in ``members``
     (what every scorer is built from)."""

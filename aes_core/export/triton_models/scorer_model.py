@@ -41,9 +41,11 @@ class TritonPythonModel:
         from aes_core.models import tokens
         from aes_core.models.regressor import RegressorSpec
         from aes_core.serving import onnx_scorer
+        from aes_core.serving.base import decode_texts
         from aes_core.serving.token_cache import CachedEncoder, TokenCache
 
         self.lib = onnx_scorer
+        self.decode_texts = decode_texts
         self.tokens = tokens
         self.ensemble = EnsembleArtifact.load(os.path.join(here, meta["ensemble"]))
         cache = TokenCache(int(meta.get("token_cache_size", 0)), meta.get("token_cache_dir"))
@@ -79,15 +81,10 @@ class TritonPythonModel:
         t = pb_utils.get_input_tensor_by_name(request, "TEXT")
         if t is None:
             raise ScoringError("input TEXT is required")
-        arr = t.as_numpy()
-        if arr.size == 0:
-            raise ScoringError("empty batch: send at least one essay")
-        texts = []
-        for i, x in enumerate(arr.reshape(-1)):
-            try:
-                texts.append(x.decode("utf-8") if isinstance(x, bytes) else str(x))
-            except UnicodeDecodeError as e:
-                raise ScoringError(f"TEXT row {i} is not valid UTF-8: {e}") from e
+        try:
+            texts = self.decode_texts(t.as_numpy())
+        except ValueError as e:
+            raise ScoringError(str(e)) from e
         preds = np.zeros((len(texts), len(self.members)), dtype=np.float64)
         batches = {}
         for j, (_name, tok, spec, models) in enumerate(self.members):

@@ -33,19 +33,15 @@ def _error(name, msg):
 
 
 def _texts(request):
+    from aes_core.serving.base import decode_texts  # the project is on the path by now
+
     t = pb_utils.get_input_tensor_by_name(request, "TEXT")
     if t is None:
         raise ScoringError("input TEXT is required")
-    arr = t.as_numpy()
-    if arr.size == 0:
-        raise ScoringError("empty batch: send at least one essay")
-    texts = []
-    for i, x in enumerate(arr.reshape(-1)):
-        try:
-            texts.append(x.decode("utf-8") if isinstance(x, bytes) else str(x))
-        except UnicodeDecodeError as e:
-            raise ScoringError(f"TEXT row {i} is not valid UTF-8: {e}") from e
-    return texts
+    try:
+        return decode_texts(t.as_numpy())
+    except ValueError as e:
+        raise ScoringError(str(e)) from e
 
 
 class TritonPythonModel:
@@ -80,8 +76,8 @@ class TritonPythonModel:
         self.scorer = TorchScorer(self.ensemble, members, gbdt, device=device,
                                   token_cache=cache, **opts)
 
-    def _response(self, preds):
-        blended = self.ensemble.blend(preds)
+    def _response(self, preds, texts):
+        blended = self.ensemble.blend(preds, texts)  # a stacker ensemble reads the texts
         scores = self.ensemble.to_scores(blended)
         return pb_utils.InferenceResponse(output_tensors=[
             pb_utils.Tensor("SCORE", scores.astype(np.int32).reshape(-1, 1)),
@@ -108,7 +104,10 @@ class TritonPythonModel:
                 continue
             row = 0
             for i, ts in group:
-                responses[i] = self._response(preds[row:row + len(ts)])
+                try:
+                    responses[i] = self._response(preds[row:row + len(ts)], ts)
+                except Exception as e:  # noqa: BLE001 - never take the server down
+                    responses[i] = _error(self.name, f"{type(e).__name__}: {e}")
                 row += len(ts)
         return responses
 
