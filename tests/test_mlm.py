@@ -16,6 +16,7 @@ from aes_core.mlm import BlockCollator, fixed_masking, make_blocks, run_mlm
 from aes_core.models.backbone import load_tokenizer
 from aes_core.models.regressor import EssayRegressor, RegressorSpec
 from tests.conftest import SAMPLE_DIR
+from tests.training_support import Interrupt
 
 
 @pytest.fixture(scope="module")
@@ -62,17 +63,6 @@ def test_mlm_lowers_heldout_perplexity_and_saves_a_backbone(tiny_backbone, tmp_p
     assert "[NL]" in tok.get_vocab() and len(tok) == len(load_tokenizer(out))  # saved with tokens
     model = EssayRegressor.from_backbone(out, RegressorSpec(head="mean"), vocab_size=len(tok))
     assert model.encoder.get_input_embeddings().num_embeddings == len(tok)
-
-
-class Interrupt(pl.Callback):
-    """Raises once training reaches ``at_step`` (a real crash mid-run)."""
-
-    def __init__(self, at_step: int):
-        self.at_step = at_step
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step >= self.at_step:
-            raise RuntimeError("simulated crash")
 
 
 class StartProbe(pl.Callback):

@@ -29,6 +29,7 @@ from aes_core.training.stages import (
     train_fold_head,
 )
 from tests.conftest import records_of, tiny_overrides
+from tests.training_support import Interrupt
 
 LIBRARY_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "transformers.modeling_utils")
 
@@ -148,17 +149,6 @@ def test_dynamic_padding_and_length_sorted_predictions(tiny_backbone):
     sorted_preds = predict_logits(model, ds, tok, batch_size=2)
     one_by_one = [predict_logits(model, EssayDataset([t], tok, 48), tok, 1)[0] for t in texts]
     np.testing.assert_allclose(sorted_preds, one_by_one, atol=1e-5)
-
-
-class Interrupt(pl.Callback):
-    """Raises once training reaches ``at_step`` (a real crash mid-run)."""
-
-    def __init__(self, at_step: int):
-        self.at_step = at_step
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step >= self.at_step:
-            raise RuntimeError("simulated crash")
 
 
 class StartProbe(pl.Callback):
