@@ -24,6 +24,20 @@ def extend_path(here: str) -> None:
 extend_path(os.path.dirname(os.path.abspath(__file__)))
 
 
+def scorer_meta(args: dict) -> tuple[str, dict]:
+    """A scorer model's version folder and its ``scorer.json``, with the project first on
+    sys.path (``aes_root``) so that ``aes_core`` imports."""
+    import json
+
+    here = os.path.join(args["model_repository"], args["model_version"])
+    with open(os.path.join(here, "scorer.json")) as f:
+        meta = json.load(f)
+    root = meta.get("aes_root")
+    if root and root not in sys.path:
+        sys.path.insert(0, root)
+    return here, meta
+
+
 def require_scipy() -> None:
     """Import scipy (the GBDT member and the stacker need it) or say which numpy broke it.
 

@@ -14,11 +14,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import aes_paths  # noqa: E402, F401  (the project's paths first, before numpy: aes_paths.py)
+import aes_paths  # noqa: E402  (the project's paths first, before numpy: aes_paths.py)
 
 # isort: split
-import json  # noqa: E402
-
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
@@ -46,12 +44,7 @@ def _texts(request):
 
 class TritonPythonModel:
     def initialize(self, args):
-        here = os.path.join(args["model_repository"], args["model_version"])
-        with open(os.path.join(here, "scorer.json")) as f:
-            meta = json.load(f)
-        root = meta.get("aes_root")
-        if root and root not in sys.path:
-            sys.path.insert(0, root)
+        here, meta = aes_paths.scorer_meta(args)
         from aes_core.ensemble.artifact import EnsembleArtifact
         from aes_core.serving.token_cache import TokenCache
         from aes_core.serving.torch_scorer import TorchScorer
