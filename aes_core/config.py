@@ -157,6 +157,10 @@ class TrainSection(Section):
     gradient_checkpointing: bool = False
     reinit_top_layers: int = Field(0, ge=0)
     smoothing_r: float = Field(0.5, ge=0, le=1, description="stage-2 target (1-r)*y + r*oof")
+    pseudo_label_essays: int = Field(
+        0, ge=0, description="stage 2 also trains on up to this many unlabelled essays "
+        "(unlabelled_essays) scored by the partition's own stage-1 model, which never saw fold "
+        "i; unlabelled texts equal to a labelled essay's are left out (0 = off)")
     early_stopping_patience: int = Field(2, ge=1)
     val_check_interval: float = Field(1.0, gt=0, le=1, description="fraction of an epoch")
     gradient_clip_val: float = Field(1.0, ge=0)

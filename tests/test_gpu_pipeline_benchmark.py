@@ -21,6 +21,7 @@ def test_gpu_pipeline_driver_on_cpu(tmp_path, tiny_backbone, monkeypatch):
     over["heads"]["heads"] = ["mean"]
     over["mlm"]["enabled"] = False
     over["run"] = {"executor": "multiprocess", "max_concurrent": 2}  # GBDT beside training
+    over["train"]["pseudo_label_essays"] = 12  # stage 2 pseudo-labels in the workers too
     profile = write_profile(tmp_path, over, "tinybench")
     home = tmp_path / "home"
     home.mkdir()
@@ -39,6 +40,8 @@ def test_gpu_pipeline_driver_on_cpu(tmp_path, tiny_backbone, monkeypatch):
     assert report["wall_minutes"] > 0 and "tiny__fold_head_checkpoints" in report["stage_minutes"]
     assert {"ensemble", "gbdt_alone", "tiny__mean"} <= set(report["test_qwk"])
     assert report["training"]["tiny/fold_head_checkpoints"]["train_tokens"] > 0
+    pseudo = sorted(tmp_path.glob("storage/**/pseudo_labels.parquet"))
+    assert len(pseudo) == 2  # one per partition, from its own stage-1 model
     runs = dg.DagsterInstance.get().get_runs()
     assert len(runs) == 1  # the whole graph was one run
     # the closing summary reads the run's metadata: QWKs, the blend, where the files are

@@ -282,3 +282,40 @@ def test_stage2_skipped_without_flag1(tmp_path, tiny_backbone, tiny_folded):
     assert any("stage 2 skipped" in n for n in result.notes)
     assert any("validating on all" in n for n in result.notes)
     assert result.stage1.val_essays == int((tiny_folded.fold == 1).sum())
+
+
+def test_pseudo_labels_come_from_a_teacher_that_never_saw_fold_i(tmp_path, tiny_backbone,
+                                                                 tiny_folded):
+    """Stage 2's pseudo-labels for fold i come from the partition's stage-1 model, trained on
+    folds != i: flipping every label of fold i leaves them unchanged. Unlabelled copies of
+    labelled essays (a fold-i essay among them) are never pseudo-labelled."""
+    from aes_core.config import SAMPLE_DIR
+    from aes_core.data.normalize import normalize_text
+    from aes_core.training.stages import PSEUDO_FILE
+
+    fresh = io.load_unlabelled(SAMPLE_DIR / "unlabelled_essays.csv.gz").head(8)
+    fold_i_text = tiny_folded.loc[tiny_folded.fold == 1, "full_text"].iloc[0]
+    copies = pd.DataFrame({"essay_id_comp": ["copy-i", "copy-0"], "full_text": [
+        "  " + fold_i_text.replace(" ", "\u00a0 ") + "\r\n",  # the same text, normalized
+        tiny_folded.loc[tiny_folded.fold == 0, "full_text"].iloc[0]]})
+    unlabelled = pd.concat([copies, fresh], ignore_index=True)
+    flipped = tiny_folded.copy()
+    flipped.loc[flipped.fold == 1, "score"] = 7 - flipped.loc[flipped.fold == 1, "score"]
+    runs = {}
+    for name, folded in (("as_is", tiny_folded), ("fold_i_flipped", flipped)):
+        job = _job(tmp_path, tiny_backbone, tmp_path / name, stage1_epochs=1, stage2_epochs=1,
+                   max_train_essays=40, pseudo_label_essays=10, stage2_guard=False)
+        result = train_fold_head(job, folded, unlabelled)
+        runs[name] = (result, pd.read_parquet(tmp_path / name / PSEUDO_FILE))
+    (result, pseudo), (_, pseudo_flipped) = runs["as_is"], runs["fold_i_flipped"]
+    assert len(pseudo) == 8 and (pseudo["fold"] == 1).all()  # 10 allowed: the copies left out
+    assert (pseudo["teacher"] == "stage1").all()
+    np.testing.assert_allclose(pseudo["pseudo_score"], pseudo_flipped["pseudo_score"], atol=1e-5)
+    labelled = set(tiny_folded["full_text"].map(normalize_text))
+    assert not set(pseudo["full_text"].map(normalize_text)) & labelled
+    assert normalize_text(copies["full_text"][0]) == normalize_text(fold_i_text)
+    assert pseudo["pseudo_score"].between(1, 6).all()
+    np.testing.assert_allclose(pseudo["target"], (pseudo["pseudo_score"] - 1) / 5)
+    base = min(40, int(((tiny_folded.fold != 1) & (tiny_folded.flag == 1)).sum()))
+    assert result.stage2.train_essays == base + 8  # stage 2 trained on them
+    assert any("8 pseudo-labelled essays" in n for n in result.notes)

@@ -29,7 +29,7 @@ from aes_resources.mlflow import MlflowTracker
 from aes_resources.settings import PipelineSettings
 from aes_resources.storage import ArtifactStore
 
-FOLDED_FILE = "folded.parquet"
+FOLDED_FILE, UNLABELLED_FILE = "folded.parquet", "unlabelled.parquet"
 
 
 class Progress:
@@ -61,7 +61,8 @@ def _partition_metadata(r: FoldHeadCheckpoint) -> dict:
 
 
 def fold_head_asset(cfg: AesConfig, backbone: BackboneSection) -> dg.AssetsDefinition:
-    """``{backbone}/fold_head_checkpoints``: one partition = one fold x head, two stages."""
+    """``{backbone}/fold_head_checkpoints``: one partition = one fold x head, two stages
+    (stage 2 with pseudo-labelled unlabelled essays when ``train.pseudo_label_essays``)."""
     name = backbone.name
     TrainRun = run_config(cfg, "train")
 
@@ -70,7 +71,8 @@ def fold_head_asset(cfg: AesConfig, backbone: BackboneSection) -> dg.AssetsDefin
         partitions_def=fold_head_partitions(cfg),
         backfill_policy=dg.BackfillPolicy.single_run(),
         ins={"folded_essays": dg.AssetIn(key=keys.FOLDED),
-             "mlm_backbone": dg.AssetIn(key=keys.mlm_key(name))},
+             "mlm_backbone": dg.AssetIn(key=keys.mlm_key(name)),
+             "unlabelled_essays": dg.AssetIn(key=keys.UNLABELLED)},
         code_version=code_version(cfg.train, cfg.heads, backbone),
         description=f"Backbone {name!r} + head fine-tuned on folds != i in two stages: the "
                     "final model folder, stage QWKs and OOF predictions on fold i. A backfill "
@@ -79,12 +81,17 @@ def fold_head_asset(cfg: AesConfig, backbone: BackboneSection) -> dg.AssetsDefin
     )
     def _fold_head(context: dg.AssetExecutionContext, config: TrainRun,
                    settings: PipelineSettings, artifacts: ArtifactStore, mlflow: MlflowTracker,
-                   gpu: GpuResource, folded_essays: pd.DataFrame, mlm_backbone: MlmBackbone):
+                   gpu: GpuResource, folded_essays: pd.DataFrame, mlm_backbone: MlmBackbone,
+                   unlabelled_essays: pd.DataFrame):
         full = settings.resolve(train=config)
         pks = list(context.partition_keys)
         step_dir = artifacts.folder(context.asset_key)
         folded_path = step_dir / f"{FOLDED_FILE}.{context.run_id[:8]}"
         folded_essays.to_parquet(folded_path, index=False)
+        unlabelled_path = None  # stage 2's pseudo-labels read them (train.pseudo_label_essays)
+        if full.train.pseudo_label_essays and len(unlabelled_essays):
+            unlabelled_path = step_dir / f"{UNLABELLED_FILE}.{context.run_id[:8]}"
+            unlabelled_essays[["full_text"]].to_parquet(unlabelled_path, index=False)
         slots = gpu.worker_slots(len(pks))
         tags = dict(context.run.tags)
         tasks = []
@@ -96,6 +103,7 @@ def fold_head_asset(cfg: AesConfig, backbone: BackboneSection) -> dg.AssetsDefin
                 backbone_path=mlm_backbone.path, fold=fold, head=head,
                 out_dir=str(artifacts.folder(context.asset_key, pk)),
                 folded_path=str(folded_path),
+                unlabelled_path=str(unlabelled_path) if unlabelled_path else None,
                 trainer_kwargs=gpu.trainer_kwargs(pk, tags, 0 if pinned else None),
                 device=gpu.inference_device(pk, tags, 0 if pinned else None),
                 amp=gpu.amp_name()))
@@ -118,6 +126,8 @@ def fold_head_asset(cfg: AesConfig, backbone: BackboneSection) -> dg.AssetsDefin
 
         results = run_jobs(train_partition, tasks, slots, on_result)
         folded_path.unlink(missing_ok=True)
+        if unlabelled_path:
+            unlabelled_path.unlink(missing_ok=True)
         failed = failures(results)
         if failed:
             listed = "; ".join(f"{pks[f.index]}: {f.summary}" for f in failed)

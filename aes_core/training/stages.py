@@ -61,6 +61,7 @@ from aes_core.training.resume import (
 log = logging.getLogger(__name__)
 
 OOF_FILE, DONE_FILE, MODEL_DIR = "oof.parquet", "done.json", "model"
+PSEUDO_FILE = "pseudo_labels.parquet"  # stage 2's pseudo-labelled essays and their teacher
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -207,16 +208,21 @@ def data_fingerprint(df: pd.DataFrame) -> str:
     return hashlib.sha256("\n".join(sorted(cols)).encode()).hexdigest()[:16]
 
 
-def job_spec(job: FoldHeadJob, folded: pd.DataFrame) -> dict[str, Any]:
+def job_spec(job: FoldHeadJob, folded: pd.DataFrame,
+             unlabelled: pd.DataFrame | None = None) -> dict[str, Any]:
     """What determines a partition's result; a change means it cannot resume or be reused."""
     from aes_core.tracking import code_hash
 
-    return {"backbone": job.backbone.model_dump(), "backbone_path": str(job.backbone_path),
+    spec = {"backbone": job.backbone.model_dump(), "backbone_path": str(job.backbone_path),
             "fold": job.fold, "head": job.head, "train": job.cfg.train.model_dump(
                 exclude={"reuse_completed", "keep_checkpoints", "num_workers",
                          "log_every_n_steps"}),
             "heads": job.cfg.heads.model_dump(), "data": data_fingerprint(folded),
             "code": code_hash()}
+    if job.cfg.train.pseudo_label_essays and unlabelled is not None:
+        spec["unlabelled"] = hashlib.sha256("\n".join(
+            unlabelled["full_text"].astype(str)).encode()).hexdigest()[:16]
+    return spec
 
 
 def spec_hash(spec: dict[str, Any]) -> str:
@@ -339,10 +345,32 @@ def _predict(job: FoldHeadJob, model: EssayRegressor, tokenizer, df: pd.DataFram
     return logits_to_scores(torch.from_numpy(logits), model.spec.loss).numpy()
 
 
+def pseudo_labels(job: FoldHeadJob, model: EssayRegressor, tokenizer, unlabelled: pd.DataFrame,
+                  folded: pd.DataFrame, n: int) -> pd.DataFrame:
+    """Up to ``n`` unlabelled essays scored by ``model`` as it is (the partition's stage-1
+    weights: trained on folds != i only), with ``target`` on the training scale.
+
+    Texts equal (normalized) to a labelled essay's are left out, so no fold-i essay comes
+    back into training under a pseudo-label; written to ``pseudo_labels.parquet``."""
+    from aes_core.data.normalize import normalize_text
+
+    labelled = set(folded["full_text"].astype(str).map(normalize_text))
+    fresh = unlabelled[~unlabelled["full_text"].astype(str).map(normalize_text).isin(labelled)]
+    fresh = subsample(fresh.drop_duplicates("full_text"), n,
+                      job.cfg.train.seed + job.fold + 2000)
+    out = pd.DataFrame({"full_text": fresh["full_text"].astype(str).to_numpy()})
+    out["pseudo_score"] = _predict(job, model, tokenizer, out) if len(out) else np.empty(0)
+    out["target"] = (out["pseudo_score"] - 1.0) / 5.0
+    out.assign(teacher="stage1", fold=job.fold).to_parquet(job.out_dir / PSEUDO_FILE,
+                                                           index=False)
+    return out
+
+
 def _stage2(job: FoldHeadJob, model: EssayRegressor, tokenizer, folded: pd.DataFrame,
-            best1: str, notes: list[str]) -> tuple[StageInfo | None, str]:
-    """Stage 2 with smoothed targets, guarded; returns its info and the stage whose weights
-    the model now holds."""
+            best1: str, notes: list[str], unlabelled: pd.DataFrame | None = None
+            ) -> tuple[StageInfo | None, str]:
+    """Stage 2 with smoothed targets (plus pseudo-labelled essays), guarded; returns its info
+    and the stage whose weights the model now holds."""
     tcfg = job.cfg.train
     s2 = stage2_split(folded, job.fold, tcfg.min_val_essays_per_stage)
     if tcfg.stage2_epochs == 0:
@@ -354,6 +382,12 @@ def _stage2(job: FoldHeadJob, model: EssayRegressor, tokenizer, folded: pd.DataF
     train2 = subsample(s2.train, tcfg.max_train_essays, tcfg.seed + job.fold + 1000)
     p1 = (_predict(job, model, tokenizer, train2) - 1.0) / 5.0
     targets2 = smooth_targets(train2["score"].to_numpy(), p1, tcfg.smoothing_r)
+    if tcfg.pseudo_label_essays and unlabelled is not None and len(unlabelled):
+        pseudo = pseudo_labels(job, model, tokenizer, unlabelled, folded,
+                               tcfg.pseudo_label_essays)
+        train2 = pd.concat([train2[["full_text"]], pseudo[["full_text"]]], ignore_index=True)
+        targets2 = np.concatenate([targets2, pseudo["target"].to_numpy()])
+        notes.append(f"stage 2: {len(pseudo)} pseudo-labelled essays from the stage-1 model")
     stage1_on_val2 = qwk(s2.val["score"].to_numpy(), _predict(job, model, tokenizer, s2.val))
     info2, _ = run_stage(job, "stage2", model, tokenizer, train2, targets2, s2.val,
                          tcfg.stage2_epochs)
@@ -420,8 +454,11 @@ def _drop_checkpoints(out: Path) -> None:
         ckpt.unlink()
 
 
-def train_fold_head(job: FoldHeadJob, folded: pd.DataFrame) -> FoldHeadCheckpoint:
+def train_fold_head(job: FoldHeadJob, folded: pd.DataFrame,
+                    unlabelled: pd.DataFrame | None = None) -> FoldHeadCheckpoint:
     """Run both stages for one fold x head; returns the partition's result (also result.json).
+
+    ``unlabelled``: essays that stage 2 pseudo-labels (``train.pseudo_label_essays``).
 
     A completed partition of the identical spec is returned as it is (``reused``) when
     ``train.reuse_completed``; an interrupted one resumes from its last checkpoint."""
@@ -431,7 +468,7 @@ def train_fold_head(job: FoldHeadJob, folded: pd.DataFrame) -> FoldHeadCheckpoin
                          f"{job.cfg.heads.heads}")
     t0 = time.time()
     tcfg = job.cfg.train
-    spec = job_spec(job, folded)
+    spec = job_spec(job, folded, unlabelled)
     notes, completed = prepare_out_dir(job.out_dir, spec, tcfg.reuse_completed)
     name = f"{job.backbone.name}/{job.head} fold {job.fold}"
     reused = load_partition_result(job.out_dir) if completed else None
@@ -453,7 +490,7 @@ def train_fold_head(job: FoldHeadJob, folded: pd.DataFrame) -> FoldHeadCheckpoin
     else:
         info1, best1 = run_stage(job, "stage1", model, tokenizer, train1, _targets(train1),
                                  s1.val, tcfg.stage1_epochs)
-        info2, kept = _stage2(job, model, tokenizer, folded, best1, notes)
+        info2, kept = _stage2(job, model, tokenizer, folded, best1, notes, unlabelled)
     for n in notes:
         _log(job, n)
 

@@ -29,6 +29,7 @@ class PartitionTask:
     trainer_kwargs: dict[str, Any]
     device: str
     amp: str | None = None
+    unlabelled_path: str | None = None  # essays for pseudo-labels (train.pseudo_label_essays)
 
 
 def train_partition(task: PartitionTask) -> FoldHeadCheckpoint:
@@ -45,7 +46,8 @@ def train_partition(task: PartitionTask) -> FoldHeadCheckpoint:
                       out_dir=Path(task.out_dir), trainer_kwargs=task.trainer_kwargs,
                       device=task.device, amp_dtype=AMP_DTYPES.get(task.amp or ""),
                       progress=False)
-    return train_fold_head(job, pd.read_parquet(task.folded_path))
+    unlabelled = pd.read_parquet(task.unlabelled_path) if task.unlabelled_path else None
+    return train_fold_head(job, pd.read_parquet(task.folded_path), unlabelled)
 
 
 def stage_history(folder: Path) -> dict[str, list[dict[str, Any]]]:
