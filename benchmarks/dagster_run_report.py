@@ -88,6 +88,9 @@ def run_report(instance: dg.DagsterInstance, run_id: str) -> dict[str, Any]:
         "test_qwk": test_qwk, "oof_qwk": ens.get("blend_oof_qwk"),
         "nested_cv_qwk": ens.get("blend_nested_qwk"), "best_member": ens.get("best_member"),
         "scored_via": sub.get("scored_via"), "stage_minutes": stage_minutes,
+        "step_windows": {k: [s.start_time, s.end_time] for k, s in steps.items()
+                         if s.start_time and s.end_time},
+        "run_window": [stats.start_time, stats.end_time],
         "training": training,
         "gbdt": {k: meta.get("gbdt_member", {}).get(k) for k in ("oof_qwk", "seconds")},
         "mlm": {k: v for k, v in meta.items() if k.endswith("mlm_backbone")},

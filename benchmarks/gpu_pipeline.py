@@ -25,6 +25,7 @@ from dagster_run_report import latest_pipeline_run, run_report  # noqa: E402
 
 from aes_assets.pipeline import run_pipeline  # noqa: E402
 from aes_core.config import PROJECT_ROOT  # noqa: E402
+from aes_core.gpu_sampler import GpuSampler  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,13 +35,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--select", default="*", help="Dagster asset selection")
     ap.add_argument("--partitions", help="fold x head partitions 'first...last' (default all)")
     ap.add_argument("--out", required=True, help="JSON file for the run's figures")
+    ap.add_argument("--sample-s", type=float, default=2.0,
+                    help="seconds between GPU utilisation samples (nvidia-smi)")
     a = ap.parse_args(argv)
     os.environ.setdefault("DAGSTER_HOME", str(PROJECT_ROOT))
     instance = dg.DagsterInstance.get()
     t0 = time.time()
-    result = run_pipeline(a.profile, a.select, instance=instance, partition_range=a.partitions)
+    with GpuSampler(interval_s=a.sample_s) as sampler:
+        result = run_pipeline(a.profile, a.select, instance=instance,
+                              partition_range=a.partitions)
     run_id = result.run_id if result else latest_pipeline_run(instance)
     report = run_report(instance, run_id)
+    windows = {"run": tuple(report["run_window"]), **{
+        k: tuple(w) for k, w in report["step_windows"].items()
+        if k.endswith("fold_head_checkpoints")}}
+    report["gpu_util"] = sampler.summary(windows)  # the training step(s) and the whole run
     report["driver_wall_minutes"] = round((time.time() - t0) / 60, 2)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=2, default=str))
