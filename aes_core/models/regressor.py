@@ -115,9 +115,7 @@ class EssayRegressor(nn.Module):
         from transformers import AutoConfig, AutoModel
 
         folder = Path(folder)
-        if not (folder / SPEC_FILE).exists():
-            raise FileNotFoundError(f"{folder} is not a saved regressor (no {SPEC_FILE})")
-        spec = load_spec(folder)
+        spec = load_spec(folder)  # FileNotFoundError when the folder holds no spec
         enc_cfg = AutoConfig.from_pretrained(str(folder / BACKBONE_DIR), local_files_only=True)
         model = cls(AutoModel.from_config(enc_cfg), spec)
         state = load_file(str(folder / WEIGHTS_FILE), device=map_location)

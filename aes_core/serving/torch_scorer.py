@@ -32,8 +32,7 @@ import numpy as np
 
 from aes_core.ensemble.artifact import EnsembleArtifact
 from aes_core.members import GBDT_MEMBER
-from aes_core.models.regressor import BACKBONE_DIR, RegressorSpec
-from aes_core.models.spec import load_spec
+from aes_core.models.spec import BACKBONE_DIR, RegressorSpec, load_spec
 from aes_core.models.tokens import (
     EssayBatch,
     TokenEncoder,

@@ -39,6 +39,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from aes_core.config import AesConfig, BackboneSection
 from aes_core.contracts import FoldHeadCheckpoint, StageInfo
+from aes_core.data import io
 from aes_core.logs import quiet_libraries
 from aes_core.members import member_name
 from aes_core.metrics import qwk
@@ -220,8 +221,7 @@ def job_spec(job: FoldHeadJob, folded: pd.DataFrame,
             "heads": job.cfg.heads.model_dump(), "data": data_fingerprint(folded),
             "code": code_hash()}
     if job.cfg.train.pseudo_label_essays and unlabelled is not None:
-        spec["unlabelled"] = hashlib.sha256("\n".join(
-            unlabelled["full_text"].astype(str)).encode()).hexdigest()[:16]
+        spec["unlabelled"] = io.fingerprint(unlabelled[["full_text"]])
     return spec
 
 
