@@ -25,14 +25,19 @@ STARTED, DONE, FAILED = "STEP_START", "STEP_SUCCESS", "STEP_FAILURE"
 
 
 def failure_reason(event: dg.DagsterEvent) -> str:
-    """The last line of a failed step's error (the exception message), or a plain note."""
+    """A failed step's exception message (its last line) and the frame that raised it."""
+    from aes_core.training.parallel import traceback_summary
+
     error = getattr(event.event_specific_data, "error", None)
     if error is None:
         return "no error recorded (see the run in the UI)"
     cause = error
     while getattr(cause, "cause", None) is not None:  # the user code's own exception
         cause = cause.cause
-    return cause.message.strip().splitlines()[-1] if cause.message else error.message.strip()
+    if not cause.message:
+        return error.message.strip()
+    # the stack first, then the message: a spawned process's traceback is quoted in it
+    return traceback_summary("".join(cause.stack) + "\n" + cause.message)
 
 
 class MessageHandler(logging.Handler):

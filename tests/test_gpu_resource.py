@@ -72,7 +72,7 @@ def test_gpu_accelerator_without_cuda_is_a_clear_error():
 def test_ddp_gloo_two_processes_trains_a_partition(tmp_path, tiny_backbone):
     over = tiny_overrides(tmp_path, tiny_backbone)
     over["folds"]["n_folds"] = 2
-    over["train"] = {**over["train"], "stage1_epochs": 1, "stage2_epochs": 0,
+    over["train"] = {**over["train"], "stage1_epochs": 1, "stage2_epochs": 1,
                      "max_train_essays": 32}
     cfg = load_config(overrides=over)
     raw = io.load_train(cfg.data.train_path).sample(64, random_state=3)
@@ -87,6 +87,8 @@ def test_ddp_gloo_two_processes_trains_a_partition(tmp_path, tiny_backbone):
     # DistributedSampler: each of the 2 ranks sees half the essays, in batches of 8
     assert result.stage1.global_step == math.ceil(math.ceil(n_train / 2) / 8)
     assert result.stage1_val_qwk is not None
+    # stage 2 spawns its ranks again: a fresh strategy, a model that already scored here
+    assert result.stage2 is not None and result.stage2.epochs_run == 1
     model = EssayRegressor.from_pretrained(result.model_dir)
     assert model.spec.head == "mean"
     oof = pd.read_parquet(result.oof_path)

@@ -84,6 +84,35 @@ def test_regressor_round_trip(tiny_backbone, tmp_path):
     np.testing.assert_allclose(predict_logits(again, ds, tok, 2), before, atol=1e-6)
 
 
+def _logits_in_fresh_process(model: EssayRegressor, ids: torch.Tensor,
+                             mask: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return model.eval()(ids, mask).numpy()
+
+
+def test_regressor_unpickled_in_a_spawned_process_scores_the_same(tiny_backbone):
+    """DDP spawn ranks unpickle the model in a fresh interpreter, also after it has already
+    scored essays here (stage 2): the heads still get the encoder's hidden states there
+    (transformers fills its output-capturing registry in __init__ and hooks them in with
+    closures on the first forward), and the model still scores here afterwards."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    spec = RegressorSpec(head="weighted_layers", heads_cfg=HeadSection(weighted_last_k=2),
+                         max_length=16,
+                         backbone_name="tiny")
+    model = EssayRegressor.from_backbone(tiny_backbone, spec).eval()
+    ids = torch.randint(5, 100, (2, 16))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        here = model(ids, mask).numpy()
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        there = pool.submit(_logits_in_fresh_process, model, ids, mask).result()
+    np.testing.assert_allclose(there, here, atol=1e-6)
+    with torch.no_grad():
+        np.testing.assert_allclose(model(ids, mask).numpy(), here, atol=1e-6)
+
+
 # ---------------------------------------------------------------- DeBERTa-v3 by config alone
 def build_tiny_deberta(folder: Path, texts: list[str]) -> Path:
     """A random DebertaV2 model + a unigram tokenizer trained offline on ``texts``."""

@@ -17,3 +17,26 @@ def test_failures_name_the_error_and_where_it_was_raised():
         assert f.index == 2
         assert f.summary.startswith("ValueError: job 3 has no half (File ")
         assert "test_parallel.py" in f.summary and "in half" in f.summary
+
+
+def test_a_failed_step_says_why_and_where_in_the_run_log():
+    """The CLI's one-line reason for a failed Dagster step names the raising frame, also for
+    an error raised in a spawned process (DDP ranks) and quoted in the step's exception."""
+    import dagster as dg
+
+    from aes_assets.progress import failure_reason
+
+    @dg.asset
+    def halves() -> list[float]:
+        return [half(x) for x in (1, 3)]
+
+    @dg.asset
+    def spawned() -> None:
+        [f] = failures(run_jobs(half, [3], cpu_slots(1, 1)))
+        raise RuntimeError(f"a rank failed:\n{f.error}")
+
+    for asset, frame in ((halves, "in half"), (spawned, "in half")):
+        result = dg.materialize([asset], raise_on_error=False)
+        [event] = [e for e in result.all_events if e.is_step_failure]
+        why = failure_reason(event)
+        assert "job 3 has no half" in why and "test_parallel.py" in why and frame in why, why

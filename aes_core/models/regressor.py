@@ -47,9 +47,14 @@ def scores_to_targets(scores: torch.Tensor) -> torch.Tensor:
     return (scores.float() - 1.0) / 5.0
 
 
+CAPTURE_FLAG = "_output_capturing_hooks_installed"  # transformers 5.x, set with the hooks
+
+
 def _reregister_output_capturing(model: nn.Module) -> None:
     """Unpickled HF models (DDP spawn workers) miss transformers' per-class output-capturing
-    registry, which ``PreTrainedModel.__init__`` fills: without it ``hidden_states`` is None."""
+    registry, which ``PreTrainedModel.__init__`` fills: without it ``hidden_states`` is None.
+    The registry is a plain dict keyed by the class name up to transformers 5.2x and a dict
+    subclass keyed by the model (its class name inside) after; both are filled here."""
     try:
         from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
     except ImportError:  # older transformers: nothing to do
@@ -58,7 +63,24 @@ def _reregister_output_capturing(model: nn.Module) -> None:
 
     for m in model.modules():
         if isinstance(m, PreTrainedModel) and getattr(m, "_can_record_outputs", None):
-            _CAN_RECORD_REGISTRY[m] = m._can_record_outputs
+            key = str(m.__class__) if type(_CAN_RECORD_REGISTRY) is dict else m
+            _CAN_RECORD_REGISTRY[key] = m._can_record_outputs
+
+
+def _drop_output_capturing(model: nn.Module) -> None:
+    """Remove the hooks transformers installs on a model's first forward to collect
+    ``hidden_states``: they are closures, which cannot be pickled (DDP spawn pickles the model,
+    e.g. for stage 2 after stage 1's predictions). The next forward installs them again."""
+    from transformers import PreTrainedModel
+
+    for m in model.modules():
+        for hid, fn in list(m._forward_hooks.items()):
+            if "output_capturing_hook" in getattr(fn, "__qualname__", ""):
+                del m._forward_hooks[hid]
+                m._forward_hooks_with_kwargs.pop(hid, None)
+                m._forward_hooks_always_called.pop(hid, None)
+        if isinstance(m, PreTrainedModel) and getattr(m, CAPTURE_FLAG, False):
+            setattr(m, CAPTURE_FLAG, False)
 
 
 class EssayRegressor(nn.Module):
@@ -86,6 +108,10 @@ class EssayRegressor(nn.Module):
         if vocab_size and vocab_size != enc.get_input_embeddings().num_embeddings:
             enc.resize_token_embeddings(vocab_size)
         return cls(enc, spec)
+
+    def __getstate__(self) -> dict:
+        _drop_output_capturing(self)
+        return super().__getstate__()
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)

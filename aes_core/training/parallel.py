@@ -52,14 +52,19 @@ class JobFailure:
     @property
     def summary(self) -> str:
         """The error's last line and where it was raised (the innermost frame)."""
-        lines = [ln for ln in self.error.strip().splitlines() if ln.strip()]
-        if not lines:
-            return "unknown error"
-        frames = [ln.strip() for ln in lines if ln.lstrip().startswith('File "')]
-        # the job's own innermost frame, not the pool's (a worker's traceback comes first)
-        job_frames = [f for f in frames if not any(m in f for m in POOL_FRAMES)]
-        where = (job_frames or frames)[-1:]
-        return f"{lines[-1]} ({where[0]})" if where else lines[-1]
+        return traceback_summary(self.error)
+
+
+def traceback_summary(text: str) -> str:
+    """A traceback's last line and the innermost frame that raised it, skipping the worker
+    pool's own frames (a child process's traceback, quoted in the parent's, comes last)."""
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        return "unknown error"
+    frames = [ln.strip() for ln in lines if ln.lstrip().startswith('File "')]
+    job_frames = [f for f in frames if not any(m in f for m in POOL_FRAMES)]
+    where = (job_frames or frames)[-1:]
+    return f"{lines[-1]} ({where[0]})" if where else lines[-1]
 
 
 def physical_gpu(index: int, env: dict[str, str] | None = None) -> str:

@@ -58,6 +58,19 @@ def checkpoint_summary(path: Path) -> dict[str, Any]:
             "best_model_score": score}
 
 
+def fresh_trainer_kwargs(trainer_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy for one ``Trainer``: a strategy object (e.g. ``DDPStrategy``) binds itself to the
+    first Trainer that uses it, so each stage gets its own copy of the unused one."""
+    import copy
+
+    from lightning.pytorch.strategies import Strategy
+
+    kw = dict(trainer_kwargs)
+    if isinstance(kw.get("strategy"), Strategy):
+        kw["strategy"] = copy.deepcopy(kw["strategy"])
+    return kw
+
+
 def device_count(trainer_kwargs: Mapping[str, Any]) -> int:
     """Processes a Trainer with these kwargs trains on (``devices``: a count or a list of
     indices, as ``GpuResource.trainer_kwargs`` gives; 1 when absent)."""

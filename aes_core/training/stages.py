@@ -56,6 +56,7 @@ from aes_core.training.resume import (
     LAST_CKPT,
     RESULT_FILE,
     checkpoint_summary,
+    fresh_trainer_kwargs,
     prepare_out_dir,
 )
 
@@ -286,7 +287,7 @@ def run_stage(job: FoldHeadJob, stage: str, model: EssayRegressor, tokenizer,
     if job.loggers:
         loggers += job.loggers(stage)
     trainer = pl.Trainer(
-        **job.trainer_kwargs, max_epochs=epochs, callbacks=callbacks,
+        **fresh_trainer_kwargs(job.trainer_kwargs), max_epochs=epochs, callbacks=callbacks,
         logger=loggers, default_root_dir=str(sdir),
         enable_progress_bar=job.progress, enable_model_summary=False,
         gradient_clip_val=cfg.gradient_clip_val or None,
