@@ -216,6 +216,10 @@ class GpuSection(Section):
         "own process)")
     threads_per_worker: int | None = Field(
         None, ge=1, description="torch CPU threads per worker process (None = cores / workers)")
+    worker_start: Literal["forkserver", "spawn"] = Field(
+        "forkserver", description="how partition worker processes start: forkserver forks "
+        "each from one process that imported the training libraries once (seconds saved per "
+        "worker, many workers at once); spawn starts each interpreter afresh")
 
 
 class GbdtSection(Section):

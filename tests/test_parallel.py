@@ -40,3 +40,20 @@ def test_a_failed_step_says_why_and_where_in_the_run_log():
         [event] = [e for e in result.all_events if e.is_step_failure]
         why = failure_reason(event)
         assert "job 3 has no half" in why and "test_parallel.py" in why and frame in why, why
+
+
+def modules_loaded(names: tuple[str, ...]) -> list[bool]:
+    import sys
+
+    return [n in sys.modules for n in names]
+
+
+def test_forkserver_workers_start_with_the_preloaded_modules():
+    preload = ("aes_core.metrics",)
+    results = run_jobs(modules_loaded, [preload, preload], cpu_slots(2, 2),
+                       start="forkserver", preload=preload)
+    assert results == [[True], [True]]
+    [f] = failures(run_jobs(half, [3], cpu_slots(2, 2), start="forkserver"))
+    assert f.summary.startswith("ValueError: job 3 has no half (File ")
+    spawned = run_jobs(modules_loaded, [preload, preload], cpu_slots(2, 2), start="spawn")
+    assert spawned == [[False], [False]]

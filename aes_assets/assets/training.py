@@ -23,7 +23,12 @@ from aes_assets.partitions import fold_head_partitions, partition_key, split_par
 from aes_core.config import AesConfig, BackboneSection
 from aes_core.contracts import FoldHeadCheckpoint, MlmBackbone
 from aes_core.training.parallel import JobFailure, failures, run_jobs
-from aes_core.training.tasks import PartitionTask, stage_history, train_partition
+from aes_core.training.tasks import (
+    TRAINING_MODULES,
+    PartitionTask,
+    stage_history,
+    train_partition,
+)
 from aes_resources.gpu import GpuResource
 from aes_resources.mlflow import MlflowTracker
 from aes_resources.settings import PipelineSettings
@@ -124,7 +129,8 @@ def fold_head_asset(cfg: AesConfig, backbone: BackboneSection) -> dg.AssetsDefin
                 + (" (reused)" if r.reused else f", {r.seconds:.0f}s")
                 + f" - {progress.step()}")
 
-        results = run_jobs(train_partition, tasks, slots, on_result)
+        results = run_jobs(train_partition, tasks, slots, on_result,
+                           start=full.gpu.worker_start, preload=TRAINING_MODULES)
         folded_path.unlink(missing_ok=True)
         if unlabelled_path:
             unlabelled_path.unlink(missing_ok=True)

@@ -2,7 +2,9 @@
 
 A slot is one worker process pinned to one GPU (``CUDA_VISIBLE_DEVICES`` is set before the
 worker imports torch, so inside it the GPU is ``cuda:0``) or to the CPU with a thread budget.
-Workers are spawned once and take job after job, so model libraries load once per worker.
+Workers start once and take job after job, so model libraries load once per worker; with
+``start="forkserver"`` they are forked from one server process that imported the ``preload``
+modules once (no CUDA is touched there, so each worker still picks its own GPU).
 One ``in_process`` slot runs the jobs one after another in the caller's process (no start-up
 cost; also where DDP must be launched from). A failing job does not stop the others: its
 error comes back as a :class:`JobFailure`.
@@ -86,6 +88,10 @@ def _init_worker(gpu: str | None, threads: int | None) -> None:
     worker that never needs torch would pay seconds for it): a later import reads the
     variables, and a torch already loaded by the spawn bootstrap is set directly."""
     if gpu is not None:
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_initialized():
+            raise RuntimeError("a worker forked with CUDA already initialised cannot pick its "
+                               "GPU: set gpu.worker_start: spawn")
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     if threads:
         for var in THREAD_VARS:
@@ -100,13 +106,14 @@ def _call(fn: Callable[[T], R], job: T) -> R:
 
 
 def run_jobs(fn: Callable[[T], R], jobs: Sequence[T], slots: Sequence[WorkerSlot],
-             on_result: Callable[[int, R | JobFailure], None] | None = None
-             ) -> list[R | JobFailure]:
+             on_result: Callable[[int, R | JobFailure], None] | None = None,
+             start: str = "spawn", preload: Sequence[str] = ()) -> list[R | JobFailure]:
     """``fn(job)`` for every job over ``slots``; results in job order.
 
     ``fn`` and the jobs must pickle (a module-level function and plain data) unless the only
     slot is ``in_process``. ``on_result(index, result)`` is called in the caller's process as
-    each job finishes (progress, logging, tracking).
+    each job finishes (progress, logging, tracking). ``start``: ``spawn`` or ``forkserver``
+    (workers forked from a server that imported ``preload`` once).
     """
     results: list[R | JobFailure | None] = [None] * len(jobs)
 
@@ -126,7 +133,7 @@ def run_jobs(fn: Callable[[T], R], jobs: Sequence[T], slots: Sequence[WorkerSlot
             done(i, r)
         return results  # type: ignore[return-value]
 
-    ctx = mp.get_context("spawn")
+    ctx = worker_context(start, preload)
     by_slot: dict[WorkerSlot, int] = {}
     for s in slots:
         by_slot[s] = by_slot.get(s, 0) + 1
@@ -157,6 +164,17 @@ def run_jobs(fn: Callable[[T], R], jobs: Sequence[T], slots: Sequence[WorkerSlot
         for pool in pools.values():
             pool.shutdown(wait=True, cancel_futures=True)
     return results  # type: ignore[return-value]
+
+
+def worker_context(start: str, preload: Sequence[str] = ()) -> mp.context.BaseContext:
+    """A multiprocessing context for worker pools; a forkserver imports ``preload`` once.
+    Modules that touch CUDA at import must not be preloaded (forked workers inherit it)."""
+    if start not in ("spawn", "forkserver"):
+        raise ValueError(f"worker start {start!r}: use spawn or forkserver")
+    ctx = mp.get_context(start)
+    if start == "forkserver" and preload:
+        ctx.set_forkserver_preload(list(preload))
+    return ctx
 
 
 def cpu_slots(workers: int, n_jobs: int) -> list[WorkerSlot]:

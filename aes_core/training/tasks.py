@@ -13,6 +13,9 @@ import pandas as pd
 from aes_core.contracts import FoldHeadCheckpoint
 
 METRICS_FILE = "metrics.csv"  # Lightning's CSVLogger file inside each stage folder
+# imported once by a forkserver for the partition workers (torch, Lightning, transformers;
+# none of them touches CUDA at import)
+TRAINING_MODULES = ("aes_core.training.stages",)
 
 
 @dataclass
