@@ -279,7 +279,7 @@ def served_scores(url: str, model: str, ensemble, texts: list[str], batch: int) 
     scorer = TritonScorer(url, ensemble, batch_size=batch, model=model)
     preds = scorer.predict_members(texts)
     scorer.close()
-    blended = ensemble.blend(preds)
+    blended = ensemble.blend(preds, texts)
     return {"members": preds, "blended": blended, "score": ensemble.to_scores(blended)}
 
 
@@ -297,7 +297,7 @@ def reference_scores(bundle, serving: ServingSection, texts: list[str], student:
     preds = scorer.predict_members(texts)
     scorer.close()
     ens = scorer.ensemble
-    blended = ens.blend(preds)
+    blended = ens.blend(preds, texts)
     return {"members": preds, "blended": blended, "score": ens.to_scores(blended)}
 
 
@@ -313,8 +313,9 @@ def labelled_qwk(ids: list[str], scores: np.ndarray, labels: pd.DataFrame | None
 
 
 def serve_and_measure(a, bundle, serving: ServingSection, texts: list[str], unique: list[str],
-                      log) -> dict[str, Any]:
-    """(a), (b) and the served scores of the unique essays, on the torch_gpu repository."""
+                      log, on_model=None) -> dict[str, Any]:
+    """(a), (b) and the served scores of the unique essays, on the torch_gpu repository.
+    ``on_model(name, measured)`` is called as soon as a model's speed is measured."""
     from aes_core.export.triton_repo import write_triton_repo
     from aes_core.serving.loadgen import run_load, single_latency
     from aes_core.serving.triton import TritonServer
@@ -339,6 +340,8 @@ def serve_and_measure(a, bundle, serving: ServingSection, texts: list[str], uniq
             r.update(essays_per_s=round(load.essays_per_s, 1), load=load.to_dict(),
                      p50_ms_single=round(single.p50_ms, 2), p99_ms_single=round(single.p99_ms, 2),
                      single=single.to_dict())
+            if on_model is not None:
+                on_model(model, r)
             r["scores"] = served_scores(server.url, model, ens, unique, a.request_batch)
             out[model] = r
             log(f"{model}: {load.essays_per_s:,.0f} essays/s ({a.clients} clients x "
@@ -499,7 +502,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report["gbdt"] = gbdt_paths(bundle, unique[:16 if a.tiny else 256])
     log(f"GBDT member (one process): {report['gbdt']}")
 
-    served = serve_and_measure(a, bundle, serving, texts, unique, log)
+    json_path = out / "serving_gpu.json"
+
+    def save(completed: bool = False) -> None:
+        """The report so far: a run stopped at its time limit keeps what it measured."""
+        report["completed"] = completed
+        report["total_seconds"] = round(time.time() - t_start, 1)
+        json_path.write_text(json.dumps(report, indent=2, default=float))
+
+    def measured(model: str, r: dict[str, Any]) -> None:
+        report.setdefault("measured_so_far", {})[model] = {
+            k: r[k] for k in ("essays_per_s", "p50_ms_single", "p99_ms_single")}
+        save()
+
+    save()
+    served = serve_and_measure(a, bundle, serving, texts, unique, log, measured)
     ens = served["scorer"]
     report["triton_ensemble"] = {
         "members": len(bundle.ensemble.members), "fold_models": report["bundle"]["fold_models"],
@@ -540,11 +557,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             traceback.print_exc()
             report["cpu_onnx_baseline_essays_per_s"] = None
             report["cpu_onnx"] = {"error": f"{type(e).__name__}: {e}"}
-    report["total_seconds"] = round(time.time() - t_start, 1)
     png = out / "serving_gpu.png"
     plot(report, png)
     report["plot"] = str(png)
-    (out / "serving_gpu.json").write_text(json.dumps(report, indent=2, default=float))
+    report.pop("measured_so_far", None)
+    save(completed=True)
     print_summary(report)
     return report
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -326,8 +327,45 @@ def test_torch_triton_blends_with_a_stacker(tmp_path, tiny_backbone, essays):
         with open_scorer(stacked, serving, triton_url=server.url) as choice:
             assert choice.via.startswith("triton")
             served = score_frame(choice.scorer, essays)
+        texts = essays["full_text"].astype(str).tolist()
+        bench = serving_benchmark().served_scores(server.url, "scorer", stacked.ensemble,
+                                                  texts, 8)
     local = torch_scorer(stacked, serving)
     ref = score_frame(local, essays)
     local.close()
     np.testing.assert_allclose(served.blended, ref.blended, atol=1e-6)
     assert (served.score == ref.score).all()
+    # the serving benchmark's own client and fp32 reference blend with the texts too
+    np.testing.assert_allclose(bench["blended"], ref.blended, atol=1e-6)
+    reference = serving_benchmark().reference_scores(stacked, serving, texts, student=False)
+    np.testing.assert_allclose(reference["blended"], ref.blended, atol=1e-6)
+
+
+def serving_benchmark():
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("serving_gpu_bench",
+                                                  root / "benchmarks" / "serving_gpu.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_a_cudnn_torch_cannot_use_is_turned_off(monkeypatch):
+    """Inside tritonserver an older cuDNN can be loaded first; torch refuses it (LSTM heads
+    fail): the scorer turns cuDNN off instead of failing to load."""
+    import torch
+
+    from aes_core.serving.torch_scorer import usable_cudnn
+
+    monkeypatch.setattr(torch.backends.cudnn, "enabled", True)
+    assert usable_cudnn() is True and torch.backends.cudnn.enabled  # version() answers
+
+    def mismatch():
+        raise RuntimeError("cuDNN version incompatibility: PyTorch was compiled against "
+                           "(9, 19, 0) but found runtime version (9, 14, 0). More text")
+
+    monkeypatch.setattr(torch.backends.cudnn, "version", mismatch)
+    assert usable_cudnn() is False
+    assert torch.backends.cudnn.enabled is False

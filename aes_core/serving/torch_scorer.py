@@ -74,6 +74,22 @@ def resolve_device(device: str | None = None) -> str:
     return device
 
 
+def usable_cudnn() -> bool:
+    """Whether torch can use the cuDNN loaded in this process; if not, turn cuDNN off so the
+    models still run (inside ``tritonserver`` an older cuDNN 9.x bundled with the server can
+    be loaded first, and torch then refuses LSTM heads): native kernels, a little slower."""
+    import torch
+
+    try:
+        torch.backends.cudnn.version()
+        return True
+    except RuntimeError as e:
+        log.warning("cuDNN off for this scorer (%s): LSTM heads run on native CUDA kernels",
+                    str(e).split(".")[0])
+        torch.backends.cudnn.enabled = False
+        return False
+
+
 @dataclass
 class _Model:
     """One fold model: its column in the ensemble, its loss, the module (and its weights)."""
@@ -142,6 +158,7 @@ class TorchScorer:
         self.cuda = self.device.type == "cuda"
         if self.cuda and self.device.index is not None:
             torch.cuda.set_device(self.device)  # kernels (compiled ones too) on this GPU
+        self.cudnn = usable_cudnn() if self.cuda else False
         if dtype not in ("bf16", "fp32"):
             raise ValueError(f"dtype must be bf16 or fp32, got {dtype!r}")
         self.amp_dtype = torch.bfloat16 if (self.cuda and dtype == "bf16") else None
