@@ -147,6 +147,21 @@ def test_large_requests_are_cut_into_length_sorted_batches(bundle, essays):
     assert np.abs(whole - cut).max() < ATOL
 
 
+def test_parallel_tokenizer_threads_give_the_same_scores(bundle, essays, monkeypatch):
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")  # restored after the test
+    monkeypatch.setenv("RAYON_NUM_THREADS", "1")
+    members = {m: d for m, d in bundle.member_dirs().items() if m == "tiny__mean"}
+    from aes_core.ensemble.artifact import EnsembleArtifact
+
+    ens = EnsembleArtifact(members=list(members), weights=[1.0], n_folds=2)
+    texts = essays["full_text"].tolist()
+    one = TorchScorer(ens, members, device="cpu").predict_request(texts)
+    two = TorchScorer(ens, members, device="cpu", tokenizer_threads=2).predict_request(texts)
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
+    assert os.environ["RAYON_NUM_THREADS"] == "2"
+    np.testing.assert_array_equal(one, two)
+
+
 def test_compiled_path_equals_eager(bundle, essays):
     """One compiled graph per architecture, weights passed in (functional_call): captured here
     with the eager backend (inductor needs minutes on 2 cores; CUDA compiles with it)."""
@@ -369,3 +384,22 @@ def test_a_cudnn_torch_cannot_use_is_turned_off(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "version", mismatch)
     assert usable_cudnn() is False
     assert torch.backends.cudnn.enabled is False
+
+
+def test_torch_cuda_libraries_come_first_on_the_server_library_path(tmp_path, monkeypatch):
+    """torch inside tritonserver loads the cuDNN it was built against, not an older copy of
+    the same soname found first on the system's or the server's library path."""
+    import sysconfig
+
+    from aes_core.serving.triton import package_cuda_libdirs, server_env
+
+    pytest.importorskip("pytriton")
+    lib = tmp_path / "nvidia" / "cudnn" / "lib"
+    lib.mkdir(parents=True)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "nvidia", raising=False)
+    assert str(lib) in package_cuda_libdirs()
+    order = server_env()["LD_LIBRARY_PATH"].split(":")
+    assert order.index(str(lib)) < order.index(sysconfig.get_config_var("LIBDIR"))
+    assert order.index(str(lib)) < next(i for i, p in enumerate(order)
+                                         if p.endswith("nvidia_pytriton.libs"))

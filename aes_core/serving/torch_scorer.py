@@ -22,6 +22,7 @@ device works on the transformer members.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -72,6 +73,14 @@ def resolve_device(device: str | None = None) -> str:
     if device in (None, "", "auto"):
         return "cuda" if cuda_available() else "cpu"
     return device
+
+
+def parallel_tokenizer(threads: int) -> None:
+    """Let HF's Rust tokenizer encode batches on ``threads`` threads in this process (its
+    thread pool reads RAYON_NUM_THREADS when first used; TOKENIZERS_PARALLELISM switches the
+    parallel batch path on)."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    os.environ["RAYON_NUM_THREADS"] = str(threads)
 
 
 def usable_cudnn() -> bool:
@@ -137,7 +146,9 @@ class TorchScorer:
     ``model.safetensors``, ``aes_model.json``, ``backbone/``); ``gbdt_dir`` is the GBDT member
     folder when the ensemble has ``gbdt``. ``device``: ``cuda``, ``cuda:1``, ``cpu`` or None
     (CUDA when available). ``dtype`` and ``compile`` apply on CUDA only; ``threads`` sets
-    torch's CPU threads for the whole process (0 = leave them).
+    torch's CPU threads for the whole process (0 = leave them); ``tokenizer_threads`` > 1
+    lets the Rust tokenizer encode a request's essays on that many threads (process-wide:
+    it must be set before the process first tokenizes in parallel).
     """
 
     def __init__(self, ensemble: EnsembleArtifact, members: dict[str, list[str | Path]],
@@ -146,11 +157,13 @@ class TorchScorer:
                  gpu_batch_size: int = 128, token_cache: TokenCache | None = None,
                  chars_per_token: float = 0.0, gbdt_workers: int = 0,
                  tokenizer_workers: int = 0, compile_backend: str = "inductor",
-                 threads: int = 0, show_progress: bool = False):
+                 threads: int = 0, tokenizer_threads: int = 0, show_progress: bool = False):
         import torch
 
         if threads:
             torch.set_num_threads(threads)
+        if tokenizer_threads > 1:
+            parallel_tokenizer(tokenizer_threads)
         self.ensemble = ensemble
         self.batch_size = batch_size
         self.gpu_batch_size = gpu_batch_size

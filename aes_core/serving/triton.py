@@ -91,12 +91,28 @@ def _backend_dir(tmp: Path) -> Path:
     return tmp / "backends"
 
 
+def package_cuda_libdirs() -> list[str]:
+    """The CUDA libraries pip installed beside torch (``nvidia/*/lib``: cuDNN, cuBLAS, ...).
+
+    They go first on the server's library path, before the system's and the server's own
+    copies: a torch model inside ``tritonserver`` should load the cuDNN torch was built
+    against (an older cuDNN 9.x there, same soname, makes torch refuse cuDNN; the scorer then
+    runs without it, see ``torch_scorer.usable_cudnn``)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("nvidia")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return [str(lib) for base in spec.submodule_search_locations
+            for lib in sorted(Path(base).glob("*/lib")) if lib.is_dir()]
+
+
 def server_env() -> dict[str, str]:
     """Environment for tritonserver and its Python stubs (library path, PYTHONPATH)."""
     env = dict(os.environ)
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     pylibs = _pytriton_dir().parent / "nvidia_pytriton.libs"
-    env["LD_LIBRARY_PATH"] = ":".join(p for p in [libdir, str(pylibs),
+    env["LD_LIBRARY_PATH"] = ":".join(p for p in [*package_cuda_libdirs(), libdir, str(pylibs),
                                                   env.get("LD_LIBRARY_PATH", "")] if p)
     paths = [str(PROJECT_ROOT)] + [p for p in sys.path if p and "site-packages" in p]
     env["PYTHONPATH"] = ":".join(dict.fromkeys(paths + env.get("PYTHONPATH", "").split(":")))
