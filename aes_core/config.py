@@ -217,9 +217,10 @@ class GpuSection(Section):
     threads_per_worker: int | None = Field(
         None, ge=1, description="torch CPU threads per worker process (None = cores / workers)")
     worker_start: Literal["forkserver", "spawn"] = Field(
-        "forkserver", description="how partition worker processes start: forkserver forks "
-        "each from one process that imported the training libraries once (seconds saved per "
-        "worker, many workers at once); spawn starts each interpreter afresh")
+        "spawn", description="how partition worker processes start: spawn starts each "
+        "interpreter afresh (each imports torch, Lightning, transformers: ~10-25 s when many "
+        "start at once); forkserver forks each from one process that imported them once "
+        "(each worker still picks its own GPU; not yet timed on a GPU run)")
 
 
 class GbdtSection(Section):

@@ -53,7 +53,8 @@ def test_factory_two_backbones_end_to_end(tmp_path, tiny_backbone, second_backbo
     over["train"] = {**over["train"], "max_train_essays": 24, "stage1_epochs": 1,
                      "stage2_epochs": 1}
     over["data"] = {"max_train_essays": 60}
-    over["gpu"] = {"cpu_workers": 2}  # a backfill's partitions train in 2 worker processes
+    # a backfill's partitions train in 2 worker processes, forked from a preloaded server
+    over["gpu"] = {"cpu_workers": 2, "worker_start": "forkserver"}
     profile = str(write_profile(tmp_path, over))
     cfg = load_config(profile)
     assets = [*data_assets(cfg), *training_assets(cfg)]
