@@ -116,3 +116,14 @@ def with_stacker(ens: EnsembleArtifact, probe: OnnxScorer, n_essays: int = 60):
 def tokenizer_of(bundle: Bundle):
     first = bundle.member_dirs()[bundle.manifest.members[0].name][0]
     return load_regressor_tokenizer(first)
+
+
+def serving_benchmark():
+    """``benchmarks/serving_gpu.py`` as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "serving_gpu.py"
+    spec = importlib.util.spec_from_file_location("serving_gpu_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -6,23 +6,14 @@ numbers; no timing is asserted.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 pytest.importorskip("tritonclient.http")
 
-
-def _benchmark():
-    spec = importlib.util.spec_from_file_location("serving_gpu_bench",
-                                                  ROOT / "benchmarks" / "serving_gpu.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.gpu_serving_support import serving_benchmark  # noqa: E402
 
 
 def test_serving_benchmark_runs_end_to_end_on_cpu(tmp_path):
@@ -31,7 +22,7 @@ def test_serving_benchmark_runs_end_to_end_on_cpu(tmp_path):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        report = _benchmark().main(["--tiny", "--out", str(tmp_path / "out"),
+        report = serving_benchmark().main(["--tiny", "--out", str(tmp_path / "out"),
                                     "--work", str(tmp_path / "work")])
     finally:
         torch.set_num_threads(before)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -327,7 +326,7 @@ def test_torch_triton_blends_with_a_stacker(tmp_path, tiny_backbone, essays):
     """The shipped GPU profile blends with a stacker, which reads the essay texts: the torch
     Triton model passes them, and its scores equal the in-process ones."""
     from aes_core.serving.triton import TritonServer
-    from tests.gpu_serving_support import build_tiny_bundle
+    from tests.gpu_serving_support import build_tiny_bundle, serving_benchmark
 
     pytest.importorskip("tritonclient.http")
     stacked = build_tiny_bundle(tmp_path / "bundle", tiny_backbone, ["mean"], gbdt=True,
@@ -354,17 +353,6 @@ def test_torch_triton_blends_with_a_stacker(tmp_path, tiny_backbone, essays):
     np.testing.assert_allclose(bench["blended"], ref.blended, atol=1e-6)
     reference = serving_benchmark().reference_scores(stacked, serving, texts, student=False)
     np.testing.assert_allclose(reference["blended"], ref.blended, atol=1e-6)
-
-
-def serving_benchmark():
-    import importlib.util
-
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("serving_gpu_bench",
-                                                  root / "benchmarks" / "serving_gpu.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_a_cudnn_torch_cannot_use_is_turned_off(monkeypatch):
