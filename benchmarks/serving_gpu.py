@@ -84,6 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--train", help="scored essays: GBDT and student training")
     data.add_argument("--n-essays", type=int, default=8192, help="essays in a throughput run")
     data.add_argument("--single-requests", type=int, default=200)
+    data.add_argument("--single-seconds", type=float, default=30.0,
+                      help="stop the one-essay requests after this long (at least 10 run)")
     data.add_argument("--cpu-essays", type=int, default=128)
     serve = ap.add_argument_group("serving")
     serve.add_argument("--clients", type=int, default=8)
@@ -336,7 +338,8 @@ def serve_and_measure(a, bundle, serving: ServingSection, texts: list[str], uniq
             r: dict[str, Any] = {}
             served_scores(server.url, model, ens, unique[:a.request_batch * 2], a.request_batch)
             load = run_load(server.url, model, texts, a.clients, a.request_batch)
-            single = single_latency(server.url, model, unique, a.single_requests)
+            single = single_latency(server.url, model, unique, a.single_requests,
+                                    max_seconds=a.single_seconds)
             r.update(essays_per_s=round(load.essays_per_s, 1), load=load.to_dict(),
                      p50_ms_single=round(single.p50_ms, 2), p99_ms_single=round(single.p99_ms, 2),
                      single=single.to_dict())

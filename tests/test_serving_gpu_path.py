@@ -281,6 +281,17 @@ def test_torch_triton_errors_are_per_request(torch_served):
     assert 1 <= int(res.as_numpy("SCORE")[0, 0]) <= 6
 
 
+def test_single_latency_stops_at_its_time_budget(torch_served, essays):
+    from aes_core.serving.loadgen import single_latency
+
+    url, texts = torch_served["server"].url, essays["full_text"].tolist()
+    capped = single_latency(url, "scorer", texts, requests=500, max_seconds=0.0,
+                            min_requests=4)
+    assert capped.requests == capped.essays == 4 and not capped.errors
+    full = single_latency(url, "scorer", texts, requests=6, max_seconds=None)
+    assert full.requests == 6 and full.p99_ms >= full.p50_ms > 0
+
+
 def test_worker_processes_give_the_same_scores(bundle, essays):
     """Tokenizer processes run ahead of the model; GBDT processes score beside it (the
     essays split among them)."""

@@ -99,8 +99,11 @@ def run_load(url: str, model: str, texts: list[str], clients: int,
 
 
 def single_latency(url: str, model: str, texts: list[str], requests: int,
-                   warmup: int = 3) -> LoadResult:
-    """One client, one essay per request, one request after another."""
+                   warmup: int = 3, max_seconds: float | None = None,
+                   min_requests: int = 10) -> LoadResult:
+    """One client, one essay per request, one request after another: ``requests`` of them,
+    or fewer when ``max_seconds`` have passed and ``min_requests`` are done (a slow model
+    does not hold a benchmark for minutes; ``requests`` in the result says how many ran)."""
     import tritonclient.http as httpclient
 
     client = httpclient.InferenceServerClient(url, connection_timeout=120.0,
@@ -110,7 +113,9 @@ def single_latency(url: str, model: str, texts: list[str], requests: int,
         _infer(client, model, [t])
     lat, errors = [], []
     t0 = time.time()
-    for t in picks[warmup:]:
+    for i, t in enumerate(picks[warmup:]):
+        if max_seconds is not None and i >= min_requests and time.time() - t0 > max_seconds:
+            break
         s = time.perf_counter()
         try:
             _infer(client, model, [t])
@@ -118,5 +123,5 @@ def single_latency(url: str, model: str, texts: list[str], requests: int,
             errors.append(f"{type(e).__name__}: {e}"[:300])
         lat.append(time.perf_counter() - s)
     client.close()
-    return _summary([{"t0": t0, "t1": time.time(), "lat": lat, "n": requests,
+    return _summary([{"t0": t0, "t1": time.time(), "lat": lat, "n": len(lat),
                       "errors": errors}], 1)
