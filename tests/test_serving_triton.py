@@ -7,6 +7,10 @@ error and the server keeps serving, load_scorer picks Triton or falls back.
 
 from __future__ import annotations
 
+import re
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -15,7 +19,7 @@ from aes_core.export.triton_repo import repo_bundle_version, write_triton_repo
 from aes_core.serving.base import score_frame
 from aes_core.serving.loader import IN_PROCESS, load_bundle, load_scorer, open_scorer
 from aes_core.serving.onnx_scorer import OnnxScorer
-from aes_core.serving.triton import TritonScorer, TritonServer, server_ready
+from aes_core.serving.triton import TritonError, TritonScorer, TritonServer, server_ready
 from tests.serving_support import (
     commit_bundle,
     export_checkpoints,
@@ -239,3 +243,44 @@ def test_open_scorer_falls_back_when_the_repo_is_for_another_bundle(served, tmp_
     with open_scorer(newer, empty, start_server=True) as choice:
         assert choice.via == IN_PROCESS
         assert "not a generated model repository" in choice.fallback_reason
+
+
+def _processes_running(fragment: str) -> list[int]:
+    """Live processes whose command line mentions ``fragment`` (Linux /proc)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and fragment in (d / "cmdline").read_bytes().decode(
+                    errors="replace"):
+                pids.append(int(d.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_a_server_that_cannot_load_a_model_says_which_and_leaves_nothing_running(
+        served, tmp_path):
+    """The scorer model fails in initialize while the fold models load: the error names the
+    model and its Python error, the log is kept, and no model process outlives the server
+    (here Triton unloads the loaded models itself; on a GPU host one was still live when the
+    server exited, so what is left of the process group is ended too)."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(served["cfg"].serving.triton_repo, repo)
+    meta = next((repo / "scorer").glob("*/scorer.json"))
+    meta.write_text("{ not json")
+    server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0,
+                          startup_timeout_s=120)
+    with pytest.raises(TritonError) as err:
+        server.start()
+    msg = str(err.value)
+    assert "exited with code" in msg and "models that did not load:" in msg
+    assert re.search(r"scorer: UNAVAILABLE: .*JSONDecodeError", msg), msg
+    assert "(at " in msg  # the frame that raised
+    kept = Path(re.search(r"log \((.+?)\), last lines", msg).group(1))
+    assert kept.exists() and "UNAVAILABLE" in kept.read_text()
+    kept.unlink()
+    time.sleep(1.0)
+    assert _processes_running(str(repo)) == []  # the fold models' stubs are gone too
+    assert not server.running

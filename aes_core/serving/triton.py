@@ -151,6 +151,54 @@ class TritonServer:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
         return ""
 
+    def failed_models(self) -> str:
+        """The models the server could not load, from its status table: name, status and
+        error (wrapped rows joined), and the innermost frame of a Python model's traceback."""
+        if not (self.log_path and self.log_path.exists()):
+            return ""
+        out: list[str] = []
+        current, frames = False, 0
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not line.startswith("|") or len(cells) != 3:
+                current = False
+                continue
+            name, _, status = cells
+            if name:
+                current, frames = "UNAVAILABLE" in status, 0
+                if current:
+                    out.append(f"{name}: {status}")
+            elif current and status:
+                if status == "At:":
+                    frames = 1
+                elif frames == 1:  # the first frame listed raised
+                    out[-1] += f" (at {status})"
+                    frames = 2
+                elif not frames:
+                    out[-1] += " " + status
+        return "\n".join(out)
+
+    def _start_failure(self, head: str) -> str:
+        """The error of a start that failed: the models that did not load, then the log's
+        tail; the log is kept outside the server's temporary folder."""
+        failed, tail = self.failed_models(), self.log_tail()
+        kept = self.log_path
+        if self._tmp is not None and kept is not None and kept.exists() \
+                and Path(self._tmp.name) in kept.parents:
+            name = f"aes_tritonserver_{os.getpid()}_{time.time_ns()}.log"
+            kept = Path(tempfile.gettempdir()) / name
+            shutil.copy2(self.log_path, kept)
+        models = f"\nmodels that did not load:\n{failed}" if failed else ""
+        return f"{head}{models}\nlog ({kept}), last lines:\n{tail}"
+
+    def _kill_group(self, pgid: int) -> None:
+        """End what is left of the server's process group: a server that exits while starting
+        leaves its models' stub processes behind (holding memory, a GPU's too)."""
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
     def start(self) -> str:
         if not (self.repo / SCORER_MODEL / "config.pbtxt").exists():
             raise TritonError(f"{self.repo} is not a generated model repository "
@@ -179,15 +227,19 @@ class TritonServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 code = self.proc.returncode
+                self._kill_group(self.proc.pid)
                 self.proc = None
-                raise TritonError(f"tritonserver exited with code {code} while starting on "
-                                  f"{self.repo}; log ({self.log_path}):\n{self.log_tail()}")
+                message = self._start_failure(f"tritonserver exited with code {code} while "
+                                              f"starting on {self.repo}")
+                self.stop()
+                raise TritonError(message)
             if server_ready(self.url, timeout_s=0.5):
                 return self.url
             time.sleep(0.25)
+        message = self._start_failure(f"tritonserver not ready within "
+                                      f"{self.startup_timeout_s:.0f} s on {self.repo}")
         self.stop()
-        raise TritonError(f"tritonserver not ready within {self.startup_timeout_s:.0f} s on "
-                          f"{self.repo}; log:\n{self.log_tail()}")
+        raise TritonError(message)
 
     def client(self):
         """A ``tritonclient.http.InferenceServerClient`` (closed when the server stops)."""
