@@ -172,7 +172,8 @@ class TorchScorer:
         self.cuda = self.device.type == "cuda"
         if self.cuda and self.device.index is not None:
             torch.cuda.set_device(self.device)  # kernels (compiled ones too) on this GPU
-        self.cudnn = usable_cudnn() if self.cuda else False
+        if self.cuda:
+            usable_cudnn()
         if dtype not in ("bf16", "fp32"):
             raise ValueError(f"dtype must be bf16 or fp32, got {dtype!r}")
         self.amp_dtype = torch.bfloat16 if (self.cuda and dtype == "bf16") else None

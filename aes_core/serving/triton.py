@@ -191,14 +191,6 @@ class TritonServer:
         models = f"\nmodels that did not load:\n{failed}" if failed else ""
         return f"{head}{models}\nlog ({kept}), last lines:\n{tail}"
 
-    def _kill_group(self, pgid: int) -> None:
-        """End what is left of the server's process group: a server that exits while starting
-        leaves its models' stub processes behind (holding memory, a GPU's too)."""
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
     def start(self) -> str:
         if not (self.repo / SCORER_MODEL / "config.pbtxt").exists():
             raise TritonError(f"{self.repo} is not a generated model repository "
@@ -227,8 +219,6 @@ class TritonServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 code = self.proc.returncode
-                self._kill_group(self.proc.pid)
-                self.proc = None
                 message = self._start_failure(f"tritonserver exited with code {code} while "
                                               f"starting on {self.repo}")
                 self.stop()
@@ -257,13 +247,20 @@ class TritonServer:
             except Exception:  # noqa: BLE001
                 pass
         self._clients.clear()
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    pass
+            # what outlives the server in its process group: a server that exits (e.g. while
+            # starting) can leave its models' stub processes behind, holding GPU memory
             try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.proc.wait(timeout=10)
         self.proc = None
         if self._tmp is not None:
             self._tmp.cleanup()
