@@ -346,6 +346,9 @@ class ServingSection(Section):
     grpc_port: int = Field(8001, ge=1, le=65535)
     metrics_port: int = Field(8002, ge=1, le=65535)
     instance_count: int = Field(1, ge=1)
+    student_instance_count: int | None = Field(
+        None, ge=1, description="Triton instances of the student model (None = instance_count); "
+        "the student is tokenizer-bound, so more instances than the ensemble's keep the GPU fed")
     max_batch_size: int = Field(32, ge=1)
     max_queue_delay_us: int = Field(2000, ge=0)
     startup_timeout_s: float = Field(120.0, gt=0)

@@ -91,6 +91,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     serve.add_argument("--clients", type=int, default=8)
     serve.add_argument("--request-batch", type=int, default=64)
     serve.add_argument("--instances", type=int, default=2, help="Triton instances per GPU")
+    serve.add_argument("--student-instances", type=int, default=None,
+                       help="Triton instances of the student (default: --instances)")
+    serve.add_argument("--tokenizer-threads", type=int, default=8,
+                       help="Rust tokenizer threads per scorer instance (serving.tokenizer_threads)")
     serve.add_argument("--gpu-batch", type=int, default=128)
     serve.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     serve.add_argument("--no-compile", action="store_true")
@@ -441,6 +445,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         a.n_essays, a.single_requests = min(a.n_essays, 64), min(a.single_requests, 10)
         a.cpu_essays, a.clients, a.request_batch = min(a.cpu_essays, 16), 2, 8
         a.instances, a.gpu_batch, a.gbdt_workers = 1, 16, 0
+        a.student_instances, a.tokenizer_threads = None, 2
         a.student_essays, a.gbdt_train_essays = 40, 80
         unique, ids = unique[:24], ids[:24]
     reps = -(-a.n_essays // len(unique))
@@ -479,7 +484,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     serving = ServingSection(
         backend="torch_gpu", triton_repo=str(work / "repo_torch"),
-        instance_count=a.instances, max_batch_size=max(a.request_batch, 1),
+        instance_count=a.instances, student_instance_count=a.student_instances,
+        tokenizer_threads=a.tokenizer_threads, max_batch_size=max(a.request_batch, 1),
         max_queue_delay_us=a.queue_delay_us, request_batch_size=a.request_batch,
         gpu_batch_size=a.gpu_batch, torch_dtype=a.dtype,
         torch_compile="off" if a.no_compile else "triton",
@@ -526,6 +532,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "essays_per_s": ens["essays_per_s"], "p50_ms_single": ens["p50_ms_single"],
         "p99_ms_single": ens["p99_ms_single"], "clients": a.clients,
         "request_batch": a.request_batch, "instances": a.instances,
+        "tokenizer_threads": a.tokenizer_threads,
         "backend": served["backend"], "instance_kind": served["instance_kind"],
         "server_start_s": served["server_start_s"], "load": ens["load"],
         "single": ens["single"]}
@@ -541,6 +548,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["student"] = {
             "essays_per_s": st["essays_per_s"], "p50_ms_single": st["p50_ms_single"],
             "p99_ms_single": st["p99_ms_single"],
+            "instances": a.student_instances or a.instances,
+            "tokenizer_threads": a.tokenizer_threads,
             "test_qwk": labelled_qwk(ids, st["scores"]["score"], labels),
             "agreement_qwk_with_ensemble": float(qwk(ens["scores"]["score"],
                                                      st["scores"]["score"])),

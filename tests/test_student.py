@@ -183,3 +183,15 @@ def test_student_asset(tmp_path, tiny_backbone, folded):
     assert entry.train_essays + entry.holdout_essays == 40
     meta = res.asset_materializations_for_node("student_model")[0].metadata
     assert meta["holdout_essays"].value == entry.holdout_essays
+
+
+def test_student_has_its_own_instance_count():
+    """The tokenizer-bound student gets more Triton instances than the ensemble's scorer."""
+    from aes_core.export.triton_repo import SCORER, STUDENT, scorer_config
+
+    serving = ServingSection(backend="torch_gpu", instance_count=1, student_instance_count=3)
+    group = "instance_group [ {{ count: {} kind: KIND_GPU }} ]"
+    assert group.format(1) in scorer_config(serving, ["a"], name=SCORER, kind="KIND_GPU")
+    assert group.format(3) in scorer_config(serving, ["student"], name=STUDENT, kind="KIND_GPU")
+    same = serving.model_copy(update={"student_instance_count": None})
+    assert group.format(1) in scorer_config(same, ["student"], name=STUDENT, kind="KIND_GPU")

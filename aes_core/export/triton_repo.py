@@ -93,8 +93,11 @@ def _batching(serving: ServingSection) -> str:
     return (f"dynamic_batching {{ max_queue_delay_microseconds: {serving.max_queue_delay_us} }}\n")
 
 
-def _instances(serving: ServingSection, kind: str) -> str:
-    return f"instance_group [ {{ count: {serving.instance_count} kind: {kind} }} ]\n"
+def _instances(serving: ServingSection, kind: str, name: str = SCORER) -> str:
+    count = serving.instance_count
+    if name == STUDENT and serving.student_instance_count is not None:
+        count = serving.student_instance_count
+    return f"instance_group [ {{ count: {count} kind: {kind} }} ]\n"
 
 
 def member_config(name: str, serving: ServingSection, variant: str, max_length: int,
@@ -146,7 +149,7 @@ def scorer_config(serving: ServingSection, members: list[str], name: str = SCORE
         + '  { name: "SCORE" data_type: TYPE_INT32 dims: [ 1 ] },\n'
         + '  { name: "BLENDED" data_type: TYPE_FP64 dims: [ 1 ] },\n'
         + f'  {{ name: "MEMBERS" data_type: TYPE_FP64 dims: [ {len(members)} ] }}\n]\n'
-        + _batching(serving) + _instances(serving, kind)
+        + _batching(serving) + _instances(serving, kind, name)
         + _params({"members": ",".join(members), "backend": backend,
                    "bundle_version": bundle_version})
     )
