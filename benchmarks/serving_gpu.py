@@ -94,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     serve.add_argument("--student-instances", type=int, default=None,
                        help="Triton instances of the student (default: --instances)")
     serve.add_argument("--tokenizer-threads", type=int, default=8,
-                       help="Rust tokenizer threads per scorer instance (serving.tokenizer_threads)")
+                       help="Rust tokenizer threads per scorer instance")
     serve.add_argument("--gpu-batch", type=int, default=128)
     serve.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     serve.add_argument("--no-compile", action="store_true")
