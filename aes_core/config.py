@@ -391,9 +391,11 @@ class ServingSection(Section):
     torch_dtype: Literal["bf16", "fp32"] = Field(
         "bf16", description="torch backend on CUDA: bf16 autocast or fp32 (CPU is always fp32)")
     torch_compile: Literal["off", "triton", "always"] = Field(
-        "triton", description="torch backend on CUDA: torch.compile the fold models in the "
-        "long-lived Triton models (triton) or also in in-process scorers (always); slower "
-        "start, eager if compiling fails; never on CPU")
+        "off", description="torch backend on CUDA: torch.compile the fold models in the "
+        "long-lived Triton models (triton) or also in in-process scorers (always); eager if "
+        "compiling fails; never on CPU. Off by default: compiling 20 fold models in every "
+        "instance took the server past a 120 s startup_timeout_s on an H200 (raise it with "
+        "compile on)")
     gpu_batch_size: int = Field(
         128, ge=1, description="torch backend: essays per forward pass; a larger request is "
         "length-sorted and cut into such batches")

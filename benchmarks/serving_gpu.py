@@ -403,7 +403,7 @@ def plot(report: dict, path: Path) -> None:
     ax.set_yscale("log")
     ax.set_ylabel("essays / s (text -> score, log scale)")
     for i, (_, v) in enumerate(bars):
-        ax.text(i, v, f"{v:,.0f}", ha="center", va="bottom")
+        ax.text(i, v, f"{v:,.0f}" if v >= 10 else f"{v:.2g}", ha="center", va="bottom")
     ax.set_title(f"throughput, {ens.get('clients', '?')} clients x "
                  f"{ens.get('request_batch', '?')} essays/request")
     ax = axes[1]

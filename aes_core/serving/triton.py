@@ -226,8 +226,10 @@ class TritonServer:
             if server_ready(self.url, timeout_s=0.5):
                 return self.url
             time.sleep(0.25)
-        message = self._start_failure(f"tritonserver not ready within "
-                                      f"{self.startup_timeout_s:.0f} s on {self.repo}")
+        message = self._start_failure(
+            f"tritonserver not ready within {self.startup_timeout_s:.0f} s on {self.repo}; if "
+            f"its models were still loading (serving.torch_compile compiles every fold model "
+            f"in every instance), raise serving.startup_timeout_s")
         self.stop()
         raise TritonError(message)
 
