@@ -162,6 +162,9 @@ class TrainSection(Section):
         "(unlabelled_essays) scored by the partition's own stage-1 model, which never saw fold "
         "i; unlabelled texts equal to a labelled essay's are left out (0 = off)")
     early_stopping_patience: int = Field(2, ge=1)
+    throughput_skip_batches: int = Field(
+        2, ge=0, description="first training batches of a stage left out of its measured "
+        "tokens/s (CUDA and NCCL warm-up); validation and checkpointing are never counted")
     val_check_interval: float = Field(1.0, gt=0, le=1, description="fraction of an epoch")
     gradient_clip_val: float = Field(1.0, ge=0)
     num_workers: int = Field(0, ge=0, description="DataLoader workers")

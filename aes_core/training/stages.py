@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -154,35 +155,56 @@ THROUGHPUT_FILE = "throughput.json"
 
 
 class Throughput(Callback):
-    """Training tokens per second between the first and the last training batch of a fit,
-    counted on rank 0 and multiplied by the number of ranks (DDP shards evenly), written to
-    ``<stage dir>/throughput.json`` (spawned DDP ranks cannot hand values back)."""
+    """Training tokens per second of a fit, written to ``<stage dir>/throughput.json``
+    (spawned DDP ranks cannot hand values back). Only training batches count: the clock
+    stops for validation (and the checkpointing after it) and restarts at the next training
+    batch, and the first ``skip_batches`` batches (warm-up) are left out. Tokens are counted
+    on rank 0 and multiplied by the number of ranks (DDP shards evenly). The device is
+    synchronized only where the clock starts or stops."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, skip_batches: int = 2):
         self.path = path
-        self.t0: float | None = None
-        self.t1 = 0.0
+        self.skip_batches = skip_batches
+        self.seen = 0
+        self.started: float | None = None
+        self.seconds = 0.0
         self.tokens: torch.Tensor | int = 0  # summed on the device: no sync per step
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self.t0 is None:
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            self.t0 = time.time()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.tokens = self.tokens + batch["attention_mask"].sum()
-        self.t1 = time.time()
-
-    def on_fit_end(self, trainer, pl_module) -> None:
+    @staticmethod
+    def _now() -> float:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        if trainer.is_global_zero and self.t0 is not None and self.t1 > self.t0:
-            self.t1 = time.time()  # the last batch's kernels have finished
+        return time.perf_counter()
+
+    def _stop(self) -> None:
+        if self.started is not None:
+            self.seconds += self._now() - self.started
+            self.started = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        total = trainer.num_training_batches * max(trainer.max_epochs or 1, 1)
+        if math.isfinite(total):  # a short fit still measures its last batch
+            self.skip_batches = min(self.skip_batches, max(int(total) - 1, 0))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.started is None and self.seen >= self.skip_batches:
+            self.started = self._now()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.started is not None:
+            self.tokens = self.tokens + batch["attention_mask"].sum()
+        self.seen += 1
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._stop()
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._stop()
+        if trainer.is_global_zero and self.seconds > 0:
             total = int(self.tokens) * trainer.world_size
-            self.path.write_text(json.dumps({"tokens": total, "seconds": self.t1 - self.t0,
-                                             "tokens_per_s": total / (self.t1 - self.t0),
-                                             "world_size": trainer.world_size}))
+            self.path.write_text(json.dumps({
+                "tokens": total, "seconds": self.seconds, "tokens_per_s": total / self.seconds,
+                "world_size": trainer.world_size, "skipped_batches": self.skip_batches}))
 
 
 class EpochLog(Callback):
@@ -279,7 +301,8 @@ def run_stage(job: FoldHeadJob, stage: str, model: EssayRegressor, tokenizer,
                               save_top_k=1, save_last=True)
     callbacks: list[Callback] = [ckpt_cb, EarlyStopping("val_qwk", mode="max",
                                                         patience=cfg.early_stopping_patience),
-                                 Throughput(sdir / THROUGHPUT_FILE)]
+                                 Throughput(sdir / THROUGHPUT_FILE,
+                                            cfg.throughput_skip_batches)]
     if job.log_fn:
         callbacks.append(EpochLog(stage, job.log_fn))
     callbacks += job.callbacks
