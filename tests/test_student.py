@@ -123,7 +123,8 @@ def test_rebuilt_bundle_keeps_its_student_only_for_the_same_ensemble(distilled):
     other = bundle.ensemble.model_copy(update={"weights": [0.9, 0.1]})
     dropped = build_bundle(bundle.root, other, exports, None, None)
     assert dropped.student is None
-    build_bundle(bundle.root, bundle.ensemble, exports, None, None)  # restore for others
+    # the ensemble back for the tests after this one (its student is gone: they do not use it)
+    build_bundle(bundle.root, bundle.ensemble, exports, None, None)
 
 
 def test_pseudo_labels_are_the_blended_score(distilled):
