@@ -2,7 +2,9 @@
 
 The pipeline is the product's own: ``aes_assets.pipeline.run_pipeline`` materializes the
 profile's graph in one Dagster run on the instance at $DAGSTER_HOME; the figures are read
-back from that run's events and metadata by ``dagster_run_report``.
+back from that run's events and metadata by ``dagster_run_report``. When every selected
+asset is already up to date (``run.skip_fresh``) nothing runs: the driver exits with 2 and
+leaves ``--out`` alone rather than report an earlier run as this one.
 
     DAGSTER_HOME=/path/to/home python benchmarks/gpu_pipeline.py --profile gpu-full \
         --out benchmarks/results/gpu_dagster_run.json
@@ -21,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dagster as dg  # noqa: E402
-from dagster_run_report import latest_pipeline_run, run_report  # noqa: E402
+from dagster_run_report import run_report  # noqa: E402
 
 from aes_assets.pipeline import run_pipeline  # noqa: E402
 from aes_core.config import PROJECT_ROOT  # noqa: E402
@@ -44,8 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     with GpuSampler(interval_s=a.sample_s) as sampler:
         result = run_pipeline(a.profile, a.select, instance=instance,
                               partition_range=a.partitions)
-    run_id = result.run_id if result else latest_pipeline_run(instance)
-    report = run_report(instance, run_id)
+    if result is None:  # every selected asset was fresh: there is no run to report
+        print("gpu_pipeline: nothing ran, so nothing was timed and --out is left as it was "
+              "(set run.skip_fresh: false, or change the config, to time the selection again)",
+              file=sys.stderr)
+        return 2
+    report = run_report(instance, result.run_id)
     windows = {"run": tuple(report["run_window"]), **{
         k: tuple(w) for k, w in report["step_windows"].items()
         if k.endswith("fold_head_checkpoints")}}
