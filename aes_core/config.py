@@ -167,6 +167,9 @@ class TrainSection(Section):
         "tokens/s (CUDA and NCCL warm-up); validation and checkpointing are never counted")
     val_check_interval: float = Field(1.0, gt=0, le=1, description="fraction of an epoch")
     gradient_clip_val: float = Field(1.0, ge=0)
+    fused_optimizer: bool = Field(
+        True, description="on CUDA, AdamW's fused kernel (one launch per parameter group and "
+        "step instead of several per tensor list): less host work per step")
     num_workers: int = Field(0, ge=0, description="DataLoader workers")
     max_train_essays: int | None = Field(None, ge=8, description="cap per stage (None = all)")
     log_every_n_steps: int = Field(10, ge=1, description="Lightning logging interval (steps)")

@@ -83,6 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--labels", help="essay_id, score: QWK of ensemble and student")
     data.add_argument("--train", help="scored essays: GBDT and student training")
     data.add_argument("--n-essays", type=int, default=8192, help="essays in a throughput run")
+    data.add_argument("--student-n-essays", type=int, default=None,
+                      help="essays in the student's throughput run (default: --n-essays)")
     data.add_argument("--single-requests", type=int, default=200)
     data.add_argument("--single-seconds", type=float, default=30.0,
                       help="stop the one-essay requests after this long (at least 10 run)")
@@ -90,6 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     serve = ap.add_argument_group("serving")
     serve.add_argument("--clients", type=int, default=8)
     serve.add_argument("--request-batch", type=int, default=64)
+    serve.add_argument("--max-batch", type=int, default=None,
+                       help="Triton max_batch_size (default: --request-batch; larger lets the "
+                       "dynamic batcher hand an instance several requests, see --merge-requests)")
     serve.add_argument("--instances", type=int, default=2, help="Triton instances per GPU")
     serve.add_argument("--student-instances", type=int, default=None,
                        help="Triton instances of the student (default: --instances)")
@@ -324,6 +329,7 @@ def serve_and_measure(a, bundle, serving: ServingSection, texts: list[str], uniq
     ``on_model(name, measured)`` is called as soon as a model's speed is measured."""
     from aes_core.export.triton_repo import write_triton_repo
     from aes_core.serving.loadgen import run_load, single_latency
+    from aes_core.serving.stage_clock import scrape, stage_breakdown
     from aes_core.serving.triton import TritonServer
 
     written = write_triton_repo(serving.triton_repo, bundle, serving)
@@ -341,12 +347,21 @@ def serve_and_measure(a, bundle, serving: ServingSection, texts: list[str], uniq
         for model, ens in models:
             r: dict[str, Any] = {}
             served_scores(server.url, model, ens, unique[:a.request_batch * 2], a.request_batch)
-            load = run_load(server.url, model, texts, a.clients, a.request_batch)
+            m0 = scrape(server.metrics_url)
+            n = (a.student_n_essays or len(texts)) if model == "student" else len(texts)
+            load = run_load(server.url, model, (texts * (-(-n // len(texts))))[:n], a.clients,
+                            a.request_batch)
+            m1 = scrape(server.metrics_url)
             single = single_latency(server.url, model, unique, a.single_requests,
                                     max_seconds=a.single_seconds)
+            m2 = scrape(server.metrics_url)
             r.update(essays_per_s=round(load.essays_per_s, 1), load=load.to_dict(),
                      p50_ms_single=round(single.p50_ms, 2), p99_ms_single=round(single.p99_ms, 2),
-                     single=single.to_dict())
+                     single=single.to_dict(),
+                     # where a request's time goes, from the server's metrics port (the
+                     # single-essay figures include single_latency's warm-up requests)
+                     stages={"load": stage_breakdown(m0, m1, model),
+                             "single": stage_breakdown(m1, m2, model)})
             if on_model is not None:
                 on_model(model, r)
             r["scores"] = served_scores(server.url, model, ens, unique, a.request_batch)
@@ -485,7 +500,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     serving = ServingSection(
         backend="torch_gpu", triton_repo=str(work / "repo_torch"),
         instance_count=a.instances, student_instance_count=a.student_instances,
-        tokenizer_threads=a.tokenizer_threads, max_batch_size=max(a.request_batch, 1),
+        tokenizer_threads=a.tokenizer_threads,
+        max_batch_size=max(a.max_batch or a.request_batch, a.request_batch, 1),
         max_queue_delay_us=a.queue_delay_us, request_batch_size=a.request_batch,
         gpu_batch_size=a.gpu_batch, torch_dtype=a.dtype,
         torch_compile="off" if a.no_compile else "triton",
@@ -535,7 +551,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "tokenizer_threads": a.tokenizer_threads,
         "backend": served["backend"], "instance_kind": served["instance_kind"],
         "server_start_s": served["server_start_s"], "load": ens["load"],
-        "single": ens["single"]}
+        "single": ens["single"], "stages": ens["stages"]}
     ref = reference_scores(bundle, serving, unique, student=False)
     report["agreement"] = {"ensemble": agreement(ens["scores"], ref),
                            "reference": "fp32 eager in process", "served": a.dtype
@@ -553,7 +569,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "test_qwk": labelled_qwk(ids, st["scores"]["score"], labels),
             "agreement_qwk_with_ensemble": float(qwk(ens["scores"]["score"],
                                                      st["scores"]["score"])),
-            "load": st["load"], "single": st["single"]}
+            "load": st["load"], "single": st["single"], "stages": st["stages"]}
     else:
         report["student"] = {"essays_per_s": None, "test_qwk": None,
                              "skipped": student_note or "no student model served"}

@@ -33,7 +33,13 @@ def test_serving_benchmark_runs_end_to_end_on_cpu(tmp_path):
     assert ens["essays_per_s"] > 0 and ens["p99_ms_single"] >= ens["p50_ms_single"] > 0
     assert ens["instance_kind"] == "KIND_CPU" and ens["load"]["errors"] == []
     assert ens["load"]["essays"] == 64 and ens["single"]["requests"] == 10
+    # where the time went, per request, from the server's metrics port
+    assert ens["stages"]["load"]["requests"] == ens["load"]["requests"]
+    assert ens["stages"]["load"]["essays"] == 64
+    assert ens["stages"]["single"]["requests"] == 10 + 3  # and single_latency's 3 warm-ups
+    assert ens["stages"]["single"]["device_ms_per_request"] > 0
     st = saved["student"]
+    assert st["stages"]["single"]["tokenize_ms_per_request"] > 0
     assert st["essays_per_s"] > 0 and st["p99_ms_single"] > 0
     assert st["test_qwk"] is not None and -1 <= st["test_qwk"] <= 1
     assert saved["ensemble_test_qwk"] is not None

@@ -264,6 +264,27 @@ def test_torch_triton_equals_in_process(torch_served, bundle, essays):
     assert (served.score == onnx.score).all()
 
 
+def test_torch_triton_publishes_stage_metrics(torch_served, bundle, essays):
+    """The scorer's time per stage reaches the server's metrics port: after 3 requests the
+    counters grew by 3 requests and their essays, with time in every stage it ran."""
+    from aes_core.serving.stage_clock import scrape, stage_breakdown
+    from aes_core.serving.triton import TritonScorer
+
+    server = torch_served["server"]
+    texts = essays["full_text"].tolist()[:20]
+    before = scrape(server.metrics_url)
+    client = TritonScorer(server.url, bundle.ensemble, batch_size=8)
+    client.predict_members(texts)  # 8 + 8 + 4 essays
+    client.close()
+    got = stage_breakdown(before, scrape(server.metrics_url), "scorer")
+    assert got["requests"] == 3 and got["essays"] == 20
+    for stage in ("tokenize", "device", "gbdt_wait", "blend"):
+        assert got[f"{stage}_ms_per_request"] > 0, got
+    # Triton's own counters for the same requests: time in the model covers our stages
+    ours = sum(got[f"{s}_ms_per_request"] for s in ("tokenize", "device", "blend"))
+    assert got["triton_compute_infer_ms_per_request"] >= 0.9 * ours
+
+
 def test_torch_triton_errors_are_per_request(torch_served):
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException

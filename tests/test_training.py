@@ -19,7 +19,7 @@ from aes_core.data import io
 from aes_core.data.folds import build_folded
 from aes_core.models.regressor import EssayRegressor
 from aes_core.training.datamodule import EssayDataset, PadCollate, predict_logits
-from aes_core.training.module import lr_lambda, param_groups
+from aes_core.training.module import lr_lambda, optimizer_impl, param_groups
 from aes_core.training.stages import (
     FoldHeadJob,
     build_regressor,
@@ -132,6 +132,23 @@ def test_schedules_and_param_groups(tiny_backbone, tmp_path):
     assert not any(id(p) in by_id for p in enc_layers[0].parameters())
     # re-initialised top layer: LayerNorm back to ones
     assert torch.allclose(ln, torch.ones_like(ln))
+    # AdamW: the fused kernel only where every trainable parameter is on CUDA
+    assert optimizer_impl(model, cfg.train) == {}  # CPU: PyTorch's default
+
+    class OnCuda(torch.nn.Module):  # what optimizer_impl reads of a model moved to CUDA
+        def __init__(self, flags):
+            super().__init__()
+            self.flags = flags
+
+        def parameters(self, recurse=True):
+            from types import SimpleNamespace
+
+            return iter(SimpleNamespace(requires_grad=r, is_cuda=c) for r, c in self.flags)
+
+    assert optimizer_impl(OnCuda([(True, True), (False, False)]), cfg.train) == {"fused": True}
+    assert optimizer_impl(OnCuda([(True, True), (True, False)]), cfg.train) == {}
+    off = cfg.train.model_copy(update={"fused_optimizer": False})
+    assert optimizer_impl(OnCuda([(True, True)]), off) == {}
 
 
 def test_dynamic_padding_and_length_sorted_predictions(tiny_backbone):

@@ -44,6 +44,7 @@ from aes_core.models.tokens import (
 )
 from aes_core.serving.base import require_fold_models
 from aes_core.serving.onnx_scorer import fold_average
+from aes_core.serving.stage_clock import StageClock
 from aes_core.serving.token_cache import CachedEncoder, TokenCache
 
 log = logging.getLogger(__name__)
@@ -178,6 +179,7 @@ class TorchScorer:
             raise ValueError(f"dtype must be bf16 or fp32, got {dtype!r}")
         self.amp_dtype = torch.bfloat16 if (self.cuda and dtype == "bf16") else None
         self.show_progress = show_progress
+        self.clock = StageClock()  # tokenize / device / gbdt seconds (served as metrics)
         self.tokenizer_workers = tokenizer_workers
         self.token_cache = token_cache
         require_fold_models(ensemble, members)
@@ -359,10 +361,23 @@ class TorchScorer:
             return out
         started = self._gbdt_start(texts)
         for g in self.groups:
-            out[:, g.columns] = self._group_scores(g, g.encoder.windows(texts))
-        if GBDT_MEMBER in self.ensemble.members:
-            out[:, self.ensemble.members.index(GBDT_MEMBER)] = self._gbdt_finish(texts, started)
+            out[:, g.columns] = self._timed_group(g, texts)
+        self._gbdt_column(texts, started, out)
         return out
+
+    def _timed_group(self, g: MemberGroup, texts: list[str]) -> np.ndarray:
+        with self.clock.stage("tokenize"):
+            windows = g.encoder.windows(texts)
+        with self.clock.stage("device"):
+            return self._group_scores(g, windows)
+
+    def _gbdt_column(self, texts: list[str], started: list[Future] | None,
+                     out: np.ndarray) -> None:
+        """The GBDT member's column (what is left of its work once the device is done)."""
+        if GBDT_MEMBER in self.ensemble.members:
+            with self.clock.stage("gbdt_wait"):
+                out[:, self.ensemble.members.index(GBDT_MEMBER)] = self._gbdt_finish(texts,
+                                                                                     started)
 
     def predict_members(self, texts: list[str]) -> np.ndarray:
         """[N, M] fold-averaged member predictions; batches of ``batch_size`` essays sorted by
@@ -384,9 +399,8 @@ class TorchScorer:
             for idx in it:
                 chunk = [texts[i] for i in idx]
                 for g in self.groups:
-                    out[np.ix_(idx, g.columns)] = self._group_scores(g, g.encoder.windows(chunk))
-        if GBDT_MEMBER in self.ensemble.members:
-            out[:, self.ensemble.members.index(GBDT_MEMBER)] = self._gbdt_finish(texts, started)
+                    out[np.ix_(idx, g.columns)] = self._timed_group(g, chunk)
+        self._gbdt_column(texts, started, out)
         return out
 
     def _predict_pipelined(self, texts: list[str], batches: list[np.ndarray],

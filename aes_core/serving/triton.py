@@ -143,6 +143,7 @@ class TritonServer:
         self.log_path = Path(log_path) if log_path else None
         self.proc: subprocess.Popen | None = None
         self.url = ""
+        self.metrics_url = ""
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._clients: list = []
 
@@ -215,6 +216,7 @@ class TritonServer:
                                      env=server_env(), start_new_session=True)
         logf.close()
         self.url = f"127.0.0.1:{http}"
+        self.metrics_url = f"http://127.0.0.1:{metrics}/metrics"  # Prometheus text
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

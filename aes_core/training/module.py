@@ -108,6 +108,15 @@ def param_groups(model: EssayRegressor, cfg: TrainSection) -> list[dict]:
     return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
 
 
+def optimizer_impl(model: nn.Module, cfg: TrainSection) -> dict[str, bool]:
+    """AdamW's implementation: fused where every trainable parameter is on CUDA and
+    ``train.fused_optimizer`` is on; PyTorch's default (foreach) otherwise."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.fused_optimizer and params and all(p.is_cuda for p in params):
+        return {"fused": True}
+    return {}
+
+
 def lr_lambda(kind: str, warmup: int, total: int) -> Callable[[int], float]:
     """Linear or cosine decay after a linear warmup, as a per-step multiplier."""
     def f(step: int) -> float:
@@ -173,7 +182,8 @@ class RegressorModule(pl.LightningModule):
         self.log("val_qwk", qwk(true, scores), prog_bar=True, sync_dist=False)
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(param_groups(self.model, self.cfg), lr=self.cfg.lr)
+        opt = torch.optim.AdamW(param_groups(self.model, self.cfg), lr=self.cfg.lr,
+                                **optimizer_impl(self.model, self.cfg))
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(self.cfg.warmup_ratio * total)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(self.cfg.scheduler, warmup, total))

@@ -42,6 +42,46 @@ def _texts(request):
         raise ScoringError(str(e)) from e
 
 
+class _StageMetrics:
+    """The scorer's seconds per stage as Triton custom metrics (Prometheus counters on the
+    server's metrics port; ``aes_core.serving.stage_clock`` reads them back). A server
+    without the custom-metrics API serves the model without them."""
+
+    def __init__(self, model, instance):
+        from aes_core.serving.stage_clock import ESSAYS_METRIC, REQUESTS_METRIC, STAGE_METRIC
+
+        self.labels = {"model": model, "instance": instance}
+        self.stages = {}
+        try:
+            counter = pb_utils.MetricFamily.COUNTER
+            self.family = pb_utils.MetricFamily(
+                name=STAGE_METRIC, description="seconds the scorer spent per stage",
+                kind=counter)
+            # a family must outlive its metrics: keep every family referenced
+            self.counts = {n: pb_utils.MetricFamily(name=n, description=f"{what} scored",
+                                                    kind=counter)
+                           for n, what in ((ESSAYS_METRIC, "essays"),
+                                           (REQUESTS_METRIC, "requests"))}
+            self.essays = self.counts[ESSAYS_METRIC].Metric(labels=self.labels)
+            self.requests = self.counts[REQUESTS_METRIC].Metric(labels=self.labels)
+        except Exception:  # noqa: BLE001 - metrics are an extra, never a reason to fail
+            self.family = None
+
+    def publish(self, seconds, requests, essays):
+        if self.family is None:
+            return
+        try:
+            for stage, s in seconds.items():
+                if stage not in self.stages:
+                    self.stages[stage] = self.family.Metric(labels={**self.labels,
+                                                                    "stage": stage})
+                self.stages[stage].increment(s)
+            self.requests.increment(requests)
+            self.essays.increment(essays)
+        except Exception:  # noqa: BLE001 - a metrics failure must not fail the request
+            self.family = None
+
+
 class TritonPythonModel:
     def initialize(self, args):
         here, meta = aes_paths.scorer_meta(args)
@@ -68,6 +108,7 @@ class TritonPythonModel:
             aes_paths.require_scipy()
         self.scorer = TorchScorer(self.ensemble, members, gbdt, device=device,
                                   token_cache=cache, **opts)
+        self.metrics = _StageMetrics(self.name, args.get("model_instance_name", ""))
 
     def _response(self, preds, texts):
         blended = self.ensemble.blend(preds, texts)  # a stacker ensemble reads the texts
@@ -96,12 +137,14 @@ class TritonPythonModel:
                     responses[i] = _error(self.name, f"{type(e).__name__}: {e}")
                 continue
             row = 0
-            for i, ts in group:
-                try:
-                    responses[i] = self._response(preds[row:row + len(ts)], ts)
-                except Exception as e:  # noqa: BLE001 - never take the server down
-                    responses[i] = _error(self.name, f"{type(e).__name__}: {e}")
-                row += len(ts)
+            with self.scorer.clock.stage("blend"):
+                for i, ts in group:
+                    try:
+                        responses[i] = self._response(preds[row:row + len(ts)], ts)
+                    except Exception as e:  # noqa: BLE001 - never take the server down
+                        responses[i] = _error(self.name, f"{type(e).__name__}: {e}")
+                    row += len(ts)
+            self.metrics.publish(self.scorer.clock.take(), len(group), len(texts))
         return responses
 
     def finalize(self):

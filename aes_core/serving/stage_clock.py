@@ -1,0 +1,105 @@
+"""Where a scorer's time goes: seconds per stage (tokenize, device, gbdt wait, blend).
+
+``StageClock`` accumulates wall seconds per stage; a Triton model publishes them as the
+Prometheus counter ``aes_scorer_stage_seconds{model, stage}`` (with ``aes_scorer_essays``
+and ``aes_scorer_requests``) on the server's metrics port, next to Triton's own queue and
+compute counters. ``parse_prometheus`` and ``stage_breakdown`` read them back: ms per request
+and per essay for each stage between two scrapes.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+STAGE_METRIC = "aes_scorer_stage_seconds"
+ESSAYS_METRIC = "aes_scorer_essays"
+REQUESTS_METRIC = "aes_scorer_requests"
+# Triton's own per-model counters (microseconds), read beside ours
+TRITON_METRICS = {"queue": "nv_inference_queue_duration_us",
+                  "compute_input": "nv_inference_compute_input_duration_us",
+                  "compute_infer": "nv_inference_compute_infer_duration_us",
+                  "compute_output": "nv_inference_compute_output_duration_us",
+                  "request": "nv_inference_request_duration_us"}
+TRITON_COUNT = "nv_inference_request_success"
+
+
+class StageClock:
+    """Seconds per stage since creation; ``take()`` returns (and forgets) what was added."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._pending[name] += time.perf_counter() - t0
+
+    def add(self, name: str, seconds: float) -> None:
+        self._pending[name] += seconds
+
+    def take(self) -> dict[str, float]:
+        out, self._pending = dict(self._pending), defaultdict(float)
+        return out
+
+
+_LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$')
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_prometheus(text: str) -> dict[tuple[str, frozenset], float]:
+    """Prometheus text exposition -> {(metric, frozenset(labels)): value}; comments skipped."""
+    out: dict[tuple[str, frozenset], float] = {}
+    for line in text.splitlines():
+        m = _LINE.match(line.strip())
+        if not m or line.startswith("#"):
+            continue
+        labels = frozenset(_LABEL.findall(m.group(2) or ""))
+        try:
+            out[(m.group(1), labels)] = float(m.group(3))
+        except ValueError:
+            continue
+    return out
+
+
+def _value(metrics: dict, name: str, **labels: str) -> float:
+    want = set(labels.items())
+    return sum(v for (n, ls), v in metrics.items() if n == name and want <= set(ls))
+
+
+def stage_breakdown(before: dict, after: dict, model: str) -> dict[str, float | int]:
+    """ms per request in each stage of ``model`` between two scrapes (our stages, then
+    Triton's queue / compute counters), and the requests and essays it saw."""
+    def delta(name: str, **labels: str) -> float:
+        return _value(after, name, **labels) - _value(before, name, **labels)
+
+    requests = delta(REQUESTS_METRIC, model=model)
+    essays = delta(ESSAYS_METRIC, model=model)
+    out: dict[str, float | int] = {"requests": int(requests), "essays": int(essays)}
+    if requests <= 0:
+        return out
+    stages = sorted({dict(ls).get("stage", "") for (n, ls) in after
+                     if n == STAGE_METRIC and dict(ls).get("model") == model} - {""})
+    for s in stages:
+        out[f"{s}_ms_per_request"] = round(delta(STAGE_METRIC, model=model, stage=s)
+                                           / requests * 1e3, 3)
+    served = delta(TRITON_COUNT, model=model)
+    for key, name in TRITON_METRICS.items():
+        if served > 0:
+            out[f"triton_{key}_ms_per_request"] = round(delta(name, model=model) / served / 1e3,
+                                                        3)
+    return out
+
+
+def scrape(metrics_url: str, timeout_s: float = 10.0) -> dict[tuple[str, frozenset], float]:
+    """Read a Prometheus endpoint (``http://host:port/metrics``)."""
+    import urllib.request
+
+    with urllib.request.urlopen(metrics_url, timeout=timeout_s) as r:  # noqa: S310 - local
+        return parse_prometheus(r.read().decode("utf-8", errors="replace"))
