@@ -537,7 +537,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def measured(model: str, r: dict[str, Any]) -> None:
         report.setdefault("measured_so_far", {})[model] = {
-            k: r[k] for k in ("essays_per_s", "p50_ms_single", "p99_ms_single")}
+            k: r[k] for k in ("essays_per_s", "p50_ms_single", "p99_ms_single", "stages")}
         save()
 
     save()

@@ -100,7 +100,10 @@ class StepProfile(pl.Callback):
         self.prof.__exit__(None, None, None)
         events = self.prof.key_averages()
         self.prof = None
-        busy_us = sum(getattr(e, "self_device_time_total", 0.0) for e in events)
+        # kernels only: a host operator also carries the time of the kernels it launched
+        busy_us = sum(e.self_device_time_total for e in events
+                      if e.device_type != torch.autograd.DeviceType.CPU
+                      and not getattr(e, "is_user_annotation", False))
         host = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:self.top]
         self.result = {
             "steps": self.seen, "wall_ms_per_step": round(wall / self.seen * 1e3, 2),

@@ -240,6 +240,7 @@ def test_torch_repo_layout(torch_served, bundle):
     assert "dynamic_batching" in cfg and 'string_value: "torch_gpu"' in cfg
     meta = json.loads((repo / "scorer" / "1" / "scorer.json").read_text())
     assert meta["backend"] == "torch_gpu" and meta["torch"]["gpu_batch_size"] == 16
+    assert meta["torch"]["cudnn_attention"] is False  # serving.cudnn_attention's default
     assert meta["members"]["tiny__lstm"]["folds"] == ["members/tiny__lstm/f0",
                                                       "members/tiny__lstm/f1"]
     f0 = repo / "scorer" / "1" / "members" / "tiny__lstm" / "f0"
@@ -385,6 +386,22 @@ def test_torch_triton_blends_with_a_stacker(tmp_path, tiny_backbone, essays):
     np.testing.assert_allclose(bench["blended"], ref.blended, atol=1e-6)
     reference = serving_benchmark().reference_scores(stacked, serving, texts, student=False)
     np.testing.assert_allclose(reference["blended"], ref.blended, atol=1e-6)
+
+
+def test_cudnn_attention_switch():
+    """serving.cudnn_attention decides whether SDPA may use cuDNN's kernel in the process."""
+    import torch
+
+    from aes_core.serving.torch_scorer import use_cudnn_attention
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        use_cudnn_attention(False)
+        assert torch.backends.cuda.cudnn_sdp_enabled() is False
+        use_cudnn_attention(True)
+        assert torch.backends.cuda.cudnn_sdp_enabled() is True
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
 
 
 def test_a_cudnn_torch_cannot_use_is_turned_off(monkeypatch):

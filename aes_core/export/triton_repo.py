@@ -176,7 +176,8 @@ def torch_options(serving: ServingSection) -> dict:
             "gbdt_workers": serving.gbdt_workers, "token_cache_size": serving.token_cache_size,
             "token_cache_dir": serving.token_cache_dir,
             "chars_per_token": serving.pretruncate_chars_per_token,
-            "threads": serving.torch_threads, "tokenizer_threads": serving.tokenizer_threads}
+            "threads": serving.torch_threads, "tokenizer_threads": serving.tokenizer_threads,
+            "cudnn_attention": serving.cudnn_attention}
 
 
 def _regressor_copy(src: Path, dst: Path) -> None:

@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+STAGES = ("tokenize", "device", "gbdt_wait", "blend")  # what the torch scorer times
 STAGE_METRIC = "aes_scorer_stage_seconds"
 ESSAYS_METRIC = "aes_scorer_essays"
 REQUESTS_METRIC = "aes_scorer_requests"

@@ -101,6 +101,17 @@ def usable_cudnn() -> bool:
         return False
 
 
+def use_cudnn_attention(enabled: bool) -> None:
+    """Whether SDPA may pick cuDNN's attention kernel in this process. cuDNN builds an
+    execution plan for every new sequence length (measured on an H200: ~40 ms for one MiniLM
+    forward on an essay of a new length, 3.2 ms once its length was seen, 3.6 ms with cuDNN
+    attention off), and a scorer meets essays of every length, so serving turns it off."""
+    import torch
+
+    if hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
+        torch.backends.cuda.enable_cudnn_sdp(enabled)
+
+
 @dataclass
 class _Model:
     """One fold model: its column in the ensemble, its loss, the module (and its weights)."""
@@ -147,7 +158,8 @@ class TorchScorer:
     ``members`` maps each transformer member to its fold folders (regressor folders:
     ``model.safetensors``, ``aes_model.json``, ``backbone/``); ``gbdt_dir`` is the GBDT member
     folder when the ensemble has ``gbdt``. ``device``: ``cuda``, ``cuda:1``, ``cpu`` or None
-    (CUDA when available). ``dtype`` and ``compile`` apply on CUDA only; ``threads`` sets
+    (CUDA when available). ``dtype``, ``compile`` and ``cudnn_attention`` (see
+    :func:`use_cudnn_attention`) apply on CUDA only; ``threads`` sets
     torch's CPU threads for the whole process (0 = leave them); ``tokenizer_threads`` > 1
     lets the Rust tokenizer encode a request's essays on that many threads (process-wide:
     it must be set before the process first tokenizes in parallel).
@@ -159,7 +171,8 @@ class TorchScorer:
                  gpu_batch_size: int = 128, token_cache: TokenCache | None = None,
                  chars_per_token: float = 0.0, gbdt_workers: int = 0,
                  tokenizer_workers: int = 0, compile_backend: str = "inductor",
-                 threads: int = 0, tokenizer_threads: int = 0, show_progress: bool = False):
+                 threads: int = 0, tokenizer_threads: int = 0, show_progress: bool = False,
+                 cudnn_attention: bool = False):
         import torch
 
         if threads:
@@ -175,6 +188,7 @@ class TorchScorer:
             torch.cuda.set_device(self.device)  # kernels (compiled ones too) on this GPU
         if self.cuda:
             usable_cudnn()
+            use_cudnn_attention(cudnn_attention)
         if dtype not in ("bf16", "fp32"):
             raise ValueError(f"dtype must be bf16 or fp32, got {dtype!r}")
         self.amp_dtype = torch.bfloat16 if (self.cuda and dtype == "bf16") else None

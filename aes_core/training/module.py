@@ -109,10 +109,12 @@ def param_groups(model: EssayRegressor, cfg: TrainSection) -> list[dict]:
 
 
 def optimizer_impl(model: nn.Module, cfg: TrainSection) -> dict[str, bool]:
-    """AdamW's implementation: fused where every trainable parameter is on CUDA and
-    ``train.fused_optimizer`` is on; PyTorch's default (foreach) otherwise."""
+    """AdamW's implementation: fused where every trainable parameter is on CUDA,
+    ``train.fused_optimizer`` is on and gradients are not clipped (Lightning refuses to clip
+    for an optimizer that unscales gradients itself); PyTorch's default (foreach) otherwise."""
     params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.fused_optimizer and params and all(p.is_cuda for p in params):
+    if (cfg.fused_optimizer and not cfg.gradient_clip_val and params
+            and all(p.is_cuda for p in params)):
         return {"fused": True}
     return {}
 

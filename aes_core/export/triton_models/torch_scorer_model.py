@@ -48,10 +48,17 @@ class _StageMetrics:
     without the custom-metrics API serves the model without them."""
 
     def __init__(self, model, instance):
-        from aes_core.serving.stage_clock import ESSAYS_METRIC, REQUESTS_METRIC, STAGE_METRIC
+        from aes_core.serving.stage_clock import (
+            ESSAYS_METRIC,
+            REQUESTS_METRIC,
+            STAGE_METRIC,
+            STAGES,
+        )
 
         self.labels = {"model": model, "instance": instance}
-        self.stages = {}
+        self.family = None
+        if os.environ.get("AES_TRITON_STAGE_METRICS", "1") == "0":
+            return
         try:
             counter = pb_utils.MetricFamily.COUNTER
             self.family = pb_utils.MetricFamily(
@@ -64,6 +71,9 @@ class _StageMetrics:
                                            (REQUESTS_METRIC, "requests"))}
             self.essays = self.counts[ESSAYS_METRIC].Metric(labels=self.labels)
             self.requests = self.counts[REQUESTS_METRIC].Metric(labels=self.labels)
+            # every metric made here, at load: none is created while serving
+            self.stages = {s: self.family.Metric(labels={**self.labels, "stage": s})
+                           for s in STAGES}
         except Exception:  # noqa: BLE001 - metrics are an extra, never a reason to fail
             self.family = None
 
@@ -72,10 +82,8 @@ class _StageMetrics:
             return
         try:
             for stage, s in seconds.items():
-                if stage not in self.stages:
-                    self.stages[stage] = self.family.Metric(labels={**self.labels,
-                                                                    "stage": stage})
-                self.stages[stage].increment(s)
+                if stage in self.stages:
+                    self.stages[stage].increment(s)
             self.requests.increment(requests)
             self.essays.increment(essays)
         except Exception:  # noqa: BLE001 - a metrics failure must not fail the request
