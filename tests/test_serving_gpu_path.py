@@ -286,6 +286,50 @@ def test_torch_triton_publishes_stage_metrics(torch_served, bundle, essays):
     assert got["triton_compute_infer_ms_per_request"] >= 0.9 * ours
 
 
+def test_torch_triton_merges_concurrent_requests(tmp_path, bundle, essays):
+    """serving.merge_requests with max_batch_size above the request size: Triton hands an
+    instance several queued requests, the scorer runs them as one length-sorted set, and each
+    client still gets its own essays' scores, equal to the in-process ones."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from aes_core.serving.stage_clock import scrape
+    from aes_core.serving.triton import TritonScorer, TritonServer
+
+    pytest.importorskip("tritonclient.http")
+    serving = ServingSection(backend="torch_gpu", triton_repo=str(tmp_path / "repo"),
+                             max_batch_size=32, request_batch_size=4, gpu_batch_size=8,
+                             merge_requests=True, max_queue_delay_us=300_000,
+                             torch_threads=1, gbdt_workers=0)
+    write_triton_repo(serving.triton_repo, bundle, serving)
+    texts = essays["full_text"].tolist()[:32]
+    chunks = [texts[i:i + 4] for i in range(0, len(texts), 4)]
+
+    def score(chunk):
+        client = TritonScorer(server.url, bundle.ensemble, batch_size=4)
+        try:
+            return client.predict_members(chunk)
+        finally:
+            client.close()
+
+    with TritonServer(serving.triton_repo, http_port=0, grpc_port=0, metrics_port=0,
+                      startup_timeout_s=180) as server:
+        before = scrape(server.metrics_url)
+        with ThreadPoolExecutor(len(chunks)) as pool:
+            served = np.vstack(list(pool.map(score, chunks)))
+        after = scrape(server.metrics_url)
+
+    def delta(name):
+        return sum(v for (n, ls), v in after.items() if n == name and ("model", "scorer") in ls) \
+            - sum(v for (n, ls), v in before.items() if n == name and ("model", "scorer") in ls)
+
+    assert delta("nv_inference_request_success") == len(chunks)
+    assert delta("nv_inference_exec_count") < len(chunks)  # some requests ran together
+    local = torch_scorer(bundle, serving)
+    ref = local.predict_members(texts)
+    local.close()
+    np.testing.assert_allclose(served, ref, atol=1e-4)
+
+
 def test_torch_triton_errors_are_per_request(torch_served):
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
