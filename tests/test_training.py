@@ -145,10 +145,14 @@ def test_schedules_and_param_groups(tiny_backbone, tmp_path):
 
             return iter(SimpleNamespace(requires_grad=r, is_cuda=c) for r, c in self.flags)
 
-    assert optimizer_impl(OnCuda([(True, True), (False, False)]), cfg.train) == {"fused": True}
-    assert optimizer_impl(OnCuda([(True, True), (True, False)]), cfg.train) == {}
-    off = cfg.train.model_copy(update={"fused_optimizer": False})
+    unclipped = cfg.train.model_copy(update={"gradient_clip_val": 0.0})
+    assert optimizer_impl(OnCuda([(True, True), (False, False)]), unclipped) == {"fused": True}
+    assert optimizer_impl(OnCuda([(True, True), (True, False)]), unclipped) == {}
+    off = unclipped.model_copy(update={"fused_optimizer": False})
     assert optimizer_impl(OnCuda([(True, True)]), off) == {}
+    # Lightning refuses to clip gradients for an optimizer that unscales them itself
+    assert cfg.train.gradient_clip_val > 0
+    assert optimizer_impl(OnCuda([(True, True)]), cfg.train) == {}
 
 
 def test_dynamic_padding_and_length_sorted_predictions(tiny_backbone):
