@@ -151,7 +151,10 @@ class TrainSection(Section):
     batch_size: int = Field(16, ge=1)
     eval_batch_size: int = Field(32, ge=1)
     accumulate_grad_batches: int = Field(1, ge=1)
-    loss: Literal["bce", "mse", "smooth_l1"] = "bce"
+    loss: Literal["bce", "mse", "smooth_l1", "ordinal"] = Field(
+        "bce", description="bce: BCE-with-logits on score / 5 (the recipe); mse / smooth_l1: "
+        "regression on it; ordinal: one score per essay against 5 learned thresholds, BCE on "
+        "P(score > k) (cumulative link), served as the expected score")
     freeze_embeddings: bool = True
     freeze_layers: int = Field(3, ge=0, description="first N encoder layers frozen")
     gradient_checkpointing: bool = False

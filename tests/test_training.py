@@ -340,3 +340,19 @@ def test_pseudo_labels_come_from_a_teacher_that_never_saw_fold_i(tmp_path, tiny_
     base = min(40, int(((tiny_folded.fold != 1) & (tiny_folded.flag == 1)).sum()))
     assert result.stage2.train_essays == base + 8  # stage 2 trained on them
     assert any("8 pseudo-labelled essays" in n for n in result.notes)
+
+
+def test_ordinal_loss_trains_both_stages(tmp_path, tiny_backbone, tiny_folded):
+    """train.loss: ordinal runs the two-stage recipe (stage 2 on soft targets) and saves a
+    model whose thresholds moved from where they started."""
+    out = tmp_path / "ordinal"
+    job = _job(tmp_path, tiny_backbone, out, loss="ordinal", max_train_essays=40,
+               stage1_epochs=2, head_lr=5e-2)
+    result = train_fold_head(job, tiny_folded)
+    assert result.stage1.epochs_run >= 1
+    assert result.stage2 is not None and result.stage2.epochs_run >= 1
+    model = EssayRegressor.from_pretrained(result.model_dir)
+    assert model.spec.loss == "ordinal"
+    assert not torch.allclose(model.head.ordinal_bias, torch.linspace(-2.0, 2.0, 5))
+    oof = pd.read_parquet(result.oof_path)
+    assert oof["pred"].between(1, 6).all() and oof["pred"].nunique() > 1

@@ -31,10 +31,16 @@ def encoder_overrides(num_layers: int | None) -> dict:
     return {} if num_layers is None else {"num_hidden_layers": num_layers}
 
 
+ORDINAL = "ordinal"
+SIGMOID_LOSSES = ("bce", ORDINAL)  # their output is a logit of (score - 1) / 5
+N_THRESHOLDS = 5  # between the six scores
+EPS = 1e-6
+
+
 def logits_to_scores(logits: torch.Tensor | float, loss: str):
     """Map model output to the 1..6 score scale (targets are (score - 1) / 5); an unbounded
     regression output (mse, smooth_l1) is clipped to the scale."""
-    if loss == "bce":
+    if loss in SIGMOID_LOSSES:
         x = torch.sigmoid(logits)
     elif isinstance(logits, torch.Tensor):
         x = logits.clamp(0.0, 1.0)
@@ -45,6 +51,22 @@ def logits_to_scores(logits: torch.Tensor | float, loss: str):
 
 def scores_to_targets(scores: torch.Tensor) -> torch.Tensor:
     return (scores.float() - 1.0) / 5.0
+
+
+def collapse_cumulative(cumulative: torch.Tensor) -> torch.Tensor:
+    """[B, 5] logits of P(score > k + 1) -> [B] logit of the expected (score - 1) / 5, so an
+    ordinal model's output reads like a BCE model's everywhere downstream (1 + 5 sigmoid(out)
+    = 1 + sum_k P(score > k + 1))."""
+    p = torch.sigmoid(cumulative.float()).mean(dim=-1).clamp(EPS, 1.0 - EPS)
+    return torch.log(p) - torch.log(1.0 - p)  # (log1p has no ONNX operator)
+
+
+def cumulative_targets(targets: torch.Tensor) -> torch.Tensor:
+    """[B] targets (score - 1) / 5, possibly soft (stage 2) -> [B, 5] targets of P(score > k
+    + 1): 1 below the score, 0 above, the fraction in between; they sum to 5 x target."""
+    levels = 5.0 * targets.float().unsqueeze(-1)
+    k = torch.arange(N_THRESHOLDS, device=targets.device, dtype=levels.dtype)
+    return (levels - k).clamp(0.0, 1.0)
 
 
 CAPTURE_FLAG = "_output_capturing_hooks_installed"  # transformers 5.x, set with the hooks
@@ -89,6 +111,8 @@ class EssayRegressor(nn.Module):
         self.spec = spec
         self.encoder = encoder
         self.head = build_head(spec.head, encoder.config.hidden_size, spec.heads_cfg)
+        if spec.loss == ORDINAL:  # thresholds between the scores, trained at the head's rate
+            self.head.ordinal_bias = nn.Parameter(torch.linspace(-2.0, 2.0, N_THRESHOLDS))
 
     @classmethod
     def from_backbone(cls, backbone_path: str | Path, spec: RegressorSpec,
@@ -120,7 +144,23 @@ class EssayRegressor(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 window_weights: torch.Tensor | None = None) -> torch.Tensor:
         """[W, T] windows -> [B] logits; ``window_weights`` [B, W] pools windows per essay
-        (chunked models, see ``aes_core.models.tokens``); without it one window = one essay."""
+        (chunked models, see ``aes_core.models.tokens``); without it one window = one essay.
+        An ordinal model returns its cumulative logits collapsed (``collapse_cumulative``)."""
+        if self.spec.loss == ORDINAL:
+            return collapse_cumulative(self.cumulative_logits(input_ids, attention_mask,
+                                                              window_weights))
+        return self._head_logits(input_ids, attention_mask, window_weights)
+
+    def cumulative_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                          window_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, 5] logits of P(score > k + 1) of an ordinal model (``loss: ordinal``): one score
+        per essay against five learned thresholds (cumulative link, as in CORAL)."""
+        if self.spec.loss != ORDINAL:
+            raise ValueError(f"cumulative_logits needs loss 'ordinal', not {self.spec.loss!r}")
+        f = self._head_logits(input_ids, attention_mask, window_weights)
+        return f.float().unsqueeze(-1) - self.head.ordinal_bias.float()
+
+    def _head_logits(self, input_ids, attention_mask, window_weights):
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                            output_hidden_states=True, return_dict=True)
         return self.head(out.hidden_states, attention_mask, window_weights)

@@ -18,7 +18,7 @@ import numpy as np
 from aes_core.ensemble.artifact import EnsembleArtifact
 from aes_core.export.onnx import ONNX_FILE, OUTPUT_NAME, load_spec
 from aes_core.members import GBDT_MEMBER
-from aes_core.models.regressor import BACKBONE_DIR, RegressorSpec
+from aes_core.models.regressor import BACKBONE_DIR, SIGMOID_LOSSES, RegressorSpec
 from aes_core.models.tokens import (  # pad_batch, tokenize: imported from here elsewhere
     EssayBatch,
     encode_batch,
@@ -32,7 +32,7 @@ from aes_core.serving.base import require_fold_models
 def logits_to_scores_np(logits: np.ndarray, loss: str) -> np.ndarray:
     """NumPy twin of ``regressor.logits_to_scores`` (float64), used by every serving path."""
     x = np.asarray(logits, dtype=np.float64).reshape(-1)
-    x = 1.0 / (1.0 + np.exp(-x)) if loss == "bce" else np.clip(x, 0.0, 1.0)
+    x = 1.0 / (1.0 + np.exp(-x)) if loss in SIGMOID_LOSSES else np.clip(x, 0.0, 1.0)
     return 1.0 + 5.0 * x
 
 

@@ -14,7 +14,13 @@ from torch import nn
 
 from aes_core.config import TrainSection
 from aes_core.metrics import qwk
-from aes_core.models.regressor import EssayRegressor, logits_to_scores
+from aes_core.models.regressor import (
+    ORDINAL,
+    EssayRegressor,
+    collapse_cumulative,
+    cumulative_targets,
+    logits_to_scores,
+)
 from aes_core.models.tokens import WINDOW_WEIGHTS
 
 NO_DECAY = re.compile(r"(bias|norm|LayerNorm|layernorm|layer_norm)", re.IGNORECASE)
@@ -22,15 +28,21 @@ LAYER_INDEX = re.compile(r"\.(?:layer|layers)\.(\d+)\.")
 
 
 def compute_loss(logits: torch.Tensor, targets: torch.Tensor, loss: str) -> torch.Tensor:
-    """BCE-with-logits, MSE or SmoothL1 on targets in [0, 1] ((score - 1) / 5)."""
+    """BCE-with-logits, MSE or SmoothL1 on targets in [0, 1] ((score - 1) / 5); ``ordinal``:
+    BCE-with-logits of [B, 5] cumulative logits on ``cumulative_targets``."""
     logits, targets = logits.float(), targets.float()
+    if loss == ORDINAL:
+        if logits.dim() != 2:
+            raise ValueError("loss 'ordinal' takes the [B, 5] cumulative logits "
+                             "(EssayRegressor.cumulative_logits)")
+        return F.binary_cross_entropy_with_logits(logits, cumulative_targets(targets))
     if loss == "bce":
         return F.binary_cross_entropy_with_logits(logits, targets)
     if loss == "mse":
         return F.mse_loss(logits, targets)
     if loss == "smooth_l1":
         return F.smooth_l1_loss(logits, targets, beta=0.1)
-    raise ValueError(f"train.loss: unknown loss {loss!r}; use bce, mse or smooth_l1")
+    raise ValueError(f"train.loss: unknown loss {loss!r}; use bce, mse, smooth_l1 or ordinal")
 
 
 def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
@@ -148,13 +160,19 @@ class RegressorModule(pl.LightningModule):
                 window_weights: torch.Tensor | None = None) -> torch.Tensor:
         return self.model(input_ids, attention_mask, window_weights)
 
-    def _logits(self, batch: dict) -> torch.Tensor:
-        """One logit per essay (chunked batches pool their windows with ``window_weights``)."""
-        return self(batch["input_ids"], batch["attention_mask"], batch.get(WINDOW_WEIGHTS))
+    def _loss_and_logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss and one logit per essay (chunked batches pool their windows with
+        ``window_weights``); an ordinal model's loss reads its cumulative logits."""
+        args = (batch["input_ids"], batch["attention_mask"], batch.get(WINDOW_WEIGHTS))
+        if self.loss_name == ORDINAL:
+            cumulative = self.model.cumulative_logits(*args)
+            return (compute_loss(cumulative, batch["target"], ORDINAL),
+                    collapse_cumulative(cumulative))
+        logits = self(*args)
+        return compute_loss(logits, batch["target"], self.loss_name), logits
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        logits = self._logits(batch)
-        loss = compute_loss(logits, batch["target"], self.loss_name)
+        loss, _ = self._loss_and_logits(batch)
         bs = batch["target"].shape[0]
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True,
@@ -162,8 +180,7 @@ class RegressorModule(pl.LightningModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self._logits(batch)
-        loss = compute_loss(logits, batch["target"], self.loss_name)
+        loss, logits = self._loss_and_logits(batch)
         self.log("val_loss", loss, prog_bar=True, on_epoch=True, sync_dist=True,
                  batch_size=batch["target"].shape[0])
         self._val_logits.append(logits.detach().float())
