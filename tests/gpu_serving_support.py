@@ -119,11 +119,7 @@ def tokenizer_of(bundle: Bundle):
 
 
 def serving_benchmark():
-    """``benchmarks/serving_gpu.py`` as a module (the benchmarks are scripts, not a package)."""
-    import importlib.util
+    """``benchmarks/serving_gpu.py`` as a module."""
+    from tests.bench_support import benchmark_module
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "serving_gpu.py"
-    spec = importlib.util.spec_from_file_location("serving_gpu_bench", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return benchmark_module("serving_gpu")

@@ -2,7 +2,6 @@
 configuration) and its figures come from the run's own events and metadata."""
 
 import json
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -10,9 +9,8 @@ import pytest
 
 from aes_assets.summary import print_summary
 from aes_core.config import load_config
+from tests.bench_support import benchmark_module
 from tests.conftest import tiny_overrides, write_profile
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
@@ -27,11 +25,7 @@ def test_gpu_pipeline_driver_on_cpu(tmp_path, tiny_backbone, monkeypatch):
     home.mkdir()
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     monkeypatch.setenv("AES_PROFILE", str(profile))
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import gpu_pipeline
-    finally:
-        sys.path.pop(0)
+    gpu_pipeline = benchmark_module("gpu_pipeline")
     out = tmp_path / "run.json"
     assert gpu_pipeline.main(["--profile", str(profile), "--out", str(out)]) == 0
     report = json.loads(out.read_text())

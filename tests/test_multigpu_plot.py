@@ -1,18 +1,15 @@
 """benchmarks/multigpu_plot.py draws the committed two-GPU results (no measurement)."""
 
 import json
-import sys
 from pathlib import Path
+
+from tests.bench_support import benchmark_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_multigpu_plot_from_results(tmp_path):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import multigpu_plot
-    finally:
-        sys.path.pop(0)
+    multigpu_plot = benchmark_module("multigpu_plot")
     report = json.loads((ROOT / "benchmarks" / "results" / "multigpu.json").read_text())
     assert {"per_hour_1gpu", "per_hour_2gpu"} <= set(report["partitions"])
     out = multigpu_plot.main(["--out", str(tmp_path / "m.png")])

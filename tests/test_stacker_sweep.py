@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,17 +10,11 @@ import pandas as pd
 import pytest
 
 from aes_core.config import SAMPLE_DIR
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.bench_support import benchmark_module
 
 
 def _sweep():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import stacker_sweep
-    finally:
-        sys.path.pop(0)
-    return stacker_sweep
+    return benchmark_module("stacker_sweep")
 
 
 @pytest.fixture()
