@@ -147,19 +147,24 @@ class TritonServer:
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._clients: list = []
 
-    def log_tail(self, n: int = 40) -> str:
+    def _log_text(self) -> str:
         if self.log_path and self.log_path.exists():
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+            return self.log_path.read_text(errors="replace")
         return ""
 
-    def failed_models(self) -> str:
+    def log_tail(self, n: int = 40, text: str | None = None) -> str:
+        """The last ``n`` lines of the server's log (``text``: the log already read)."""
+        text = self._log_text() if text is None else text
+        return "\n".join(text.splitlines()[-n:])
+
+    def failed_models(self, text: str | None = None) -> str:
         """The models the server could not load, from its status table: name, status and
-        error (wrapped rows joined), and the innermost frame of a Python model's traceback."""
-        if not (self.log_path and self.log_path.exists()):
-            return ""
+        error (wrapped rows joined), and the innermost frame of a Python model's traceback
+        (``text``: the log already read)."""
+        text = self._log_text() if text is None else text
         out: list[str] = []
         current, frames = False, 0
-        for line in self.log_path.read_text(errors="replace").splitlines():
+        for line in text.splitlines():
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
             if not line.startswith("|") or len(cells) != 3:
                 current = False
@@ -182,7 +187,8 @@ class TritonServer:
     def _start_failure(self, head: str) -> str:
         """The error of a start that failed: the models that did not load, then the log's
         tail; the log is kept outside the server's temporary folder."""
-        failed, tail = self.failed_models(), self.log_tail()
+        text = self._log_text()  # read once for both
+        failed, tail = self.failed_models(text), self.log_tail(text=text)
         kept = self.log_path
         if self._tmp is not None and kept is not None and kept.exists() \
                 and Path(self._tmp.name) in kept.parents:
