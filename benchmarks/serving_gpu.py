@@ -8,7 +8,9 @@ with an untrained head and a real GBDT member — the speed of a real bundle, me
 (a) writes the ``torch_gpu`` Triton repository, starts the real ``tritonserver`` and
     measures with ``tritonclient`` from ``--clients`` processes: essays/s for the whole
     ensemble, text -> score, ``--request-batch`` essays per request; p50/p99 latency of one
-    essay alone (one client, one request after another);
+    essay alone (one client, one request after another); and where a request's time went
+    (tokenize / device / GBDT wait / blend, from the scorer's counters on the server's
+    metrics port, beside Triton's queue and compute time: ``stages``);
 (b) the same for the ``student`` model (distilled here with ``--student-backbone`` when the
     bundle has none);
 (c) the CPU baseline: the ``onnx_cpu`` repository (ONNX Runtime members + BLS scorer) on
@@ -29,7 +31,10 @@ On the GPU host (repo as CWD; ``NUMPY1`` holds numpy 1.26.4 for the Triton Pytho
         --train DATA/aes2/train.csv.gz --student-backbone MINILM \\
         --triton-python-paths NUMPY1 --out benchmarks/results
 
-or ``--bundle var/storage/serving`` for a trained bundle. CPU smoke run (tiny models)::
+or ``--bundle var/storage/serving`` for a trained bundle. ``gpu-full``'s serving settings
+add ``--instances 2 --student-instances 4 --tokenizer-threads 4 --max-batch 256
+--merge-requests --gpu-batch 256`` (compiled unless ``--no-compile``). CPU smoke run (tiny
+models)::
 
     python benchmarks/serving_gpu.py --tiny --out /tmp/serving_gpu
 """
