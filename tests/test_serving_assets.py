@@ -172,10 +172,17 @@ def test_submission_through_triton(pipeline):
     cfg, res = pipeline["cfg"], pipeline["res"]
     meta = _meta(res, "submission")
     assert meta["scored_via"].value.startswith("triton")
+    # where the scoring spent its time, from the server's counters: one request per batch
+    from aes_core.data import io
+
+    stages = meta["scoring_stages"].value
+    n_test = len(io.load_essays(cfg.data.test_path))
+    assert stages["essays"] == n_test
+    assert stages["requests"] == -(-n_test // cfg.serving.request_batch_size)
+    assert stages["device_ms_per_request"] > 0 and stages["tokenize_ms_per_request"] > 0
     sub = pd.read_csv(pipeline["storage"] / "submission.csv", dtype={"essay_id": str})
     test = res.output_for_node("submission")
     assert list(sub.columns) == ["essay_id", "score", "flags", "flag_evidence", "model_score"]
-    from aes_core.data import io
 
     ids = io.load_essays(cfg.data.test_path)["essay_id"].astype(str)
     assert sorted(sub["essay_id"]) == sorted(ids) and sub["essay_id"].is_unique

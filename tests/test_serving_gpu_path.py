@@ -286,6 +286,19 @@ def test_torch_triton_publishes_stage_metrics(torch_served, bundle, essays):
     assert got["triton_compute_infer_ms_per_request"] >= 0.9 * ours
 
 
+def test_in_process_choice_reports_its_stage_seconds(bundle, essays):
+    """Scoring in process (no Triton), the choice reports the torch scorer's seconds per stage
+    for what it scored since it was asked last, and reads no server counters."""
+    serving = ServingSection(backend="torch_gpu", use_triton=False, torch_threads=1,
+                             gbdt_workers=0)
+    with open_scorer(bundle, serving) as choice:
+        assert choice.metrics_url is None and choice.metrics() == {}
+        score_frame(choice.scorer, essays.head(6))
+        got = choice.stages_since({})
+        assert got["tokenize_s"] > 0 and got["device_s"] > 0 and got["gbdt_wait_s"] > 0
+        assert choice.stages_since({}) == {}  # nothing scored since
+
+
 def test_torch_triton_merges_concurrent_requests(tmp_path, bundle, essays):
     """serving.merge_requests with max_batch_size above the request size: Triton hands an
     instance several queued requests, the scorer runs them as one length-sorted set, and each

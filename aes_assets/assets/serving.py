@@ -50,7 +50,9 @@ def submission_asset(cfg: AesConfig) -> dg.AssetsDefinition:
         essays = test_essays[["essay_id", "full_text"]]
         flagger = bundle.flagger()
         with triton.scorer(bundle, full.serving, log=context.log) as choice:
+            before = choice.metrics()
             scored = score_frame(choice.scorer, essays, flagger)
+            stages = choice.stages_since(before)
         df = scored.to_frame()
         storage = Path(full.storage_root)
         path = write_submission(df, essays["essay_id"].astype(str).tolist(),
@@ -63,6 +65,8 @@ def submission_asset(cfg: AesConfig) -> dg.AssetsDefinition:
                 **config_metadata(full.serving)}
         if choice.fallback_reason:
             meta["triton_fallback_reason"] = choice.fallback_reason
+        if stages:  # where the scoring spent its time (Triton: ms per request per stage)
+            meta["scoring_stages"] = dg.MetadataValue.json(stages)
         if scored.flagged:
             meta.update(flag_metadata(df))
         ev = evaluate_submission(df, test_essays)

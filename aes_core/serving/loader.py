@@ -85,11 +85,40 @@ def in_process_label(scorer: Scorer) -> str:
 
 @dataclass
 class ScorerChoice:
-    """The scorer in use, how it scores (``via``) and why Triton was not used (if it was not)."""
+    """The scorer in use, how it scores (``via``) and why Triton was not used (if it was not);
+    ``metrics_url``: the Triton server's Prometheus endpoint when it scores through one."""
 
     scorer: Scorer
     via: str
     fallback_reason: str = ""
+    metrics_url: str | None = None
+    model: str = "scorer"
+
+    def metrics(self) -> dict:
+        """The server's counters now ({} in process, or when they cannot be read)."""
+        if not self.metrics_url:
+            return {}
+        from aes_core.serving.stage_clock import scrape
+
+        try:
+            return scrape(self.metrics_url)
+        except (OSError, ValueError) as e:  # unreachable, refused, not Prometheus text
+            log.info(f"no scorer metrics at {self.metrics_url}: {e}")
+            return {}
+
+    def stages_since(self, before: dict) -> dict:
+        """Where the scoring since ``metrics()`` returned ``before`` spent its time: ms per
+        request per stage from the server, or seconds per stage of an in-process scorer that
+        times its stages ({} when neither is known)."""
+        from aes_core.serving.stage_clock import stage_breakdown
+
+        if self.metrics_url:
+            got = stage_breakdown(before, self.metrics(), self.model)
+            return got if got.get("requests") else {}
+        clock = getattr(self.scorer, "clock", None)
+        if clock is None:
+            return {}
+        return {f"{k}_s": round(v, 3) for k, v in clock.take().items()}
 
 
 def _triton_repo_matches(repo: str | Path, bundle: Bundle) -> str | None:
@@ -127,7 +156,7 @@ def open_scorer(bundle: Bundle, serving: ServingSection, start_server: bool = Fa
     model = STUDENT_MODEL if student else "scorer"
     ensemble = bundle.student_ensemble() if student else bundle.ensemble
     with contextlib.ExitStack() as stack:
-        scorer = None
+        scorer, metrics_url = None, None
         if serving.use_triton:
             try:
                 if url:
@@ -135,6 +164,7 @@ def open_scorer(bundle: Bundle, serving: ServingSection, start_server: bool = Fa
                         raise TritonError(f"no Triton server answers at {url}")
                     scorer = TritonScorer(url, ensemble, batch_size=serving.request_batch_size,
                                           model=model, bundle_version=bundle.version())
+                    metrics_url = f"http://{url.rsplit(':', 1)[0]}:{serving.metrics_port}/metrics"
                 elif start_server:
                     mismatch = _triton_repo_matches(serving.triton_repo, bundle)
                     if mismatch:
@@ -144,7 +174,7 @@ def open_scorer(bundle: Bundle, serving: ServingSection, start_server: bool = Fa
                         grpc_port=serving.grpc_port, metrics_port=serving.metrics_port,
                         startup_timeout_s=serving.startup_timeout_s,
                         binary=serving.triton_binary))
-                    url = server.url
+                    url, metrics_url = server.url, server.metrics_url
                     scorer = TritonScorer(url, ensemble, batch_size=serving.request_batch_size,
                                           client=server.client(), model=model,
                                           bundle_version=bundle.version())
@@ -155,7 +185,8 @@ def open_scorer(bundle: Bundle, serving: ServingSection, start_server: bool = Fa
                 logger.warning(f"Triton unavailable, scoring in-process instead: {e}")
                 scorer = None
         if scorer is not None:
-            yield ScorerChoice(scorer, f"triton ({url}, model {model})")
+            yield ScorerChoice(scorer, f"triton ({url}, model {model})",
+                               metrics_url=metrics_url, model=model)
             return
         local = in_process_scorer(bundle, serving, show_progress)
         try:

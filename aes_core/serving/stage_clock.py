@@ -50,6 +50,49 @@ class StageClock:
         return out
 
 
+class TritonStageMetrics:
+    """A Triton Python model's seconds per stage as custom metrics (Prometheus counters on the
+    server's metrics port). ``pb_utils`` is the stub's ``triton_python_backend_utils``. Every
+    metric is made here, when the model loads; a server without the custom-metrics API, or
+    ``AES_TRITON_STAGE_METRICS=0``, serves the model without them."""
+
+    def __init__(self, pb_utils, model: str, instance: str):
+        import os
+
+        self.labels = {"model": model, "instance": instance}
+        self.family = None
+        if os.environ.get("AES_TRITON_STAGE_METRICS", "1") == "0":
+            return
+        try:
+            counter = pb_utils.MetricFamily.COUNTER
+            self.family = pb_utils.MetricFamily(
+                name=STAGE_METRIC, description="seconds the scorer spent per stage",
+                kind=counter)
+            # a family must outlive its metrics: keep every family referenced
+            self.counts = {n: pb_utils.MetricFamily(name=n, description=f"{what} scored",
+                                                    kind=counter)
+                           for n, what in ((ESSAYS_METRIC, "essays"),
+                                           (REQUESTS_METRIC, "requests"))}
+            self.essays = self.counts[ESSAYS_METRIC].Metric(labels=self.labels)
+            self.requests = self.counts[REQUESTS_METRIC].Metric(labels=self.labels)
+            self.stages = {s: self.family.Metric(labels={**self.labels, "stage": s})
+                           for s in STAGES}
+        except Exception:  # noqa: BLE001 - metrics are an extra, never a reason to fail
+            self.family = None
+
+    def publish(self, seconds: dict[str, float], requests: int, essays: int) -> None:
+        if self.family is None:
+            return
+        try:
+            for stage, s in seconds.items():
+                if stage in self.stages:
+                    self.stages[stage].increment(s)
+            self.requests.increment(requests)
+            self.essays.increment(essays)
+        except Exception:  # noqa: BLE001 - a metrics failure must not fail the request
+            self.family = None
+
+
 _LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$')
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 

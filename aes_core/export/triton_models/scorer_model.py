@@ -24,6 +24,11 @@ class ScoringError(Exception):
     """A request could not be scored; the message goes back to the client."""
 
 
+def _rows(request):
+    t = pb_utils.get_input_tensor_by_name(request, "TEXT")
+    return 0 if t is None else int(t.as_numpy().shape[0])
+
+
 class TritonPythonModel:
     def initialize(self, args):
         here, meta = aes_paths.scorer_meta(args)
@@ -35,12 +40,16 @@ class TritonPythonModel:
         from aes_core.models.regressor import RegressorSpec
         from aes_core.serving import onnx_scorer
         from aes_core.serving.base import decode_texts
+        from aes_core.serving.stage_clock import StageClock, TritonStageMetrics
         from aes_core.serving.token_cache import CachedEncoder, TokenCache
 
         self.lib = onnx_scorer
         self.decode_texts = decode_texts
         self.tokens = tokens
         self.ensemble = EnsembleArtifact.load(os.path.join(here, meta["ensemble"]))
+        self.clock = StageClock()  # served as metrics (aes_core.serving.stage_clock)
+        self.metrics = TritonStageMetrics(pb_utils, args["model_name"],
+                                          args.get("model_instance_name", ""))
         cache = TokenCache(int(meta.get("token_cache_size", 0)), meta.get("token_cache_dir"))
         cpt = float(meta.get("chars_per_token", 0.0))
         self.members = []
@@ -80,17 +89,22 @@ class TritonPythonModel:
             raise ScoringError(str(e)) from e
         preds = np.zeros((len(texts), len(self.members)), dtype=np.float64)
         batches = {}
+        stage = self.clock.stage
         for j, (_name, tok, spec, models) in enumerate(self.members):
             if spec is None:  # GBDT member, in-process
-                preds[:, j] = np.asarray(tok.predict(texts), dtype=np.float64).reshape(-1)
+                with stage("gbdt_wait"):
+                    preds[:, j] = np.asarray(tok.predict(texts), dtype=np.float64).reshape(-1)
                 continue
             if id(tok) not in batches:  # the member's CachedEncoder: ids as encode_batch
-                batches[id(tok)] = tok.batch(texts)
+                with stage("tokenize"):
+                    batches[id(tok)] = tok.batch(texts)
             batch = batches[id(tok)]
-            preds[:, j] = self.lib.fold_average(
-                [self._fold_logits(m, batch) for m in models], spec.loss)
-        blended = self.ensemble.blend(preds, texts)  # a stacker ensemble reads the texts
-        scores = self.ensemble.to_scores(blended)
+            with stage("device"):  # the member models (ONNX Runtime) through BLS
+                preds[:, j] = self.lib.fold_average(
+                    [self._fold_logits(m, batch) for m in models], spec.loss)
+        with stage("blend"):
+            blended = self.ensemble.blend(preds, texts)  # a stacker ensemble reads the texts
+            scores = self.ensemble.to_scores(blended)
         return pb_utils.InferenceResponse(output_tensors=[
             pb_utils.Tensor("SCORE", scores.astype(np.int32).reshape(-1, 1)),
             pb_utils.Tensor("BLENDED", blended.astype(np.float64).reshape(-1, 1)),
@@ -100,8 +114,10 @@ class TritonPythonModel:
     def execute(self, requests):
         responses = []
         for request in requests:
+            self.clock.take()  # a failed request's partial times are not counted
             try:
                 responses.append(self._score(request))
+                self.metrics.publish(self.clock.take(), 1, _rows(request))
             except ScoringError as e:
                 responses.append(pb_utils.InferenceResponse(
                     output_tensors=[], error=pb_utils.TritonError(f"scorer: {e}")))

@@ -42,54 +42,6 @@ def _texts(request):
         raise ScoringError(str(e)) from e
 
 
-class _StageMetrics:
-    """The scorer's seconds per stage as Triton custom metrics (Prometheus counters on the
-    server's metrics port; ``aes_core.serving.stage_clock`` reads them back). A server
-    without the custom-metrics API serves the model without them."""
-
-    def __init__(self, model, instance):
-        from aes_core.serving.stage_clock import (
-            ESSAYS_METRIC,
-            REQUESTS_METRIC,
-            STAGE_METRIC,
-            STAGES,
-        )
-
-        self.labels = {"model": model, "instance": instance}
-        self.family = None
-        if os.environ.get("AES_TRITON_STAGE_METRICS", "1") == "0":
-            return
-        try:
-            counter = pb_utils.MetricFamily.COUNTER
-            self.family = pb_utils.MetricFamily(
-                name=STAGE_METRIC, description="seconds the scorer spent per stage",
-                kind=counter)
-            # a family must outlive its metrics: keep every family referenced
-            self.counts = {n: pb_utils.MetricFamily(name=n, description=f"{what} scored",
-                                                    kind=counter)
-                           for n, what in ((ESSAYS_METRIC, "essays"),
-                                           (REQUESTS_METRIC, "requests"))}
-            self.essays = self.counts[ESSAYS_METRIC].Metric(labels=self.labels)
-            self.requests = self.counts[REQUESTS_METRIC].Metric(labels=self.labels)
-            # every metric made here, at load: none is created while serving
-            self.stages = {s: self.family.Metric(labels={**self.labels, "stage": s})
-                           for s in STAGES}
-        except Exception:  # noqa: BLE001 - metrics are an extra, never a reason to fail
-            self.family = None
-
-    def publish(self, seconds, requests, essays):
-        if self.family is None:
-            return
-        try:
-            for stage, s in seconds.items():
-                if stage in self.stages:
-                    self.stages[stage].increment(s)
-            self.requests.increment(requests)
-            self.essays.increment(essays)
-        except Exception:  # noqa: BLE001 - a metrics failure must not fail the request
-            self.family = None
-
-
 class TritonPythonModel:
     def initialize(self, args):
         here, meta = aes_paths.scorer_meta(args)
@@ -116,7 +68,10 @@ class TritonPythonModel:
             aes_paths.require_scipy()
         self.scorer = TorchScorer(self.ensemble, members, gbdt, device=device,
                                   token_cache=cache, **opts)
-        self.metrics = _StageMetrics(self.name, args.get("model_instance_name", ""))
+        from aes_core.serving.stage_clock import TritonStageMetrics
+
+        self.metrics = TritonStageMetrics(pb_utils, self.name,
+                                          args.get("model_instance_name", ""))
 
     def _response(self, preds, texts):
         blended = self.ensemble.blend(preds, texts)  # a stacker ensemble reads the texts
