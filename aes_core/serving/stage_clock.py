@@ -1,9 +1,10 @@
 """Where a scorer's time goes: seconds per stage (tokenize, device, gbdt wait, blend).
 
-``StageClock`` accumulates wall seconds per stage; a Triton model publishes them as the
-Prometheus counter ``aes_scorer_stage_seconds{model, stage}`` (with ``aes_scorer_essays``
-and ``aes_scorer_requests``) on the server's metrics port, next to Triton's own queue and
-compute counters. ``parse_prometheus`` and ``stage_breakdown`` read them back: ms per request
+``StageClock`` accumulates wall seconds per stage; a Triton model publishes them
+(``TritonStageMetrics``) as the Prometheus counter
+``aes_scorer_stage_seconds{model, instance, stage}`` (with ``aes_scorer_essays`` and
+``aes_scorer_requests``) on the server's metrics port, next to Triton's own queue and compute
+counters. ``parse_prometheus`` and ``stage_breakdown`` read them back: ms per request
 and per essay for each stage between two scrapes.
 """
 
@@ -15,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-STAGES = ("tokenize", "device", "gbdt_wait", "blend")  # what the torch scorer times
+STAGES = ("tokenize", "device", "gbdt_wait", "blend")  # what the scorers time
 STAGE_METRIC = "aes_scorer_stage_seconds"
 ESSAYS_METRIC = "aes_scorer_essays"
 REQUESTS_METRIC = "aes_scorer_requests"
