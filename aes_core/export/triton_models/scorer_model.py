@@ -24,11 +24,6 @@ class ScoringError(Exception):
     """A request could not be scored; the message goes back to the client."""
 
 
-def _rows(request):
-    t = pb_utils.get_input_tensor_by_name(request, "TEXT")
-    return 0 if t is None else int(t.as_numpy().shape[0])
-
-
 class TritonPythonModel:
     def initialize(self, args):
         here, meta = aes_paths.scorer_meta(args)
@@ -105,6 +100,7 @@ class TritonPythonModel:
         with stage("blend"):
             blended = self.ensemble.blend(preds, texts)  # a stacker ensemble reads the texts
             scores = self.ensemble.to_scores(blended)
+        self.metrics.publish(self.clock.take(), 1, len(texts))
         return pb_utils.InferenceResponse(output_tensors=[
             pb_utils.Tensor("SCORE", scores.astype(np.int32).reshape(-1, 1)),
             pb_utils.Tensor("BLENDED", blended.astype(np.float64).reshape(-1, 1)),
@@ -117,7 +113,6 @@ class TritonPythonModel:
             self.clock.take()  # a failed request's partial times are not counted
             try:
                 responses.append(self._score(request))
-                self.metrics.publish(self.clock.take(), 1, _rows(request))
             except ScoringError as e:
                 responses.append(pb_utils.InferenceResponse(
                     output_tensors=[], error=pb_utils.TritonError(f"scorer: {e}")))
