@@ -134,6 +134,11 @@ def _read(path: str | Path) -> pd.DataFrame:
     return df
 
 
+def repeated(texts: list[str], n: int) -> list[str]:
+    """The first ``n`` essays of ``texts`` repeated end to end (a throughput run's load)."""
+    return (texts * -(-n // len(texts)))[:n]
+
+
 def load_data(a) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame]:
     """(essays to score, labels or None, scored training essays)."""
     if a.tiny:
@@ -354,8 +359,7 @@ def serve_and_measure(a, bundle, serving: ServingSection, texts: list[str], uniq
             served_scores(server.url, model, ens, unique[:a.request_batch * 2], a.request_batch)
             m0 = scrape(server.metrics_url)
             n = (a.student_n_essays or len(texts)) if model == "student" else len(texts)
-            load = run_load(server.url, model, (texts * (-(-n // len(texts))))[:n], a.clients,
-                            a.request_batch)
+            load = run_load(server.url, model, repeated(texts, n), a.clients, a.request_batch)
             m1 = scrape(server.metrics_url)
             single = single_latency(server.url, model, unique, a.single_requests,
                                     max_seconds=a.single_seconds)
@@ -468,8 +472,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         a.student_instances, a.tokenizer_threads = None, 2
         a.student_essays, a.gbdt_train_essays = 40, 80
         unique, ids = unique[:24], ids[:24]
-    reps = -(-a.n_essays // len(unique))
-    texts = (unique * reps)[:a.n_essays]
+    texts = repeated(unique, a.n_essays)
 
     bundle_dir = work / "bundle"
     if a.bundle:
