@@ -29,6 +29,7 @@ from aes_core.config import load_config  # noqa: E402
 from aes_core.ensemble.blend import assemble_oof, fit_ensemble  # noqa: E402
 from aes_core.ensemble.stacker import essay_statistics  # noqa: E402
 from aes_core.hardware import hardware  # noqa: E402
+from aes_core.members import member_columns  # noqa: E402
 
 TABLES = ("tables/oof_predictions.parquet", "tables/gbdt_oof.parquet")
 REPORTED = ("blend_nested", "stacker_ridge", "stacker_lightgbm", "optimized")
@@ -37,9 +38,8 @@ REPORTED = ("blend_nested", "stacker_ridge", "stacker_lightgbm", "optimized")
 def load_tables(storage: Path, train_csv: Path, n_jobs: int
                 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """(OOF table as the ensemble sees it, essay statistics, prompt one-hots), row-aligned."""
-    missing = [t for t in TABLES[:1] if not (storage / t).exists()]
-    if missing:
-        raise SystemExit(f"{storage}: no {missing[0]} (materialize the OOF assets first)")
+    if not (storage / TABLES[0]).exists():
+        raise SystemExit(f"{storage}: no {TABLES[0]} (materialize the OOF assets first)")
     oof = pd.read_parquet(storage / TABLES[0])
     gbdt = storage / TABLES[1]
     table = assemble_oof(oof, pd.read_parquet(gbdt) if gbdt.exists() else None)
@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     a = ap.parse_args(argv)
     table, stats, prompt = load_tables(Path(a.storage), Path(a.train), a.n_jobs)
     base = load_config(a.profile).ensemble.model_copy(update={"n_jobs": a.n_jobs})
-    print(f"{len(table)} essays, members {[c for c in table.columns if '__' in c or c == 'gbdt']}"
-          f"; {hardware().get('cpu', '')}", flush=True)
+    print(f"{len(table)} essays, members {member_columns(table)}; {hardware().get('cpu', '')}",
+          flush=True)
     rows = []
     for spec in a.sets or ["{}"]:
         update = json.loads(spec)
