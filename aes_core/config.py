@@ -436,6 +436,17 @@ class ServingSection(Section):
         "Off by default: cuDNN builds a plan for every new sequence length, so an essay of a "
         "length not seen before took ~40 ms for one MiniLM forward on an H200, against ~3.6 ms "
         "with it off (PyTorch's flash / memory-efficient kernels); scorers see many lengths")
+    cuda_graphs: int = Field(
+        0, ge=0, description="torch backend on CUDA: requests of at most this many essays "
+        "replay CUDA graphs of every fold model, captured when the scorer loads (one essay "
+        "alone is bound by kernel launches, not by the GPU); 0 = off")
+    cuda_graph_bucket: int = Field(
+        32, ge=1, description="CUDA graphs: one graph per sequence length in steps of this "
+        "many tokens; an essay is padded up to the next step (only the BiLSTM head reads the "
+        "padding, as it does in any batch)")
+    cuda_graph_streams: int = Field(
+        1, ge=1, description="CUDA graphs: the fold models are captured on this many CUDA "
+        "streams and run side by side")
     tokenizer_threads: int = Field(
         0, ge=0, description="torch backend: threads the Rust tokenizer encodes a request "
         "with in each scorer process (0/1 = one; measured 1.65x on 2 cores; the GPU waits on "

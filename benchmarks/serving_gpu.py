@@ -110,6 +110,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     serve.add_argument("--no-compile", action="store_true")
     serve.add_argument("--gbdt-workers", type=int, default=4)
     serve.add_argument("--merge-requests", action="store_true")
+    serve.add_argument("--cuda-graphs", type=int, default=0,
+                       help="requests of at most this many essays replay CUDA graphs")
+    serve.add_argument("--graph-bucket", type=int, default=32)
+    serve.add_argument("--graph-streams", type=int, default=1)
     serve.add_argument("--queue-delay-us", type=int, default=2000)
     serve.add_argument("--cpu-instances", type=int, default=1)
     serve.add_argument("--triton-python-paths", default=os.environ.get("AES_TRITON_PYTHONPATH",
@@ -117,6 +121,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help=f"folders first on the models' sys.path ({os.pathsep}-separated)")
     serve.add_argument("--startup-timeout", type=float, default=1800.0)
     serve.add_argument("--skip-cpu", action="store_true")
+    ap.add_argument("--build-only", action="store_true",
+                    help="build the bundle (and student) in --work, then stop")
     ap.add_argument("--work", default=None, help="scratch folder (default: under --out)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a = ap.parse_args(argv)
@@ -504,6 +510,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         else:
             student_note = "the bundle has no student and no --student-backbone was given"
         bundle = Bundle.load(bundle_dir)
+    if a.build_only:
+        log(f"bundle built in {bundle_dir} ({student_note or 'with its student'})")
+        return {"bundle": str(bundle_dir), "student_note": student_note}
 
     serving = ServingSection(
         backend="torch_gpu", triton_repo=str(work / "repo_torch"),
@@ -514,7 +523,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         gpu_batch_size=a.gpu_batch, torch_dtype=a.dtype,
         torch_compile="off" if a.no_compile else "triton",
         gbdt_workers=a.gbdt_workers, merge_requests=a.merge_requests,
-        torch_threads=1 if a.tiny else 0, triton_python_paths=_paths(a))
+        cuda_graphs=a.cuda_graphs, cuda_graph_bucket=a.graph_bucket,
+        cuda_graph_streams=a.graph_streams, torch_threads=1 if a.tiny else 0,
+        triton_python_paths=_paths(a))
     report: dict[str, Any] = {
         "benchmark": "serving_gpu", "gpu": hw.get("gpu", "none"), "hardware": hw,
         "cuda": torch.cuda.is_available(),

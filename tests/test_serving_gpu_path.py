@@ -241,6 +241,7 @@ def test_torch_repo_layout(torch_served, bundle):
     meta = json.loads((repo / "scorer" / "1" / "scorer.json").read_text())
     assert meta["backend"] == "torch_gpu" and meta["torch"]["gpu_batch_size"] == 16
     assert meta["torch"]["cudnn_attention"] is False  # serving.cudnn_attention's default
+    assert (meta["torch"]["cuda_graphs"], meta["torch"]["graph_bucket"]) == (0, 32)  # off
     assert meta["members"]["tiny__lstm"]["folds"] == ["members/tiny__lstm/f0",
                                                       "members/tiny__lstm/f1"]
     f0 = repo / "scorer" / "1" / "members" / "tiny__lstm" / "f0"

@@ -177,7 +177,9 @@ def torch_options(serving: ServingSection) -> dict:
             "token_cache_dir": serving.token_cache_dir,
             "chars_per_token": serving.pretruncate_chars_per_token,
             "threads": serving.torch_threads, "tokenizer_threads": serving.tokenizer_threads,
-            "cudnn_attention": serving.cudnn_attention}
+            "cudnn_attention": serving.cudnn_attention, "cuda_graphs": serving.cuda_graphs,
+            "graph_bucket": serving.cuda_graph_bucket,
+            "graph_streams": serving.cuda_graph_streams}
 
 
 def _regressor_copy(src: Path, dst: Path) -> None:

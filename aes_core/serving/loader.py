@@ -57,7 +57,8 @@ def torch_scorer(bundle: Bundle, serving: ServingSection, student: bool = False,
                 chars_per_token=serving.pretruncate_chars_per_token,
                 gbdt_workers=serving.gbdt_workers, tokenizer_workers=serving.tokenizer_workers,
                 threads=serving.torch_threads, tokenizer_threads=serving.tokenizer_threads,
-                cudnn_attention=serving.cudnn_attention,
+                cudnn_attention=serving.cudnn_attention, cuda_graphs=serving.cuda_graphs,
+                graph_bucket=serving.cuda_graph_bucket, graph_streams=serving.cuda_graph_streams,
                 token_cache=TokenCache(serving.token_cache_size, serving.token_cache_dir))
     opts.update(overrides)
     return TorchScorer(ensemble, members, gbdt, device=device, show_progress=show_progress,

@@ -15,6 +15,9 @@ code; it matches the ONNX scorer within 1e-4 (tests). A request larger than
 padded to their own longest essay; a request that fits is one batch padded like the ONNX
 scorer's, so every path sees the same padding (this matters for the BiLSTM head).
 
+Requests of at most ``cuda_graphs`` essays replay CUDA graphs of every fold model of a group
+(``aes_core.serving.cuda_graphs``): one essay alone is bound by kernel launches, not by the GPU.
+
 The GBDT member runs on the host; with ``gbdt_workers`` it runs in worker processes while the
 device works on the transformer members.
 """
@@ -24,8 +27,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +47,7 @@ from aes_core.models.tokens import (
     text_batches,
 )
 from aes_core.serving.base import require_fold_models
+from aes_core.serving.cuda_graphs import GraphShapes, GroupGraphs
 from aes_core.serving.onnx_scorer import fold_average
 from aes_core.serving.stage_clock import StageClock
 from aes_core.serving.token_cache import CachedEncoder, TokenCache
@@ -133,6 +138,7 @@ class MemberGroup:
     spec: RegressorSpec
     models: list[_Model]
     columns: list[int]
+    graphs: GroupGraphs | None = None
 
     @property
     def plan(self) -> TokenPlan:
@@ -158,8 +164,10 @@ class TorchScorer:
     ``members`` maps each transformer member to its fold folders (regressor folders:
     ``model.safetensors``, ``aes_model.json``, ``backbone/``); ``gbdt_dir`` is the GBDT member
     folder when the ensemble has ``gbdt``. ``device``: ``cuda``, ``cuda:1``, ``cpu`` or None
-    (CUDA when available). ``dtype``, ``compile`` and ``cudnn_attention`` (see
-    :func:`use_cudnn_attention`) apply on CUDA only; ``threads`` sets
+    (CUDA when available). ``dtype``, ``compile``, ``cudnn_attention`` (see
+    :func:`use_cudnn_attention`) and ``cuda_graphs`` (requests of at most that many essays
+    replay graphs captured at load for lengths in steps of ``graph_bucket``, their fold models
+    on ``graph_streams`` streams; 0 = off) apply on CUDA only; ``threads`` sets
     torch's CPU threads for the whole process (0 = leave them); ``tokenizer_threads`` > 1
     lets the Rust tokenizer encode a request's essays on that many threads (process-wide:
     it must be set before the process first tokenizes in parallel).
@@ -172,7 +180,8 @@ class TorchScorer:
                  chars_per_token: float = 0.0, gbdt_workers: int = 0,
                  tokenizer_workers: int = 0, compile_backend: str = "inductor",
                  threads: int = 0, tokenizer_threads: int = 0, show_progress: bool = False,
-                 cudnn_attention: bool = False):
+                 cudnn_attention: bool = False, cuda_graphs: int = 0, graph_bucket: int = 32,
+                 graph_streams: int = 1):
         import torch
 
         if threads:
@@ -205,6 +214,9 @@ class TorchScorer:
             self._compile(compile_backend)
         elif compile and compile_backend != "inductor":  # CPU: only a capture check (tests)
             self._compile(compile_backend)
+        self.graph_error = ""
+        if cuda_graphs and self.cuda:
+            self.capture_graphs(cuda_graphs, graph_bucket, graph_streams)
         self.load_seconds = time.perf_counter() - t0
         self.gbdt = None
         self.gbdt_workers = gbdt_workers
@@ -290,10 +302,37 @@ class TorchScorer:
             log.warning(f"torch.compile failed, scoring eagerly: {self.compile_error}")
             self.compiled = False
 
+    def capture_graphs(self, max_batch: int, bucket: int, streams: int = 1) -> None:
+        """Graphs of every group that reads one window per essay, for requests of at most
+        ``max_batch`` essays (on a CPU: the same padded forward, nothing captured). A capture
+        that fails leaves the scorer eager and says why."""
+        try:
+            for g in self.groups:
+                if g.plan.chunking:
+                    continue
+                forwards = [lambda ids, mask, _m=m.module: _m(ids, mask, None)
+                            for m in g.models]
+                g.graphs = GroupGraphs(forwards, GraphShapes(max_batch, bucket,
+                                                             g.plan.max_length),
+                                       self.device, g.encoder.pad_id,
+                                       lambda: self._forward_context(graph=True), streams)
+                log.info(f"captured {len(g.graphs)} graphs of {len(g.models)} fold models in "
+                         f"{g.graphs.capture_seconds:.1f}s")
+        except Exception as e:  # noqa: BLE001 - eager still works: say why and carry on
+            self.graph_error = f"{type(e).__name__}: {e}".splitlines()[0]
+            log.warning(f"CUDA graph capture failed, scoring eagerly: {self.graph_error}")
+            for g in self.groups:
+                g.graphs = None
+
+    @property
+    def graphed(self) -> bool:
+        return any(g.graphs is not None for g in self.groups)
+
     @property
     def description(self) -> str:
         kind = "bf16" if self.amp_dtype is not None else "fp32"
-        return f"torch {self.device} {kind}" + (" compiled" if self.compiled else "")
+        return (f"torch {self.device} {kind}" + (" compiled" if self.compiled else "")
+                + (" graphs" if self.graphed else ""))
 
     @property
     def n_models(self) -> int:
@@ -314,16 +353,28 @@ class TorchScorer:
             out.append(t)
         return out
 
+    @contextmanager
+    def _forward_context(self, graph: bool = False) -> Iterator[None]:
+        """Inference mode and autocast; a graph's casts are made inside it (no weight cache)."""
+        import torch
+
+        with torch.inference_mode(), torch.autocast(
+                device_type=self.device.type, dtype=self.amp_dtype or torch.float32,
+                enabled=self.amp_dtype is not None, cache_enabled=not graph):
+            yield
+
     def _group_logits(self, g: MemberGroup, batch: EssayBatch, compiled: bool | None = None):
         """[K, B] fold-model logits (float32) of one padded batch, on the device."""
         import torch
 
+        if g.graphs is not None and batch.window_weights is None:
+            out = g.graphs.run(batch.input_ids, batch.attention_mask)
+            if out is not None:
+                return out
         compiled = self.compiled if compiled is None else compiled
         ids, mask, weights = self._tensors(batch)
         outs = []
-        with torch.inference_mode(), torch.autocast(
-                device_type=self.device.type, dtype=self.amp_dtype or torch.float32,
-                enabled=self.amp_dtype is not None):
+        with self._forward_context():
             for m in g.models:
                 if compiled:
                     y = m.fn(m.params, ids, mask, weights)

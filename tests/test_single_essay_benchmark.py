@@ -1,0 +1,33 @@
+"""benchmarks/single_essay_latency.py on CPU: a tiny bundle with its student (built by
+``serving_gpu.py --build-only``), one essay per request for two configurations. On a CPU
+nothing is captured, so both configurations score the same; no timing is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+
+from aes_core.config import SAMPLE_DIR
+from tests.bench_support import benchmark_module
+from tests.gpu_serving_support import one_torch_thread, serving_benchmark  # noqa: F401
+
+
+def test_single_essay_benchmark_runs_on_cpu(tmp_path):
+    built = serving_benchmark().main(["--tiny", "--build-only", "--work", str(tmp_path / "w"),
+                                      "--out", str(tmp_path / "o")])
+    assert built["student_note"] is None
+    assert not (tmp_path / "o" / "serving_gpu.json").exists()  # built, nothing measured
+    report = benchmark_module("single_essay_latency").main([
+        "--bundle", built["bundle"], "--data", str(SAMPLE_DIR / "test.csv.gz"),
+        "--essays", "6", "--configs", "eager,graphs:2", "--gbdt-workers", "0",
+        "--out", str(tmp_path / "out")])
+    saved = json.loads((tmp_path / "out" / "single_essay_gpu.json").read_text())
+    assert saved == report and saved["gpu"] == "none" and saved["essays"] == 6
+    for model in ("ensemble", "student"):
+        eager, graphs = saved[model]
+        assert (eager["config"], graphs["config"]) == ("eager", "graphs:2")
+        assert graphs["graphed"] is False  # CPU: nothing captured
+        assert graphs["request"]["p99_ms"] >= graphs["request"]["p50_ms"] > 0
+        assert 0 < eager["device"]["p50_ms"] <= eager["request"]["max_ms"]
+        assert graphs["agreement"]["max_abs_blended_diff"] == 0.0
+        assert graphs["agreement"]["rounded_scores_changed_fraction"] == 0.0
