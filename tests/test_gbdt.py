@@ -116,6 +116,25 @@ def test_rich_member_fits_in_parallel_and_predicts_like_its_folds(small_fit, tmp
         load_importance(tmp_path)
 
 
+def test_shared_tfidf_is_each_folds_vectorizer_exactly(small_fit):
+    """Counting once and gathering each fold's columns gives, bit for bit, what every fold's
+    ``TfidfVectorizer.transform`` gives; one essay at a time (one LightGBM thread) predicts
+    what the batch does; ``warm_up`` builds the shared counters before the first request."""
+    _, fit = small_fit
+    texts = io.load_essays(SAMPLE_DIR / "test.csv.gz")["full_text"].tolist()[:12]
+    texts += ["", "x", "Ünïcödé words, repeated repeated repeated.", "12 34 56"]
+    member = GbdtMember(fit.member.cfg, fit.member.folds)  # nothing cached yet
+    assert "_union_word" not in member.__dict__
+    assert member.warm_up() is member and "_union_char" in member.__dict__
+    for kind in ("word", "char"):
+        for fold, got in zip(member.folds, member._shared_tfidf(kind, texts), strict=True):
+            ref = getattr(fold, kind).transform(texts)
+            assert got.dtype == ref.dtype and got.shape == ref.shape
+            assert (got != ref).nnz == 0
+    batch = member.predict(texts)
+    np.testing.assert_array_equal(np.concatenate([member.predict([t]) for t in texts]), batch)
+
+
 def test_member_saved_before_feature_sets_loads_as_basic(tmp_path):
     train = io.load_train(SAMPLE_DIR / "train.csv.gz").iloc[:90].copy()
     train["fold"] = np.arange(len(train)) % 2

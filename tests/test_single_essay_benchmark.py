@@ -1,6 +1,7 @@
 """benchmarks/single_essay_latency.py on CPU: a tiny bundle with its student (built by
 ``serving_gpu.py --build-only``), one essay per request for two configurations. On a CPU
-nothing is captured, so both configurations score the same (on a CUDA host the graphs are captured); no timing is asserted.
+nothing is captured, so both configurations score the same (on a CUDA host the graphs are
+captured); no timing is asserted.
 """
 
 from __future__ import annotations

@@ -35,6 +35,8 @@ import pandas as pd
 import scipy.sparse as sp
 from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer, TfidfVectorizer
+from sklearn.preprocessing import normalize
+from sklearn.utils.sparsefuncs_fast import inplace_csr_row_normalize_l2
 from tqdm.auto import tqdm
 
 from aes_core.config import GbdtSection
@@ -66,8 +68,9 @@ class FoldModel:
     def predict(self, texts: list[str], handcrafted: np.ndarray) -> np.ndarray:
         return self.predict_design(self.design(texts, handcrafted))
 
-    def predict_design(self, x: sp.csr_matrix) -> np.ndarray:
-        return self.booster.predict(x, num_iteration=self.booster.best_iteration or None)
+    def predict_design(self, x: sp.csr_matrix, **lgb_params: Any) -> np.ndarray:
+        return self.booster.predict(x, num_iteration=self.booster.best_iteration or None,
+                                    **lgb_params)
 
     def tfidf_names(self) -> list[str]:
         """Names of the TF-IDF columns: ``word:<n-gram>``, ``char:<n-gram>`` (or ``svd_<i>``)."""
@@ -100,13 +103,28 @@ class GbdtMember:
             preds = np.mean([f.predict(texts, hand) for f in self.folds], axis=0)
         else:  # tokenize once for all folds: counts over the union of their vocabularies
             tfidf = {kind: self._shared_tfidf(kind, texts) for kind in ("word", "char")}
-            preds = np.mean([f.predict_design(_design(w, c, hand, None))
+            hand_x = sp.csr_matrix(hand)
+            threads = {"num_threads": 1} if len(texts) == 1 else {}  # one row: no OpenMP team
+            preds = np.mean([f.predict_design(sp.hstack([w, c, hand_x], format="csr",
+                                                        dtype=np.float32), **threads)
                              for f, w, c in zip(self.folds, tfidf["word"], tfidf["char"],
                                                 strict=True)], axis=0)
         return np.clip(preds, SCORE_MIN, SCORE_MAX)
 
+    def warm_up(self) -> GbdtMember:
+        """Load what the first prediction would (the spelling word list, the shared n-gram
+        counters: ~300 ms), so that a server's first request does not wait for it."""
+        self.predict(["A short essay to warm up the member."])
+        return self
+
     def _shared_tfidf(self, kind: str, texts: list[str]) -> list[sp.csr_matrix]:
-        """Each fold's ``<kind>.transform(texts)``, counting the n-grams once for all folds."""
+        """Each fold's ``<kind>.transform(texts)``, counting the n-grams once for all folds.
+
+        Same float32 values as ``TfidfVectorizer.transform``: log(tf) + 1, * idf, then sklearn's
+        own row-wise l2 loop — but by gathering each fold's columns from the union counts
+        through an index array instead of sparse column slicing and a validated
+        ``TfidfTransformer.transform`` per fold (most of the time of one essay).
+        """
         vecs = [getattr(f, kind) for f in self.folds]
         key = f"_union_{kind}"
         if key not in self.__dict__:
@@ -115,20 +133,35 @@ class GbdtMember:
             counter = CountVectorizer(**{p: getattr(vecs[0], p) for p in
                                          ("analyzer", "ngram_range", "lowercase")},
                                       vocabulary=index, dtype=np.float32)
-            cols, tfidfs = [], []
-            for v in vecs:
+            pos = np.full((len(vecs), len(union)), -1, dtype=np.int32)  # union col -> fold col
+            for k, v in enumerate(vecs):
                 terms = v.get_feature_names_out()
-                cols.append(np.fromiter((index[t] for t in terms), dtype=np.int64,
-                                        count=len(terms)))
-                t = TfidfTransformer(norm=v.norm, use_idf=v.use_idf, smooth_idf=v.smooth_idf,
-                                     sublinear_tf=v.sublinear_tf)
-                t.idf_ = v.idf_
-                tfidfs.append(t)
-            self.__dict__[key] = (counter, cols, tfidfs)
-        counter, cols, tfidfs = self.__dict__[key]
+                cols = np.fromiter((index[t] for t in terms), dtype=np.int64, count=len(terms))
+                if np.any(np.diff(cols) <= 0):  # l2 sums must run in the fold's column order
+                    raise ValueError(f"gbdt fold {k} {kind} vocabulary is not in sorted order")
+                pos[k, cols] = np.arange(len(terms), dtype=np.int32)
+            self.__dict__[key] = (counter, pos)
+        counter, pos = self.__dict__[key]
         counts = sp.csr_matrix(counter.transform(texts))
-        return [sp.csr_matrix(t.transform(counts[:, c])) for c, t in zip(cols, tfidfs,
-                                                                          strict=True)]
+        counts.sort_indices()
+        out = []
+        for k, v in enumerate(vecs):
+            col = pos[k, counts.indices]
+            keep = col >= 0
+            data, col = counts.data[keep], col[keep]
+            if v.sublinear_tf:
+                np.log(data, data)
+                data += 1.0
+            if v.use_idf:
+                data *= v.idf_[col]
+            indptr = np.concatenate(([0], np.cumsum(keep)))[counts.indptr].astype(np.int32)
+            x = sp.csr_matrix((data, col, indptr), shape=(counts.shape[0], len(v.vocabulary_)))
+            if v.norm == "l2":
+                inplace_csr_row_normalize_l2(x)
+            elif v.norm is not None:
+                x = normalize(x, norm=v.norm, copy=False)
+            out.append(x)
+        return out
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)

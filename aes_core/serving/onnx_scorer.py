@@ -91,7 +91,8 @@ class OnnxScorer:
                 raise ValueError("the ensemble has a 'gbdt' member but no gbdt_dir was given")
             from aes_core.ensemble.gbdt import GbdtMember
 
-            self.gbdt = GbdtMember.load(gbdt_dir)  # each essay analyzed once for all folds
+            # each essay analyzed once for all folds; warmed up here, not in the first request
+            self.gbdt = GbdtMember.load(gbdt_dir).warm_up()
         self._tokenizers: dict[Path, object] = {}
 
     def _tokenizer(self, folder: Path):

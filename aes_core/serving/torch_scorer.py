@@ -148,7 +148,7 @@ class MemberGroup:
 def _gbdt_init(folder: str) -> None:
     from aes_core.ensemble.gbdt import GbdtMember
 
-    _GBDT["member"] = GbdtMember.load(folder)
+    _GBDT["member"] = GbdtMember.load(folder).warm_up()
 
 
 def _gbdt_predict(texts: list[str]) -> np.ndarray:
@@ -233,7 +233,7 @@ class TorchScorer:
             else:
                 from aes_core.ensemble.gbdt import GbdtMember
 
-                self.gbdt = GbdtMember.load(gbdt_dir)
+                self.gbdt = GbdtMember.load(gbdt_dir).warm_up()
 
     # ------------------------------------------------------------------ loading
     def _load_groups(self, members: dict[str, list[str | Path]],

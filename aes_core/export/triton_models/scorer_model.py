@@ -53,8 +53,8 @@ class TritonPythonModel:
             if name == GBDT_MEMBER:
                 from aes_core.ensemble.gbdt import GbdtMember
 
-                self.members.append((name, GbdtMember.load(os.path.join(here, meta["gbdt_dir"])),
-                                     None, None))
+                gbdt = GbdtMember.load(os.path.join(here, meta["gbdt_dir"])).warm_up()
+                self.members.append((name, gbdt, None, None))
                 continue
             m = meta["members"][name]
             spec = RegressorSpec.model_validate(m["spec"])
