@@ -33,7 +33,9 @@ On the GPU host (repo as CWD; ``NUMPY1`` holds numpy 1.26.4 for the Triton Pytho
 
 or ``--bundle var/storage/serving`` for a trained bundle. ``gpu-full``'s serving settings
 add ``--instances 2 --student-instances 4 --tokenizer-threads 4 --max-batch 256
---merge-requests --gpu-batch 256`` (compiled unless ``--no-compile``). CPU smoke run (tiny
+--merge-requests --gpu-batch 256 --cuda-graphs 4 --graph-streams 4`` (compiled unless
+``--no-compile``). ``--build-only`` builds the synthetic bundle (and its student) in
+``--work`` and stops; later runs measure it with ``--bundle WORK/bundle``. CPU smoke run (tiny
 models)::
 
     python benchmarks/serving_gpu.py --tiny --out /tmp/serving_gpu

@@ -15,7 +15,8 @@ streams). On a CPU nothing is captured, so ``graphs`` is eager there (a smoke ru
     python benchmarks/single_essay_latency.py --bundle var/storage/serving \\
         --data DATA/aes2/test.csv.gz --configs eager,graphs,graphs:4 --out benchmarks/results
 
-Writes ``single_essay_gpu.json`` to ``--out`` and prints the hardware with the numbers.
+Writes ``single_essay_gpu.json`` and ``single_essay_gpu.png`` to ``--out`` and prints the
+hardware with the numbers.
 """
 
 from __future__ import annotations
@@ -112,6 +113,35 @@ def agreement(blended: np.ndarray, ref: np.ndarray, ensemble) -> dict[str, float
                 ensemble.to_scores(blended) != ensemble.to_scores(ref)))}
 
 
+def plot(report: dict[str, Any], path: Path) -> None:
+    """p50 / p99 of the request and of its device stage, per configuration and model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [m for m in ("ensemble", "student") if report.get(m)]
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        rows = report[model]
+        x = np.arange(len(rows))
+        for k, (part, stat, shade) in enumerate((("request", "p50_ms", "#2b6cb0"),
+                                                 ("request", "p99_ms", "#90cdf4"),
+                                                 ("device", "p50_ms", "#38a169"),
+                                                 ("device", "p99_ms", "#9ae6b4"))):
+            vals = [r[part][stat] for r in rows]
+            ax.bar(x + (k - 1.5) * 0.2, vals, 0.2, color=shade,
+                   label=f"{part} {stat.split('_')[0]}")
+        ax.set_xticks(x, [r["config"] for r in rows])
+        ax.set_ylabel("ms, one essay per request")
+        ax.set_title(f"{model}: one essay, in process")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{report['gpu']} | {report['hardware'].get('cpu', '')}"[:120], fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = parse_args(argv)
     import torch
@@ -150,6 +180,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "single_essay_gpu.json").write_text(json.dumps(report, indent=2))
+    plot(report, out / "single_essay_gpu.png")
     return report
 
 

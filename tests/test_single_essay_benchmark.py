@@ -24,6 +24,7 @@ def test_single_essay_benchmark_runs_on_cpu(tmp_path):
         "--essays", "6", "--configs", "eager,graphs:2", "--gbdt-workers", "0",
         "--out", str(tmp_path / "out")])
     saved = json.loads((tmp_path / "out" / "single_essay_gpu.json").read_text())
+    assert (tmp_path / "out" / "single_essay_gpu.png").stat().st_size > 10_000
     cuda = cuda_available()
     assert saved == report and saved["cuda"] is cuda and saved["essays"] == 6
     for model in ("ensemble", "student"):
