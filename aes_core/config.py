@@ -447,6 +447,9 @@ class ServingSection(Section):
     cuda_graph_streams: int = Field(
         1, ge=1, description="CUDA graphs: the fold models are captured on this many CUDA "
         "streams and run side by side")
+    model_streams: int = Field(
+        1, ge=1, description="torch backend on CUDA: requests that do not replay CUDA graphs "
+        "run the fold models of a group on this many CUDA streams, side by side")
     tokenizer_threads: int = Field(
         0, ge=0, description="torch backend: threads the Rust tokenizer encodes a request "
         "with in each scorer process (0/1 = one; measured 1.65x on 2 cores; the GPU waits on "

@@ -82,6 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src.add_argument("--gbdt-train-essays", type=int, default=1500)
     src.add_argument("--student-backbone", help="distill a student on this backbone when the "
                      "bundle has none")
+    src.add_argument("--no-student", action="store_true", help="measure no student")
     src.add_argument("--student-epochs", type=int, default=1)
     src.add_argument("--student-max-length", type=int, default=None)
     src.add_argument("--student-essays", type=int, default=4000)
@@ -503,7 +504,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     bundle = Bundle.load(bundle_dir)
     student_note = None
     if bundle.manifest.student is None:
-        if backbone is not None and train is not None:
+        if a.no_student:
+            student_note = "--no-student"
+        elif backbone is not None and train is not None:
             try:
                 distill_student(a, bundle_dir, backbone, train, log)
             except Exception as e:  # noqa: BLE001 - the ensemble is still measured

@@ -2,15 +2,21 @@
 without CUDA graphs.
 
 For each configuration a ``TorchScorer`` of the bundle (the ensemble, and the student when the
-bundle has one) scores ``--essays`` essays one request each, each essay seen for the first
+bundle has one) scores ``--requests`` essays one request each, each essay seen for the first
 time; it reports p50 / p99 / max of the whole request and of its device stage, the time to
 load (and capture), and how far each configuration's blended scores are from the first
 configuration's (max |difference|, fraction of changed 1..6 scores).
 
-Configurations (``--configs``, comma-separated): ``eager``; ``cudnn`` (SDPA may use cuDNN's
-attention); ``compiled`` (torch.compile); ``graphs`` or ``graphs:S`` (CUDA graphs for requests
-of up to ``--graph-batch`` essays, lengths in steps of ``--bucket``, fold models on S
-streams). On a CPU nothing is captured, so ``graphs`` is eager there (a smoke run).
+Configurations (``--configs``, comma-separated; ``+`` combines): ``eager``; ``cudnn`` (SDPA
+may use cuDNN's attention); ``compiled`` (torch.compile); ``graphs`` or ``graphs:S`` (CUDA
+graphs for requests of up to ``--graph-batch`` essays, lengths in steps of ``--bucket``, fold
+models on S streams); ``streams:S`` (requests without graphs: fold models on S streams). On a
+CPU nothing is captured and there are no streams, so every configuration is eager there (a
+smoke run).
+
+``--batch N`` sends N essays per request instead of one (in-process throughput of large
+requests: essays/s is reported too); ``--per-model`` also times each fold model alone on
+one request of that size (which heads cost what).
 
     python benchmarks/single_essay_latency.py --bundle var/storage/serving \\
         --data DATA/aes2/test.csv.gz --configs eager,graphs,graphs:4 --out benchmarks/results
@@ -40,36 +46,46 @@ import pandas as pd  # noqa: E402
 from aes_core.config import ServingSection  # noqa: E402
 from aes_core.hardware import hardware  # noqa: E402
 
-WARMUP_ESSAYS = 3  # scored before the timed ones (first calls load kernels)
+WARMUP_REQUESTS = 3  # scored before the timed ones (first calls load kernels)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", required=True, help="a serving bundle folder (manifest.json)")
     ap.add_argument("--data", required=True, help="essays (essay_id, full_text)")
-    ap.add_argument("--essays", type=int, default=200, help="timed essays, one request each")
+    ap.add_argument("--requests", type=int, default=200, help="timed requests")
     ap.add_argument("--configs", default="eager,graphs,graphs:4")
     ap.add_argument("--graph-batch", type=int, default=4, help="largest request in graphs")
     ap.add_argument("--bucket", type=int, default=32, help="graph length step (tokens)")
     ap.add_argument("--gbdt-workers", type=int, default=4)
     ap.add_argument("--no-student", action="store_true", help="the ensemble only")
+    ap.add_argument("--batch", type=int, default=1, help="essays per request")
+    ap.add_argument("--per-model", action="store_true", help="time each fold model too")
+    ap.add_argument("--name", default="single_essay_gpu", help="stem of the output files")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     return ap.parse_args(argv)
 
 
 def overrides(config: str, a: argparse.Namespace) -> dict[str, Any]:
-    """``TorchScorer`` options of one configuration name."""
-    name, _, arg = config.partition(":")
-    if name == "eager":
-        return {}
-    if name == "cudnn":
-        return {"cudnn_attention": True}
-    if name == "compiled":
-        return {"compile": True}
-    if name == "graphs":
-        return {"cuda_graphs": a.graph_batch, "graph_bucket": a.bucket,
-                "graph_streams": int(arg or 1)}
-    raise SystemExit(f"unknown configuration {config!r}: eager, cudnn, compiled, graphs[:S]")
+    """``TorchScorer`` options of a configuration (parts joined by ``+``)."""
+    out: dict[str, Any] = {}
+    for part in config.split("+"):
+        name, _, arg = part.partition(":")
+        if name == "eager":
+            continue
+        if name == "cudnn":
+            out["cudnn_attention"] = True
+        elif name == "compiled":
+            out["compile"] = True
+        elif name == "graphs":
+            out.update(cuda_graphs=a.graph_batch, graph_bucket=a.bucket,
+                       graph_streams=int(arg or 1))
+        elif name == "streams":
+            out["model_streams"] = int(arg or 2)
+        else:
+            raise SystemExit(f"unknown configuration {part!r}: eager, cudnn, compiled, "
+                             f"graphs[:S], streams[:S]")
+    return out
 
 
 def percentiles(ms: list[float]) -> dict[str, float]:
@@ -88,23 +104,55 @@ def measure(bundle, serving: ServingSection, config: str, a, texts: list[str],
     scorer = torch_scorer(bundle, serving, student=student, **overrides(config, a))
     load_s = time.perf_counter() - t0
     try:
-        for t in texts[:WARMUP_ESSAYS]:
-            scorer.predict_request([t])
+        requests = [texts[i:i + a.batch] for i in range(0, len(texts), a.batch)]
+        for r in requests[:WARMUP_REQUESTS]:
+            scorer.predict_request(r)
         scorer.clock.take()
         total, device, rows = [], [], []
-        for t in texts[WARMUP_ESSAYS:]:
+        for r in requests[WARMUP_REQUESTS:]:
             t1 = time.perf_counter()
-            rows.append(scorer.predict_request([t]))
+            rows.append(scorer.predict_request(r))
             total.append((time.perf_counter() - t1) * 1e3)
             device.append(scorer.clock.take().get("device", 0.0) * 1e3)
         preds = np.vstack(rows)
+        timed = texts[WARMUP_REQUESTS * a.batch:]
         r = {"config": config, "scorer": scorer.description, "load_s": round(load_s, 1),
              "graphed": scorer.graphed, "graph_error": scorer.graph_error or None,
              "compile_error": scorer.compile_error or None,
-             "request": percentiles(total), "device": percentiles(device)}
-        return r, scorer.ensemble.blend(preds, texts[WARMUP_ESSAYS:])
+             "request": percentiles(total), "device": percentiles(device),
+             "essays_per_s": round(len(timed) / (sum(total) / 1e3), 1)}
+        if a.per_model:
+            r["per_model_ms"] = per_model(scorer, requests[-1])
+        return r, scorer.ensemble.blend(preds, timed)
     finally:
         scorer.close()
+
+
+def per_model(scorer, texts: list[str], repeats: int = 3) -> dict[str, float]:
+    """ms of each fold model alone on one padded batch of ``texts`` (best of ``repeats``;
+    the device is synchronized around each), by member name and fold index."""
+    import torch
+
+    from aes_core.models.tokens import collate
+
+    out = {}
+    for g in scorer.groups:
+        batch = collate(g.encoder.windows(texts), g.encoder.pad_id, g.plan.chunking)
+        ids, mask, weights = scorer._tensors(batch)
+        for k, m in enumerate(g.models):
+            best = float("inf")
+            for _ in range(repeats):
+                if scorer.cuda:
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                with scorer._forward_context():
+                    (m.fn(m.params, ids, mask, weights) if scorer.compiled
+                     else m.module(ids, mask, weights))
+                if scorer.cuda:
+                    torch.cuda.synchronize()
+                best = min(best, time.perf_counter() - t0)
+            out[f"{scorer.ensemble.members[m.column]}#{k}"] = round(best * 1e3, 3)
+    return out
 
 
 def agreement(blended: np.ndarray, ref: np.ndarray, ensemble) -> dict[str, float]:
@@ -133,8 +181,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
             ax.bar(x + (k - 1.5) * 0.2, vals, 0.2, color=shade,
                    label=f"{part} {stat.split('_')[0]}")
         ax.set_xticks(x, [r["config"] for r in rows])
-        ax.set_ylabel("ms, one essay per request")
-        ax.set_title(f"{model}: one essay, in process")
+        ax.set_ylabel(f"ms per request of {report['batch']} essay(s)")
+        ax.set_title(f"{model}: {report['batch']} essay(s) per request, in process")
         ax.legend(fontsize=8)
     fig.suptitle(f"{report['gpu']} | {report['hardware'].get('cpu', '')}"[:120], fontsize=9)
     fig.tight_layout()
@@ -151,15 +199,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     hw = hardware()
     print("hardware: " + ", ".join(f"{k}={v}" for k, v in hw.items()), flush=True)
     bundle = Bundle.load(a.bundle)
-    texts = pd.read_csv(a.data)["full_text"].astype(str).tolist()[:a.essays + WARMUP_ESSAYS]
+    texts = pd.read_csv(a.data)["full_text"].astype(str).tolist()
+    texts = (texts * -(-(a.requests + WARMUP_REQUESTS) * a.batch // len(texts)))[
+        :(a.requests + WARMUP_REQUESTS) * a.batch]
     serving = ServingSection(backend="torch_gpu", gbdt_workers=a.gbdt_workers)
     configs = [c.strip() for c in a.configs.split(",") if c.strip()]
     report: dict[str, Any] = {
         "benchmark": "single_essay_latency", "gpu": hw.get("gpu", "none"), "hardware": hw,
-        "cuda": torch.cuda.is_available(), "essays": len(texts) - WARMUP_ESSAYS,
+        "cuda": torch.cuda.is_available(), "requests": a.requests, "batch": a.batch,
         "graph_batch": a.graph_batch, "bucket": a.bucket, "configs": configs,
-        "note": "one essay per request, in process; request = tokenize + device + GBDT wait "
-                "+ blend; agreement against the first configuration"}
+        "note": f"{a.batch} essay(s) per request, in process; request = tokenize + device + "
+                f"GBDT wait + blend; agreement against the first configuration"}
     models = [("ensemble", False)]
     if not a.no_student and bundle.manifest.student is not None:
         models.append(("student", True))
@@ -179,8 +229,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report[label] = rows
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "single_essay_gpu.json").write_text(json.dumps(report, indent=2))
-    plot(report, out / "single_essay_gpu.png")
+    (out / f"{a.name}.json").write_text(json.dumps(report, indent=2))
+    plot(report, out / f"{a.name}.png")
     return report
 
 

@@ -105,6 +105,18 @@ def test_only_small_requests_replay(bundle, texts, device):
     assert scorer.description.endswith("graphs")
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_model_streams_give_the_same_scores(bundle, device):
+    """Fold models on several CUDA streams (requests without graphs) score what one stream
+    does; on a CPU there are no streams."""
+    full = sample_essays(10)["full_text"].tolist()
+    one = _scorer(bundle, device)
+    three = _scorer(bundle, device, model_streams=3)
+    assert len(three.model_streams) == (3 if device == "cuda" else 0)
+    np.testing.assert_allclose(three.predict_request(full), one.predict_request(full),
+                               atol=ATOL)
+
+
 def test_graphs_are_captured_on_cuda_only(bundle):
     """``cuda_graphs`` asks for capture on a CUDA device; a CPU scorer stays eager."""
     scorer = _scorer(bundle, "cpu", cuda_graphs=4)

@@ -179,7 +179,7 @@ def torch_options(serving: ServingSection) -> dict:
             "threads": serving.torch_threads, "tokenizer_threads": serving.tokenizer_threads,
             "cudnn_attention": serving.cudnn_attention, "cuda_graphs": serving.cuda_graphs,
             "graph_bucket": serving.cuda_graph_bucket,
-            "graph_streams": serving.cuda_graph_streams}
+            "graph_streams": serving.cuda_graph_streams, "model_streams": serving.model_streams}
 
 
 def _regressor_copy(src: Path, dst: Path) -> None:

@@ -64,6 +64,27 @@ class GraphShapes:
         return b, next(x for x in self.lengths() if x >= seq)
 
 
+def forward_on_streams(forwards: Sequence[Forward], ids, mask, streams: Sequence = ()):
+    """[K, B] float32 logits of every forward, run on ``streams`` in turn (side by side on the
+    GPU) or, without streams, one after another on the current stream. Every side stream
+    first waits for the current one (its inputs are ready, and memory it frees is not reused
+    before the current stream's last reads); the current stream waits for all of them."""
+    import torch
+
+    if not streams:
+        return torch.stack([f(ids, mask).float().reshape(-1) for f in forwards])
+    main = torch.cuda.current_stream()
+    for s in streams:
+        s.wait_stream(main)
+    outs = []
+    for k, f in enumerate(forwards):
+        with torch.cuda.stream(streams[k % len(streams)]):
+            outs.append(f(ids, mask).float().reshape(-1))
+    for s in streams:
+        main.wait_stream(s)
+    return torch.stack(outs)
+
+
 @dataclass
 class _Shape:
     ids: object                  # static input buffers on the device
@@ -107,20 +128,7 @@ class GroupGraphs:
 
     def forward(self, ids, mask):
         """[K, B] float32 logits of every fold model (on side streams when asked)."""
-        import torch
-
-        if not self.streams:
-            return torch.stack([f(ids, mask).float().reshape(-1) for f in self.forwards])
-        main = torch.cuda.current_stream(self.device)
-        outs = []
-        for s in self.streams:
-            s.wait_stream(main)
-        for k, f in enumerate(self.forwards):
-            with torch.cuda.stream(self.streams[k % len(self.streams)]):
-                outs.append(f(ids, mask).float().reshape(-1))
-        for s in self.streams:
-            main.wait_stream(s)
-        return torch.stack(outs)
+        return forward_on_streams(self.forwards, ids, mask, self.streams)
 
     def _capture(self, batch: int, length: int) -> _Shape:
         import torch

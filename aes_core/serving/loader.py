@@ -59,6 +59,7 @@ def torch_scorer(bundle: Bundle, serving: ServingSection, student: bool = False,
                 threads=serving.torch_threads, tokenizer_threads=serving.tokenizer_threads,
                 cudnn_attention=serving.cudnn_attention, cuda_graphs=serving.cuda_graphs,
                 graph_bucket=serving.cuda_graph_bucket, graph_streams=serving.cuda_graph_streams,
+                model_streams=serving.model_streams,
                 token_cache=TokenCache(serving.token_cache_size, serving.token_cache_dir))
     opts.update(overrides)
     return TorchScorer(ensemble, members, gbdt, device=device, show_progress=show_progress,

@@ -47,7 +47,7 @@ from aes_core.models.tokens import (
     text_batches,
 )
 from aes_core.serving.base import require_fold_models
-from aes_core.serving.cuda_graphs import GraphShapes, GroupGraphs
+from aes_core.serving.cuda_graphs import GraphShapes, GroupGraphs, forward_on_streams
 from aes_core.serving.onnx_scorer import fold_average
 from aes_core.serving.stage_clock import StageClock
 from aes_core.serving.token_cache import CachedEncoder, TokenCache
@@ -167,7 +167,8 @@ class TorchScorer:
     (CUDA when available). ``dtype``, ``compile``, ``cudnn_attention`` (see
     :func:`use_cudnn_attention`) and ``cuda_graphs`` (requests of at most that many essays
     replay graphs captured at load for lengths in steps of ``graph_bucket``, their fold models
-    on ``graph_streams`` streams; 0 = off) apply on CUDA only; ``threads`` sets
+    on ``graph_streams`` streams; 0 = off) and ``model_streams`` (larger requests: the fold
+    models on that many streams) apply on CUDA only; ``threads`` sets
     torch's CPU threads for the whole process (0 = leave them); ``tokenizer_threads`` > 1
     lets the Rust tokenizer encode a request's essays on that many threads (process-wide:
     it must be set before the process first tokenizes in parallel).
@@ -181,7 +182,7 @@ class TorchScorer:
                  tokenizer_workers: int = 0, compile_backend: str = "inductor",
                  threads: int = 0, tokenizer_threads: int = 0, show_progress: bool = False,
                  cudnn_attention: bool = False, cuda_graphs: int = 0, graph_bucket: int = 32,
-                 graph_streams: int = 1):
+                 graph_streams: int = 1, model_streams: int = 1):
         import torch
 
         if threads:
@@ -198,6 +199,8 @@ class TorchScorer:
         if self.cuda:
             usable_cudnn()
             use_cudnn_attention(cudnn_attention)
+        self.model_streams = ([torch.cuda.Stream(self.device) for _ in range(model_streams)]
+                              if self.cuda and model_streams > 1 else [])
         if dtype not in ("bf16", "fp32"):
             raise ValueError(f"dtype must be bf16 or fp32, got {dtype!r}")
         self.amp_dtype = torch.bfloat16 if (self.cuda and dtype == "bf16") else None
@@ -365,7 +368,6 @@ class TorchScorer:
 
     def _group_logits(self, g: MemberGroup, batch: EssayBatch, compiled: bool | None = None):
         """[K, B] fold-model logits (float32) of one padded batch, on the device."""
-        import torch
 
         if g.graphs is not None and batch.window_weights is None:
             out = g.graphs.run(batch.input_ids, batch.attention_mask)
@@ -373,15 +375,12 @@ class TorchScorer:
                 return out
         compiled = self.compiled if compiled is None else compiled
         ids, mask, weights = self._tensors(batch)
-        outs = []
+        if compiled:
+            forwards = [lambda i, k, _m=m: _m.fn(_m.params, i, k, weights) for m in g.models]
+        else:
+            forwards = [lambda i, k, _m=m: _m.module(i, k, weights) for m in g.models]
         with self._forward_context():
-            for m in g.models:
-                if compiled:
-                    y = m.fn(m.params, ids, mask, weights)
-                else:
-                    y = m.module(ids, mask, weights)
-                outs.append(y.float().reshape(-1))
-        return torch.stack(outs)
+            return forward_on_streams(forwards, ids, mask, self.model_streams)
 
     def _group_scores(self, g: MemberGroup, windows: list, batch: EssayBatch | None = None
                       ) -> np.ndarray:
