@@ -76,9 +76,12 @@ def member_table(artifact: EnsembleArtifact) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path, title: str | None = None, dpi: int = 90) -> Path:
+    """Lay out, write and close a figure (``title``: a small line above the panels)."""
+    if title:
+        fig.suptitle(title[:120], fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
@@ -96,7 +99,7 @@ def plot_confusion(conf: np.ndarray, path: Path) -> Path:
     ax.set_xlabel("predicted score")
     ax.set_ylabel("true score")
     ax.set_title("OOF confusion matrix (row-normalised colour)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_distribution(df: pd.DataFrame, path: Path) -> Path:
@@ -111,7 +114,7 @@ def plot_distribution(df: pd.DataFrame, path: Path) -> Path:
     ax.set_ylabel("essays")
     ax.set_title("Score distribution (OOF)")
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_calibration(df: pd.DataFrame, thresholds: list[float], path: Path,
@@ -133,7 +136,7 @@ def plot_calibration(df: pd.DataFrame, thresholds: list[float], path: Path,
     ax.set_ylabel("true score")
     ax.set_title("Calibration (OOF)")
     ax.legend(loc="upper left", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_member_qwk(table: pd.DataFrame, path: Path) -> Path:
@@ -146,7 +149,7 @@ def plot_member_qwk(table: pd.DataFrame, path: Path) -> Path:
     ax.invert_yaxis()
     ax.set_xlabel("OOF QWK with fitted thresholds (bars: fold std)")
     ax.set_title("Members and blends")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _group(feature: str) -> str:
@@ -184,7 +187,7 @@ def plot_importance(importance: pd.DataFrame, path: Path,
     ax.set_xlabel("share of total gain (green: handcrafted, blue: word, orange: char)")
     ax.set_title("GBDT member: top features by gain\n" + ", ".join(
         f"{g} {v:.0%}" for g, v in groups.sort_values(ascending=False).items()), fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def flag_table(table: pd.DataFrame, pred_col: str = "pred_score") -> pd.DataFrame:

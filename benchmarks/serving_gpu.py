@@ -423,6 +423,8 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from aes_core.report import save_figure
+
     ens, st = report.get("triton_ensemble", {}), report.get("student", {})
     bars = [("ensemble\n(Triton, torch)", ens.get("essays_per_s")),
             ("student\n(Triton, torch)", st.get("essays_per_s")),
@@ -447,10 +449,7 @@ def plot(report: dict, path: Path) -> None:
     ax.set_ylabel("ms, one essay per request")
     ax.set_title("latency of one essay alone")
     ax.legend()
-    fig.suptitle(f"{report['gpu']} | {report['hardware'].get('cpu', '')}"[:120], fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, f"{report['gpu']} | {report['hardware'].get('cpu', '')}", dpi=110)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -168,6 +168,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from aes_core.report import save_figure
+
     models = [m for m in ("ensemble", "student") if report.get(m)]
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
@@ -184,10 +186,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ax.set_ylabel(f"ms per request of {report['batch']} essay(s)")
         ax.set_title(f"{model}: {report['batch']} essay(s) per request, in process")
         ax.legend(fontsize=8)
-    fig.suptitle(f"{report['gpu']} | {report['hardware'].get('cpu', '')}"[:120], fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, f"{report['gpu']} | {report['hardware'].get('cpu', '')}", dpi=110)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
