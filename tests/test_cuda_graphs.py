@@ -149,9 +149,10 @@ def test_a_failed_capture_leaves_the_scorer_eager(bundle, texts, monkeypatch):
 
 def test_serving_options_reach_the_scorers(bundle):
     serving = ServingSection(backend="torch_gpu", cuda_graphs=4, cuda_graph_bucket=64,
-                             cuda_graph_streams=2)
+                             cuda_graph_streams=2, model_streams=3)
     opts = torch_options(serving)
-    assert (opts["cuda_graphs"], opts["graph_bucket"], opts["graph_streams"]) == (4, 64, 2)
+    assert (opts["cuda_graphs"], opts["graph_bucket"], opts["graph_streams"],
+            opts["model_streams"]) == (4, 64, 2, 3)
     scorer = torch_scorer(bundle, serving, device="cpu")
     assert isinstance(scorer, TorchScorer) and not scorer.graphed  # CPU: never captured
     with pytest.raises(ValueError):
