@@ -60,10 +60,8 @@ class FoldModel:
     booster: lgb.Booster
 
     def design(self, texts: list[str], handcrafted: np.ndarray) -> sp.csr_matrix:
-        tfidf = sp.hstack([self.word.transform(texts), self.char.transform(texts)]).tocsr()
-        if self.svd is not None:
-            tfidf = sp.csr_matrix(self.svd.transform(tfidf))
-        return sp.hstack([tfidf, sp.csr_matrix(handcrafted)]).tocsr().astype(np.float32)
+        return _design(self.word.transform(texts), self.char.transform(texts), handcrafted,
+                       self.svd)
 
     def predict(self, texts: list[str], handcrafted: np.ndarray) -> np.ndarray:
         return self.predict_design(self.design(texts, handcrafted))
@@ -103,10 +101,8 @@ class GbdtMember:
             preds = np.mean([f.predict(texts, hand) for f in self.folds], axis=0)
         else:  # tokenize once for all folds: counts over the union of their vocabularies
             tfidf = {kind: self._shared_tfidf(kind, texts) for kind in ("word", "char")}
-            hand_x = sp.csr_matrix(hand)
             threads = {"num_threads": 1} if len(texts) == 1 else {}  # one row: no OpenMP team
-            preds = np.mean([f.predict_design(sp.hstack([w, c, hand_x], format="csr",
-                                                        dtype=np.float32), **threads)
+            preds = np.mean([f.predict_design(_design(w, c, hand, None), **threads)
                              for f, w, c in zip(self.folds, tfidf["word"], tfidf["char"],
                                                 strict=True)], axis=0)
         return np.clip(preds, SCORE_MIN, SCORE_MAX)
@@ -376,10 +372,11 @@ def train_booster(x: sp.csr_matrix, y: np.ndarray, cfg: GbdtSection, seed: int,
 
 def _design(word: sp.csr_matrix, char: sp.csr_matrix, hand: np.ndarray,
             svd: TruncatedSVD | None) -> sp.csr_matrix:
-    tfidf = sp.hstack([word, char]).tocsr()
-    if svd is not None:
-        tfidf = sp.csr_matrix(svd.transform(tfidf))
-    return sp.hstack([tfidf, sp.csr_matrix(hand)]).tocsr().astype(np.float32)
+    """[word TF-IDF | char TF-IDF | handcrafted] as float32 CSR (TF-IDF through ``svd`` when
+    given), stacked in one pass."""
+    blocks = [word, char] if svd is None else [svd.transform(sp.hstack([word, char]).tocsr())]
+    return sp.hstack([*map(sp.csr_matrix, blocks), sp.csr_matrix(hand)], format="csr",
+                     dtype=np.float32)
 
 
 def _fit_svd(tfidf: sp.csr_matrix, cfg: GbdtSection, seed: int) -> TruncatedSVD:
