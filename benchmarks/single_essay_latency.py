@@ -139,15 +139,15 @@ def per_model(scorer, texts: list[str], repeats: int = 3) -> dict[str, float]:
     for g in scorer.groups:
         batch = collate(g.encoder.windows(texts), g.encoder.pad_id, g.plan.chunking)
         ids, mask, weights = scorer._tensors(batch)
-        for k, m in enumerate(g.models):
+        forwards = scorer._forwards(g, weights, scorer.compiled)
+        for k, (m, forward) in enumerate(zip(g.models, forwards, strict=True)):
             best = float("inf")
             for _ in range(repeats):
                 if scorer.cuda:
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
                 with scorer._forward_context():
-                    (m.fn(m.params, ids, mask, weights) if scorer.compiled
-                     else m.module(ids, mask, weights))
+                    forward(ids, mask)
                 if scorer.cuda:
                     torch.cuda.synchronize()
                 best = min(best, time.perf_counter() - t0)

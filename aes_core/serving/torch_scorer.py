@@ -313,11 +313,9 @@ class TorchScorer:
             for g in self.groups:
                 if g.plan.chunking:
                     continue
-                forwards = [lambda ids, mask, _m=m.module: _m(ids, mask, None)
-                            for m in g.models]
-                g.graphs = GroupGraphs(forwards, GraphShapes(max_batch, bucket,
-                                                             g.plan.max_length),
-                                       self.device, g.encoder.pad_id,
+                shapes = GraphShapes(max_batch, bucket, g.plan.max_length)
+                g.graphs = GroupGraphs(self._forwards(g), shapes, self.device,
+                                       g.encoder.pad_id,
                                        lambda: self._forward_context(graph=True), streams)
                 log.info(f"captured {len(g.graphs)} graphs of {len(g.models)} fold models in "
                          f"{g.graphs.capture_seconds:.1f}s")
@@ -375,12 +373,16 @@ class TorchScorer:
                 return out
         compiled = self.compiled if compiled is None else compiled
         ids, mask, weights = self._tensors(batch)
-        if compiled:
-            forwards = [lambda i, k, _m=m: _m.fn(_m.params, i, k, weights) for m in g.models]
-        else:
-            forwards = [lambda i, k, _m=m: _m.module(i, k, weights) for m in g.models]
         with self._forward_context():
-            return forward_on_streams(forwards, ids, mask, self.model_streams)
+            return forward_on_streams(self._forwards(g, weights, compiled), ids, mask,
+                                      self.model_streams)
+
+    def _forwards(self, g: MemberGroup, weights=None, compiled: bool = False) -> list:
+        """One ``(input_ids, attention_mask) -> logits`` callable per fold model of ``g``: the
+        compiled graph with the model's weights, or the module itself."""
+        if compiled:
+            return [lambda i, k, _m=m: _m.fn(_m.params, i, k, weights) for m in g.models]
+        return [lambda i, k, _m=m: _m.module(i, k, weights) for m in g.models]
 
     def _group_scores(self, g: MemberGroup, windows: list, batch: EssayBatch | None = None
                       ) -> np.ndarray:
