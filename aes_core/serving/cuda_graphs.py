@@ -116,6 +116,7 @@ class GroupGraphs:
         self.streams = ([torch.cuda.Stream(self.device) for _ in range(streams)]
                         if self.capture and streams > 1 else [])
         self.pool = torch.cuda.graph_pool_handle() if self.capture else None
+        self._warmup_stream = torch.cuda.Stream(self.device) if self.capture else None
         self.replays = 0
         self._lock = threading.Lock()  # one replay at a time: the buffers are shared
         t0 = time.perf_counter()
@@ -140,7 +141,7 @@ class GroupGraphs:
         shape = _Shape(ids, mask)
         if not self.capture:
             return shape
-        side = torch.cuda.Stream(self.device)
+        side = self._warmup_stream
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side), self.context():
             for _ in range(self.warmup):
