@@ -7,10 +7,12 @@ with an untrained head and a real GBDT member — the speed of a real bundle, me
 
 (a) writes the ``torch_gpu`` Triton repository, starts the real ``tritonserver`` and
     measures with ``tritonclient`` from ``--clients`` processes: essays/s for the whole
-    ensemble, text -> score, ``--request-batch`` essays per request; p50/p99 latency of one
-    essay alone (one client, one request after another); and where a request's time went
-    (tokenize / device / GBDT wait / blend, from the scorer's counters on the server's
-    metrics port, beside Triton's queue and compute time: ``stages``);
+    ensemble, text -> score, ``--request-batch`` essays per request, on a load of distinct
+    essays (``--data``, ``--train``, ``--extra-texts``) with the servers' token cache off
+    (``--token-cache 0``), so that every essay is tokenized as a new one would be; p50/p99
+    latency of one essay alone (one client, one request after another); and where a
+    request's time went (tokenize / device / GBDT wait / blend, from the scorer's counters on
+    the server's metrics port, beside Triton's queue and compute time: ``stages``);
 (b) the same for the ``student`` model (distilled here with ``--student-backbone`` when the
     bundle has none);
 (c) the CPU baseline: the ``onnx_cpu`` repository (ONNX Runtime members + BLS scorer) on
@@ -90,6 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--data", help="essays to score (essay_id, full_text)")
     data.add_argument("--labels", help="essay_id, score: QWK of ensemble and student")
     data.add_argument("--train", help="scored essays: GBDT and student training")
+    data.add_argument("--extra-texts", action="append", default=[],
+                      help="more essays (a CSV with full_text) for the throughput load, which "
+                      "draws distinct essays from --data, --train and these before it repeats")
     data.add_argument("--n-essays", type=int, default=8192, help="essays in a throughput run")
     data.add_argument("--student-n-essays", type=int, default=None,
                       help="essays in the student's throughput run (default: --n-essays)")
@@ -118,6 +123,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     serve.add_argument("--graph-bucket", type=int, default=32)
     serve.add_argument("--graph-streams", type=int, default=1)
     serve.add_argument("--queue-delay-us", type=int, default=2000)
+    serve.add_argument("--token-cache", type=int, default=0,
+                       help="essays each served model keeps token ids of (0 = none: every "
+                       "request is tokenized, as for essays never seen before)")
     serve.add_argument("--cpu-instances", type=int, default=1)
     serve.add_argument("--triton-python-paths", default=os.environ.get("AES_TRITON_PYTHONPATH",
                                                                        ""),
@@ -141,6 +149,16 @@ def _read(path: str | Path) -> pd.DataFrame:
     if "full_text" not in df.columns and "score" not in df.columns:
         raise SystemExit(f"{path}: expected essay_id + full_text or score columns")
     return df
+
+
+def load_pool(first: list[str], *more: list[str]) -> list[str]:
+    """Distinct essays for a throughput load: ``first`` in order, then the others' new ones."""
+    seen, pool = set(), []
+    for t in (t for texts in (first, *more) for t in texts):
+        if t not in seen:
+            seen.add(t)
+            pool.append(t)
+    return pool
 
 
 def repeated(texts: list[str], n: int) -> list[str]:
@@ -480,7 +498,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         a.student_instances, a.tokenizer_threads = None, 2
         a.student_essays, a.gbdt_train_essays = 40, 80
         unique, ids = unique[:24], ids[:24]
-    texts = repeated(unique, a.n_essays)
+    extra = [] if a.tiny else [
+        *([] if train is None else [train["full_text"].astype(str).tolist()]),
+        *(_read(p)["full_text"].astype(str).tolist() for p in a.extra_texts)]
+    pool = load_pool(unique, *extra)
+    texts = repeated(pool, a.n_essays)
 
     bundle_dir = work / "bundle"
     if a.bundle:
@@ -529,6 +551,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         gbdt_workers=a.gbdt_workers, merge_requests=a.merge_requests,
         cuda_graphs=a.cuda_graphs, cuda_graph_bucket=a.graph_bucket,
         cuda_graph_streams=a.graph_streams, torch_threads=1 if a.tiny else 0,
+        token_cache_size=a.token_cache,
         triton_python_paths=_paths(a))
     report: dict[str, Any] = {
         "benchmark": "serving_gpu", "gpu": hw.get("gpu", "none"), "hardware": hw,
@@ -540,7 +563,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "student": bundle.manifest.student.model_dump(mode="json")
                    if bundle.manifest.student else None},
         "data": {"unique_essays": len(unique), "throughput_essays": len(texts),
-                 "labelled": labels is not None},
+                 "distinct_essays_in_load": len(pool),
+                 "student_throughput_essays": a.student_n_essays or len(texts),
+                 "token_cache_size": a.token_cache, "labelled": labels is not None},
         "config": {k: v for k, v in vars(a).items() if k not in ("triton_python_paths",)},
         "serving": serving.model_dump(mode="json"),
     }

@@ -53,3 +53,11 @@ def test_serving_benchmark_runs_end_to_end_on_cpu(tmp_path):
     assert saved["gbdt"]["member_predict_ms_per_essay"] > 0 and saved["gbdt"]["folds"] == 2
     assert Path(saved["plot"]).stat().st_size > 10_000
     assert report["triton_ensemble"] == ens
+    # the load is scored as new essays: the served models keep no token ids
+    assert saved["serving"]["token_cache_size"] == 0 and saved["data"]["token_cache_size"] == 0
+
+
+def test_load_pool_keeps_distinct_essays_in_order():
+    pool = serving_benchmark().load_pool(["a", "b", "a"], ["c", "b"], ["d", "c", "e"])
+    assert pool == ["a", "b", "c", "d", "e"]
+    assert serving_benchmark().repeated(pool, 7) == ["a", "b", "c", "d", "e", "a", "b"]
