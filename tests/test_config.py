@@ -101,3 +101,62 @@ def test_multiprocess_steps_start_from_a_preloaded_forkserver(tmp_path, monkeypa
     monkeypatch.setenv("AES_PROFILE", "cpu-small")
     job = pipeline_job("gpu-full")
     assert len(job.partitions_def.get_partition_keys()) == 20  # 5 folds x 4 heads: not cpu-small
+
+
+def _two_backbones(**beta) -> dict:
+    return {"heads": {"heads": ["mean", "attention"]}, "train": {"lr": 1e-4, "batch_size": 16},
+            "backbones": [{"name": "alpha"}, {"name": "beta", **beta}]}
+
+
+@pytest.mark.parametrize("beta, field, message", [
+    ({"heads": ["mean", "maxpool"]}, "backbones[beta].heads", "maxpool"),
+    ({"heads": ["mean", "mean"]}, "backbones[beta].heads", "duplicate"),
+    ({"heads": []}, "backbones.1.heads", "at least 1 item"),
+    ({"train": {"learning_rate": 3e-5}}, "backbones[beta].train.learning_rate",
+     "Extra inputs are not permitted"),
+    ({"train": {"batch_size": 0}}, "backbones[beta].train.batch_size", "greater than or equal"),
+    ({"train": {"loss": "hinge"}}, "backbones[beta].train.loss", "hinge"),
+])
+def test_backbone_heads_and_train_are_validated_at_load(beta, field, message):
+    with pytest.raises(ConfigError) as e:
+        load_config("cpu-small", _two_backbones(**beta))
+    assert field in str(e.value) and message in str(e.value)
+
+
+def test_heads_for_and_train_for_answer_per_backbone():
+    cfg = load_config("cpu-small", _two_backbones(
+        heads=["mean"], train={"lr": "3.0e-5", "batch_size": 4, "accumulate_grad_batches": 2}))
+    assert cfg.heads_for("alpha") == ["mean", "attention"]
+    assert cfg.heads_for(cfg.backbone("beta")) == ["mean"]
+    assert cfg.train_for("alpha") == cfg.train  # no settings of its own: the train section
+    beta = cfg.train_for("beta")
+    assert (beta.lr, beta.batch_size, beta.accumulate_grad_batches) == (3e-5, 4, 2)
+    assert beta.model_dump(exclude={"lr", "batch_size", "accumulate_grad_batches"}) == \
+        cfg.train.model_dump(exclude={"lr", "batch_size", "accumulate_grad_batches"})
+    with pytest.raises(KeyError, match="gamma"):
+        cfg.heads_for("gamma")
+    # the configuration (with its backbones' own settings) survives the JSON a step receives
+    assert AesConfig.model_validate_json(cfg.model_dump_json()).train_for("beta") == beta
+
+
+def test_backbones_without_own_settings_dump_as_before():
+    """No ``heads`` / ``train`` keys in the dump: config hashes, code versions and partition
+    specs of existing profiles do not change."""
+    cfg = load_config("gpu-full")
+    assert not {"heads", "train"} & set(cfg.backbones[0].model_dump())
+    own = load_config("cpu-small", _two_backbones(heads=["mean"], train={"lr": 3e-5}))
+    assert own.backbone("beta").model_dump()["heads"] == ["mean"]
+    assert own.backbone("beta").encoder_only().model_dump() == \
+        own.backbone("beta").model_copy(update={"heads": None, "train": {}}).model_dump()
+    assert own.backbone("alpha").model_dump() == own.backbone("alpha").encoder_only().model_dump()
+
+
+def test_the_student_keeps_the_train_section():
+    from aes_core.student import student_backbone, student_train_section
+
+    cfg = load_config("cpu-small", {**_two_backbones(train={"lr": 3e-5}),
+                                    "student": {"backbone": "beta", "lr": 2e-4}})
+    bb = student_backbone(cfg)
+    assert bb.name == "beta" and not bb.train
+    assert cfg.train_for(bb) == cfg.train
+    assert student_train_section(cfg).lr == 2e-4

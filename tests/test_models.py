@@ -9,7 +9,14 @@ import pandas as pd
 import pytest
 import torch
 
-from aes_core.config import HeadSection, load_config
+from aes_core.config import (
+    BUILTIN_HEADS,
+    AesConfig,
+    BackboneSection,
+    HeadSection,
+    known_heads,
+    load_config,
+)
 from aes_core.models.backbone import encode_newlines, load_tokenizer
 from aes_core.models.heads import HEADS, Head, build_head, masked_mean, register_head
 from aes_core.models.regressor import EssayRegressor, RegressorSpec
@@ -65,6 +72,10 @@ def test_a_new_head_is_one_registered_class():
         assert build_head("max_test", HIDDEN, HeadSection())(states, mask).shape == (3,)
         with pytest.raises(ValueError, match="registered twice"):
             register_head("max_test")(MaxHead)
+        # a backbone of a configuration may train it, like the built-in heads
+        assert set(BUILTIN_HEADS) <= set(HEADS) and "max_test" in known_heads()
+        cfg = AesConfig(backbones=[BackboneSection(name="b", heads=["max_test", "mean"])])
+        assert cfg.heads_for("b") == ["max_test", "mean"]
     finally:
         HEADS.pop("max_test")
     with pytest.raises(KeyError, match="registered heads"):
