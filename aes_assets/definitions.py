@@ -59,11 +59,12 @@ def _definitions_for(profile: str) -> dg.Definitions:
     return build_definitions(profile)
 
 
-def pipeline_job(profile: str | None = None) -> dg.JobDefinition:
-    """The whole-graph job of ``profile`` (default: the active one, $AES_PROFILE),
-    reconstructable in every step process of a run.
+def pipeline_job(profile: str | None = None, name: str = PIPELINE_JOB) -> dg.JobDefinition:
+    """The whole-graph job ``name`` of ``profile`` (default: the active one, $AES_PROFILE),
+    reconstructable in every step process of a run (``pipeline``, or ``pipeline_<backbones>``
+    where backbones train different heads).
 
     The driver passes the profile explicitly: a forkserver's step processes inherit the
     environment of the process that started the server, not of the current run.
     """
-    return _definitions_for(profile or active_profile()).resolve_job_def(PIPELINE_JOB)
+    return _definitions_for(profile or active_profile()).resolve_job_def(name)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import dagster as dg
 
-from aes_core.config import AesConfig
+from aes_core.config import AesConfig, BackboneSection
 
 FOLD_DIM, HEAD_DIM = "fold", "head"
 
 
-def fold_head_partitions(cfg: AesConfig) -> dg.MultiPartitionsDefinition:
+def fold_head_partitions(cfg: AesConfig,
+                         backbone: str | BackboneSection) -> dg.MultiPartitionsDefinition:
+    """A backbone's fold x head partitions: every fold times the heads it trains."""
     return dg.MultiPartitionsDefinition({
         FOLD_DIM: dg.StaticPartitionsDefinition([str(i) for i in range(cfg.folds.n_folds)]),
-        HEAD_DIM: dg.StaticPartitionsDefinition(list(cfg.heads.heads)),
+        HEAD_DIM: dg.StaticPartitionsDefinition(cfg.heads_for(backbone)),
     })
 
 

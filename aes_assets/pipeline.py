@@ -25,6 +25,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from aes_assets.jobs import PIPELINE_JOB, group_job_name
 from aes_core.config import PROFILE_ENV, PROJECT_ROOT, AesConfig, config_hash, load_config
 
 RANGE_START, RANGE_END = ("dagster/asset_partition_range_start",
@@ -81,16 +82,12 @@ def plan(defs: dg.Definitions, instance: dg.DagsterInstance, select: str,
     return sorted(run), sorted(selected - run)
 
 
-def _range_tags(defs: dg.Definitions, keys: list[dg.AssetKey],
+def _range_tags(pdef: dg.PartitionsDefinition | None,
                 partition_range: str | None = None) -> dict[str, str]:
-    """Range tags covering every fold x head partition, or ``first...last`` of a given range."""
-    graph = defs.resolve_asset_graph()
-    pdefs = {graph.get(k).partitions_def for k in keys if graph.get(k).partitions_def}
-    if not pdefs:
+    """Range tags covering every partition of ``pdef``, or ``first...last`` of a given range."""
+    if pdef is None:
         return {}
-    if len(pdefs) > 1:
-        raise ValueError("the selection mixes partitioned assets with different partitions")
-    pks = next(iter(pdefs)).get_partition_keys()
+    pks = pdef.get_partition_keys()
     if partition_range:
         first, _, last = partition_range.partition("...")
         last = last or first
@@ -99,6 +96,56 @@ def _range_tags(defs: dg.Definitions, keys: list[dg.AssetKey],
             raise ValueError(f"unknown partition key(s) {unknown}; keys are {pks}")
         return {RANGE_START: first, RANGE_END: last}
     return {RANGE_START: pks[0], RANGE_END: pks[-1]}
+
+
+def _ancestors(graph, keys: set[dg.AssetKey]) -> set[dg.AssetKey]:
+    out, todo = set(), list(keys)
+    while todo:
+        for parent in graph.get(todo.pop()).parent_keys:
+            if parent not in out:
+                out.add(parent)
+                todo.append(parent)
+    return out
+
+
+def split_runs(defs: dg.Definitions, keys: list[dg.AssetKey], partition_range: str | None = None
+               ) -> list[tuple[list[dg.AssetKey], dict[str, str], str]]:
+    """(asset keys, partition range tags, job) of each run that materializes ``keys``.
+
+    One run of ``pipeline`` when the selected partitioned assets share their fold x head
+    partitions (every backbone trains the same heads). Otherwise one run per set of heads (a
+    run's range covers one partitions definition), each of its ``pipeline_<backbones>`` job:
+    the first also materializes what they read, the last what reads them."""
+    graph = defs.resolve_asset_graph()
+    groups: dict[dg.PartitionsDefinition, list[dg.AssetKey]] = {}
+    for k in keys:
+        pdef = graph.get(k).partitions_def
+        if pdef is not None:
+            groups.setdefault(pdef, []).append(k)
+    partitioned_all = [k for k in graph.materializable_asset_keys if graph.get(k).partitions_def]
+    if len({graph.get(k).partitions_def for k in partitioned_all}) <= 1:
+        return [(keys, _range_tags(next(iter(groups), None), partition_range), PIPELINE_JOB)]
+
+    def job(pdef: dg.PartitionsDefinition) -> str:
+        return group_job_name(PIPELINE_JOB, [
+            k.path[0] for k in partitioned_all if graph.get(k).partitions_def == pdef])
+
+    if not groups:  # nothing partitioned selected: any of the whole-graph jobs runs it
+        return [(keys, {}, job(graph.get(partitioned_all[0]).partitions_def))]
+    partitioned = {k for ks in groups.values() for k in ks}
+    after = sorted(k for k in keys if k not in partitioned
+                   and _ancestors(graph, {k}) & partitioned)
+    before = [k for k in keys if k not in partitioned and k not in after]
+    runs = [(ks, _range_tags(pdef, partition_range), job(pdef)) for pdef, ks in groups.items()]
+    runs[0] = (before + runs[0][0], *runs[0][1:])
+    runs[-1] = (runs[-1][0] + after, *runs[-1][1:])
+    for i, (ks, _, _) in enumerate(runs):  # nothing may read what a later run materializes
+        later = {k for later_keys, _, _ in runs[i + 1:] for k in later_keys}
+        clash = _ancestors(graph, set(ks)) & later
+        if clash:
+            raise ValueError(f"cannot order the runs: {sorted(k.to_user_string() for k in ks)} "
+                             f"read {sorted(k.to_user_string() for k in clash)}")
+    return runs
 
 
 def run_pipeline(profile: str, select: str = "*", instance: dg.DagsterInstance | None = None,
@@ -125,36 +172,41 @@ def run_pipeline(profile: str, select: str = "*", instance: dg.DagsterInstance |
         log("[aes] nothing to materialize: every selected asset is up to date "
             "(change the config, code or data, or set run.skip_fresh: false)")
         return None
-    log(f"[aes] materializing {len(keys)} asset(s) in one run "
-        f"({cfg.run.executor} executor, profile {cfg.profile})")
+    runs = split_runs(defs, keys, partition_range)
+    log(f"[aes] materializing {len(keys)} asset(s) in "
+        + ("one run" if len(runs) == 1 else f"{len(runs)} runs (backbones train different heads)")
+        + f" ({cfg.run.executor} executor, profile {cfg.profile})")
     graph = defs.resolve_asset_graph()
-    steps = len({graph.get(k).assets_def for k in keys}) + sum(
-        len(list(graph.get(k).check_keys)) for k in keys)
     loggers: dict = {"progress": {}}
     if verbose:
         loggers["console"] = {"config": {"log_level": "DEBUG"}}
     run_config = {**executor_config(cfg), "loggers": loggers}
-    from aes_assets.jobs import DEFINITIONS_MODULE, PIPELINE_JOB
+    from aes_assets.jobs import DEFINITIONS_MODULE
     from aes_assets.progress import StepProgress, last_step_durations
 
-    driver = ("aes/driver", uuid.uuid4().hex[:12])
-    history = last_step_durations(instance, PIPELINE_JOB, {"aes/profile": cfg.profile})
-    progress = StepProgress(instance, driver, steps, history=history)
-    progress.start()
-    try:
-        result = dg.execute_job(
-            dg.build_reconstructable_job(DEFINITIONS_MODULE, "pipeline_job",
-                                         reconstructable_args=(_portable(profile),)),
-            instance, run_config=run_config,
-            asset_selection=keys,
-            tags={**_range_tags(defs, keys, partition_range), "aes/profile": cfg.profile,
-                  "aes/config_hash": config_hash(cfg), driver[0]: driver[1]})
-    finally:
-        progress.stop()
-    if not result.success:
-        failed = [e.step_key for e in result.all_events if e.is_step_failure]
-        raise RuntimeError(f"pipeline run {result.run_id} failed in step(s) {failed}; see the "
-                           f"run in the UI (make dev) or above")
+    result = None
+    for run_keys, range_tags, job_name in runs:
+        steps = len({graph.get(k).assets_def for k in run_keys}) + sum(
+            len(list(graph.get(k).check_keys)) for k in run_keys)
+        driver = ("aes/driver", uuid.uuid4().hex[:12])
+        history = last_step_durations(instance, job_name, {"aes/profile": cfg.profile})
+        progress = StepProgress(instance, driver, steps, history=history)
+        progress.start()
+        try:
+            result = dg.execute_job(
+                dg.build_reconstructable_job(DEFINITIONS_MODULE, "pipeline_job",
+                                             reconstructable_args=(_portable(profile),
+                                                                   job_name)),
+                instance, run_config=run_config,
+                asset_selection=run_keys,
+                tags={**range_tags, "aes/profile": cfg.profile,
+                      "aes/config_hash": config_hash(cfg), driver[0]: driver[1]})
+        finally:
+            progress.stop()
+        if not result.success:
+            failed = [e.step_key for e in result.all_events if e.is_step_failure]
+            raise RuntimeError(f"pipeline run {result.run_id} failed in step(s) {failed}; see "
+                               f"the run in the UI (make dev) or above")
     return result
 
 

@@ -12,10 +12,10 @@ from aes_assets.assets.training import training_assets
 from aes_assets.definitions import build_definitions
 from aes_assets.keys import FOLD_HEAD_ASSET, OOF, fold_head_key, mlm_key
 from aes_assets.partitions import partition_key
-from aes_assets.pipeline import RANGE_END, RANGE_START
+from aes_assets.pipeline import RANGE_END, RANGE_START, run_pipeline, split_runs
 from aes_assets.resources import build_resources
 from aes_core.config import load_config
-from aes_core.contracts import FoldHeadCheckpoint
+from aes_core.contracts import FoldHeadCheckpoint, StageInfo
 from aes_core.models.regressor import EssayRegressor
 from tests.conftest import build_tiny_bert, tiny_overrides, write_profile
 
@@ -39,6 +39,87 @@ def test_adding_a_backbone_is_a_config_entry(tmp_path, tiny_backbone, second_bac
     parts = graph.get(fold_head_key("beta")).partitions_def
     assert set(parts.get_partition_keys()) == {partition_key(f, h) for f in (0, 1)
                                                for h in ("mean", "attention")}
+    # the same heads everywhere: one pipeline job, one run over every partition
+    assert {"pipeline", "train_fold_heads"} <= {j.name for j in defs.jobs}
+    all_keys = sorted(graph.materializable_asset_keys)
+    assert split_runs(defs, all_keys) == [(all_keys, {RANGE_START: "0|mean",
+                                                      RANGE_END: "1|attention"}, "pipeline")]
+
+
+def test_a_backbone_trains_its_own_heads_with_its_own_settings(tmp_path, tiny_backbone,
+                                                                second_backbone, monkeypatch):
+    """beta trains only the mean head at its own lr / batch size: its partitions, the OOF
+    members and the ensemble's expected members follow, and its jobs (only its jobs) see
+    its settings, also with a run's launchpad value on top."""
+    from aes_core.ensemble.blend import expected_members
+    from aes_core.training import stages
+
+    over = tiny_overrides(tmp_path, tiny_backbone)
+    over["backbones"] = [
+        {"name": "alpha", "path": str(tiny_backbone)},
+        {"name": "beta", "path": str(second_backbone), "use_mlm": False, "heads": ["mean"],
+         "train": {"lr": 3.0e-5, "batch_size": 4}}]
+    over["mlm"] = {**over["mlm"], "enabled": False}
+    over["data"] = {"max_train_essays": 40}
+    profile = str(write_profile(tmp_path, over))
+    cfg = load_config(profile)
+    seen = []
+
+    def fake_train(job, folded, unlabelled=None):  # records what the partition's job reads
+        seen.append((job.backbone.name, job.head, job.fold, job.train.lr,
+                     job.train.batch_size))
+        fold = folded[folded["fold"] == job.fold]
+        out = job.out_dir / "oof.parquet"
+        pd.DataFrame({"essay_id": fold["essay_id"].astype(str), "pred": 3.0}).to_parquet(out)
+        return FoldHeadCheckpoint(
+            backbone=job.backbone.name, head=job.head, fold=job.fold,
+            member=f"{job.backbone.name}__{job.head}", model_dir=str(job.out_dir),
+            oof_path=str(out), fold_qwk=0.0, fold_essays=len(fold), stage1=StageInfo())
+
+    monkeypatch.setattr(stages, "train_fold_head", fake_train)
+    defs = build_definitions(cfg)
+    graph = defs.resolve_asset_graph()
+    parts = {b: graph.get(fold_head_key(b)).partitions_def.get_partition_keys()
+             for b in ("alpha", "beta")}
+    assert parts["beta"] == [partition_key(f, "mean") for f in (0, 1)]
+    assert len(parts["alpha"]) == 4
+    assert expected_members(cfg) == ["alpha__mean", "alpha__attention", "beta__mean", "gbdt"]
+    jobs = {j.name for j in defs.jobs}
+    # an asset job covers one partitions definition: whole-graph and training jobs per set
+    assert {"pipeline_alpha", "pipeline_beta", "train_fold_heads_alpha",
+            "train_fold_heads_beta"} <= jobs and "pipeline" not in jobs
+    alpha_job = defs.resolve_job_def("pipeline_alpha").asset_layer.executable_asset_keys
+    assert fold_head_key("alpha") in alpha_job and fold_head_key("beta") not in alpha_job
+
+    # the driver's runs: one per set of partitions, each with its own full range and job
+    training = [fold_head_key("alpha"), fold_head_key("beta"), OOF]
+    runs = split_runs(defs, training)
+    assert [(ks, t[RANGE_END], job) for ks, t, job in runs] == [
+        ([fold_head_key("alpha")], "1|attention", "pipeline_alpha"),
+        ([fold_head_key("beta"), OOF], "1|mean", "pipeline_beta")]
+    # the driver materializes them (and what they read) in those runs
+    instance = dg.DagsterInstance.ephemeral()
+    needed = dg.AssetSelection.assets(*training).upstream().resolve(graph)
+    monkeypatch.setenv("AES_PROFILE", profile)  # run_pipeline sets it; restored afterwards
+    run_pipeline(profile, " or ".join(f'key:"{k.to_user_string()}"' for k in needed),
+                 instance=instance, log=lambda *_: None)
+    ranges = [(r.job_name, r.tags.get(RANGE_END)) for r in instance.get_runs()]
+    assert sorted(ranges) == [("pipeline_alpha", "1|attention"), ("pipeline_beta", "1|mean")]
+    global_ = (cfg.train.lr, cfg.train.batch_size)
+    assert sorted(seen) == sorted(
+        [("alpha", h, f, *global_) for h in ("mean", "attention") for f in (0, 1)]
+        + [("beta", "mean", f, 3e-5, 4) for f in (0, 1)])
+    oof = pd.read_parquet(tmp_path / "storage" / "tables" / "oof_predictions.parquet")
+    assert [c for c in oof.columns if "__" in c] == ["alpha__attention", "alpha__mean",
+                                                     "beta__mean"]
+
+    # a launchpad value for beta's partition applies on top of beta's own settings
+    seen.clear()
+    res = dg.materialize(list(defs.assets), resources=defs.resources, instance=instance,
+                         selection=[fold_head_key("beta")], partition_key=partition_key(1, "mean"),
+                         run_config={"ops": {"beta__fold_head_checkpoints": {"config": {
+                             "lr": 2e-5}}}})
+    assert res.success and seen == [("beta", "mean", 1, 2e-5, 4)]
 
 
 @pytest.mark.slow

@@ -75,7 +75,7 @@ def pipeline(tmp_path_factory, tiny_backbone):
     first = _materialize(graph, rs, ["raw_essays", "persuade_reference", "folded_essays",
                                      "test_essays", "gbdt_member", "gbdt_oof",
                                      "essay_flagger"], instance=instance)
-    pks = fold_head_partitions(cfg).get_partition_keys()
+    pks = fold_head_partitions(cfg, BACKBONE).get_partition_keys()
     backfill = {RANGE_START: pks[0], RANGE_END: pks[-1]}
     _materialize(graph, rs, [keys.fold_head_key(BACKBONE)], instance=instance, tags=backfill)
     onnx = _materialize(graph, rs, [keys.onnx_key(BACKBONE)], instance=instance, tags=backfill)

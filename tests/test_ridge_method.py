@@ -1,11 +1,13 @@
 """train.method = ridge: a frozen encoder with a closed-form mean head, on real sample essays."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from aes_core.config import load_config
+from aes_core.config import AesConfig, load_config
 from aes_core.data import io
 from aes_core.data.folds import build_folded
 from aes_core.models.backbone import load_tokenizer
@@ -62,3 +64,23 @@ def test_ridge_refuses_heads_it_cannot_fit(tmp_path, setup, tiny_backbone):
                       {"accelerator": "cpu", "devices": 1}, progress=False)
     with pytest.raises(ValueError, match="ridge fits the mean head only"):
         train_fold_head(job, folded)
+
+
+def test_a_backbones_own_train_settings_reach_its_partition(tmp_path, setup, tiny_backbone):
+    """The profile fine-tunes; one backbone's own ``train`` makes its partitions ridge fits
+    with their own alpha, and the other backbone's stay as the train section says."""
+    cfg, folded = setup
+    bbs = [cfg.backbones[0].model_copy(update={"name": "ft"}),
+           cfg.backbones[0].model_copy(update={"name": "rd", "train": {
+               "method": "ridge", "ridge_alpha": 3.0}})]
+    cfg = AesConfig.model_validate({**cfg.model_dump(), "backbones": [b.model_dump() for b in bbs],
+                                    "train": {**cfg.train.model_dump(), "method": "finetune"}})
+    assert (cfg.train_for("ft").method, cfg.train_for("rd").method) == ("finetune", "ridge")
+    job = FoldHeadJob(cfg, cfg.backbone("rd"), tiny_backbone, 0, "mean", tmp_path / "rd",
+                      {"accelerator": "cpu", "devices": 1}, progress=False)
+    result = train_fold_head(job, folded)
+    assert any("train.method = ridge" in n for n in result.notes)
+    spec = json.loads((tmp_path / "rd" / "run_spec.json").read_text())
+    assert spec["train"]["ridge_alpha"] == 3.0 and "train" not in spec["backbone"]
+    ft = FoldHeadJob(cfg, cfg.backbone("ft"), tiny_backbone, 0, "mean", tmp_path / "ft")
+    assert ft.train == cfg.train and ft.train.method == "finetune"

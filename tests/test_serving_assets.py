@@ -38,7 +38,7 @@ ONNX_KEY = keys.onnx_key(BACKBONE)
 def stand_ins(cfg, ckpts: dict[str, FoldHeadCheckpoint], ens: EnsembleArtifact) -> list:
     """The training stage's and the blend's outputs under their real keys."""
 
-    @dg.asset(key=keys.fold_head_key(BACKBONE), partitions_def=fold_head_partitions(cfg),
+    @dg.asset(key=keys.fold_head_key(BACKBONE), partitions_def=fold_head_partitions(cfg, BACKBONE),
               backfill_policy=dg.BackfillPolicy.single_run(),
               group_name=keys.backbone_group(BACKBONE))
     def fold_head_checkpoints(context):
@@ -86,9 +86,9 @@ def pipeline(tmp_path_factory, tiny_backbone):
     profile = write_profile(tmp, ov)
     cfg = load_config(str(profile))
     defs = build_definitions(str(profile))
-    ckpts = make_checkpoints(tmp / "checkpoints", tiny_backbone, cfg.heads.heads,
+    ckpts = make_checkpoints(tmp / "checkpoints", tiny_backbone, cfg.heads_for(BACKBONE),
                              cfg.folds.n_folds)
-    members = [f"{BACKBONE}__{h}" for h in cfg.heads.heads] + ["gbdt"]
+    members = [f"{BACKBONE}__{h}" for h in cfg.heads_for(BACKBONE)] + ["gbdt"]
     ens = EnsembleArtifact(members=members, weights=[0.2, 0.2, 0.6], n_folds=cfg.folds.n_folds)
     assets = _graph(defs, stand_ins(cfg, ckpts, ens))
     rs = defs.resources
@@ -96,7 +96,7 @@ def pipeline(tmp_path_factory, tiny_backbone):
     _materialize(assets, rs, ["raw_essays", "persuade_reference", "folded_essays",
                               "test_essays", "gbdt_member", "gbdt_oof", "ensemble_weights",
                               "essay_flagger"], instance=instance)
-    pks = fold_head_partitions(cfg).get_partition_keys()
+    pks = fold_head_partitions(cfg, BACKBONE).get_partition_keys()
     backfill = {RANGE_START: pks[0], RANGE_END: pks[-1]}  # one run over every partition
     _materialize(assets, rs, [keys.fold_head_key(BACKBONE)], instance=instance, tags=backfill)
     onnx = _materialize(assets, rs, [ONNX_KEY], instance=instance, tags=backfill)

@@ -42,7 +42,7 @@ def onnx_models_asset(cfg: AesConfig, backbone: str) -> dg.AssetsDefinition:
     ExportRun = run_config(cfg, "export")
 
     @dg.asset(
-        key=key, group_name=GROUP, partitions_def=fold_head_partitions(cfg),
+        key=key, group_name=GROUP, partitions_def=fold_head_partitions(cfg, backbone),
         backfill_policy=dg.BackfillPolicy.single_run(),
         ins={"checkpoint": dg.AssetIn(key=keys.fold_head_key(backbone)),
              "test_essays": dg.AssetIn(key=keys.TEST_ESSAYS)},

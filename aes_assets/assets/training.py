@@ -20,7 +20,7 @@ from aes_assets.assets.backbone import mlm_backbone_asset
 from aes_assets.configs import run_config
 from aes_assets.metadata import code_version, config_metadata, md
 from aes_assets.partitions import fold_head_partitions, partition_key, split_partition_key
-from aes_core.config import AesConfig, BackboneSection
+from aes_core.config import AesConfig, BackboneSection, TrainSection, resolve_section
 from aes_core.contracts import FoldHeadCheckpoint, MlmBackbone
 from aes_core.training.parallel import JobFailure, failures, run_jobs
 from aes_core.training.tasks import (
@@ -66,19 +66,22 @@ def _partition_metadata(r: FoldHeadCheckpoint) -> dict:
 
 
 def fold_head_asset(cfg: AesConfig, backbone: BackboneSection) -> dg.AssetsDefinition:
-    """``{backbone}/fold_head_checkpoints``: one partition = one fold x head, two stages
-    (stage 2 with pseudo-labelled unlabelled essays when ``train.pseudo_label_essays``)."""
+    """``{backbone}/fold_head_checkpoints``: one partition = one fold x head of the heads
+    this backbone trains, two stages (stage 2 with pseudo-labelled unlabelled essays when
+    ``train.pseudo_label_essays``), with the backbone's train settings (``train_for``)."""
     name = backbone.name
-    TrainRun = run_config(cfg, "train")
+    train = cfg.train_for(backbone)
+    # the launchpad shows (and a run changes) this backbone's own training settings
+    TrainRun = run_config(cfg.model_copy(update={"train": train}), "train")
 
     @dg.asset(
         key=keys.fold_head_key(name), group_name=keys.backbone_group(name),
-        partitions_def=fold_head_partitions(cfg),
+        partitions_def=fold_head_partitions(cfg, backbone),
         backfill_policy=dg.BackfillPolicy.single_run(),
         ins={"folded_essays": dg.AssetIn(key=keys.FOLDED),
              "mlm_backbone": dg.AssetIn(key=keys.mlm_key(name)),
              "unlabelled_essays": dg.AssetIn(key=keys.UNLABELLED)},
-        code_version=code_version(cfg.train, cfg.heads, backbone),
+        code_version=code_version(train, cfg.heads, backbone.encoder_only()),
         description=f"Backbone {name!r} + head fine-tuned on folds != i in two stages: the "
                     "final model folder, stage QWKs and OOF predictions on fold i. A backfill "
                     "trains its partitions in one step over the GPU worker slots.",
@@ -88,13 +91,15 @@ def fold_head_asset(cfg: AesConfig, backbone: BackboneSection) -> dg.AssetsDefin
                    settings: PipelineSettings, artifacts: ArtifactStore, mlflow: MlflowTracker,
                    gpu: GpuResource, folded_essays: pd.DataFrame, mlm_backbone: MlmBackbone,
                    unlabelled_essays: pd.DataFrame):
-        full = settings.resolve(train=config)
+        base = settings.config
+        tcfg = resolve_section(base.train_for(name), config, "run config (train)")
+        full = with_backbone_train(base, name, tcfg)
         pks = list(context.partition_keys)
         step_dir = artifacts.folder(context.asset_key)
         folded_path = step_dir / f"{FOLDED_FILE}.{context.run_id[:8]}"
         folded_essays.to_parquet(folded_path, index=False)
         unlabelled_path = None  # stage 2's pseudo-labels read them (train.pseudo_label_essays)
-        if full.train.pseudo_label_essays and len(unlabelled_essays):
+        if tcfg.pseudo_label_essays and len(unlabelled_essays):
             unlabelled_path = step_dir / f"{UNLABELLED_FILE}.{context.run_id[:8]}"
             unlabelled_essays[["full_text"]].to_parquet(unlabelled_path, index=False)
         slots = gpu.worker_slots(len(pks))
@@ -143,7 +148,7 @@ def fold_head_asset(cfg: AesConfig, backbone: BackboneSection) -> dg.AssetsDefin
                             f"re-run one alone with its partition key.",
                 metadata={"errors": dg.MetadataValue.md("\n\n".join(
                     f"**{pks[f.index]}**\n```\n{f.error[-3000:]}\n```" for f in failed))})
-        context.add_output_metadata(config_metadata(full.train, full.heads))
+        context.add_output_metadata(config_metadata(tcfg, full.heads))
         if len(pks) == 1:
             return results[0]
         return dict(zip(pks, results, strict=True))
@@ -151,12 +156,20 @@ def fold_head_asset(cfg: AesConfig, backbone: BackboneSection) -> dg.AssetsDefin
     return _fold_head
 
 
+def with_backbone_train(cfg: AesConfig, backbone: str, train: TrainSection) -> AesConfig:
+    """``cfg`` in which ``backbone`` trains with exactly ``train`` (a run's resolved section),
+    for the worker processes that read it through ``train_for``."""
+    return cfg.model_copy(update={"backbones": [
+        b.model_copy(update={"train": train.model_dump()}) if b.name == backbone else b
+        for b in cfg.backbones]})
+
+
 def _track(mlflow: MlflowTracker, run_id: str, backbone: str, pk: str, cfg: AesConfig,
            r: FoldHeadCheckpoint) -> None:
     """One MLflow run per trained partition: config, stage metrics history, final figures."""
-    params = {"train": cfg.train.model_dump(), "heads": cfg.heads.model_dump(),
-              "backbone": cfg.backbone(backbone).model_dump(), "fold": r.fold, "head": r.head,
-              "checkpoint_path": r.model_dir, "device": r.device}
+    params = {"train": cfg.train_for(backbone).model_dump(), "heads": cfg.heads.model_dump(),
+              "backbone": cfg.backbone(backbone).encoder_only().model_dump(), "fold": r.fold,
+              "head": r.head, "checkpoint_path": r.model_dir, "device": r.device}
     tags = {"asset": f"{backbone}/{keys.FOLD_HEAD_ASSET}", "partition": pk,
             "backbone": backbone, "head": r.head, "fold": str(r.fold),
             "dagster_run_id": run_id, "kept_stage": r.kept_stage,
@@ -190,8 +203,10 @@ def oof_predictions_asset(cfg: AesConfig) -> dg.AssetsDefinition:
         for b in cfg.backbones}
     ins["folded_essays"] = dg.AssetIn(key=keys.FOLDED)
 
+    own_heads = [f"{b.name}: {b.heads}" for b in cfg.backbones if b.heads is not None]
+
     @dg.asset(key=keys.OOF, group_name="training", ins=ins,
-              code_version=code_version(cfg.heads, cfg.folds),
+              code_version=code_version(cfg.heads, cfg.folds, *own_heads),
               description="Out-of-fold predictions (1..6) of every {backbone}__{head} member "
                           "on every essay; fails listing partitions that are not trained.")
     def _oof(context: dg.AssetExecutionContext, settings: PipelineSettings,
@@ -200,7 +215,7 @@ def oof_predictions_asset(cfg: AesConfig) -> dg.AssetsDefinition:
 
         full = settings.config
         found = [c for v in checkpoints.values() for c in as_partition_dict(v).values()]
-        expected = [(b.name, h, f) for b in full.backbones for h in full.heads.heads
+        expected = [(b.name, h, f) for b in full.backbones for h in full.heads_for(b)
                     for f in range(full.folds.n_folds)]
         try:
             table = build_oof_table(folded_essays, found, expected)

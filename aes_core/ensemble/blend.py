@@ -55,10 +55,11 @@ class OofError(ValueError):
 
 
 def expected_members(cfg: AesConfig) -> list[str]:
-    """``ensemble.members`` if set, else every ``{backbone}__{head}`` plus ``gbdt`` if enabled."""
+    """``ensemble.members`` if set, else every ``{backbone}__{head}`` (the heads each backbone
+    trains) plus ``gbdt`` if enabled."""
     if cfg.ensemble.members:
         return list(cfg.ensemble.members)
-    names = [member_name(b.name, h) for b in cfg.backbones for h in cfg.heads.heads]
+    names = [member_name(b.name, h) for b in cfg.backbones for h in cfg.heads_for(b)]
     return names + ([GBDT_MEMBER] if cfg.gbdt.enabled else [])
 
 

@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
-from aes_core.config import AesConfig, BackboneSection
+from aes_core.config import AesConfig, BackboneSection, TrainSection
 from aes_core.contracts import FoldHeadCheckpoint, StageInfo
 from aes_core.data import io
 from aes_core.logs import quiet_libraries
@@ -150,6 +150,11 @@ class FoldHeadJob:
     log_fn: Callable[[str], None] | None = None
     progress: bool = True
 
+    @property
+    def train(self) -> TrainSection:
+        """This backbone's training settings (``AesConfig.train_for``)."""
+        return self.cfg.train_for(self.backbone)
+
 
 THROUGHPUT_FILE = "throughput.json"
 
@@ -237,13 +242,14 @@ def job_spec(job: FoldHeadJob, folded: pd.DataFrame,
     """What determines a partition's result; a change means it cannot resume or be reused."""
     from aes_core.tracking import code_hash
 
-    spec = {"backbone": job.backbone.model_dump(), "backbone_path": str(job.backbone_path),
-            "fold": job.fold, "head": job.head, "train": job.cfg.train.model_dump(
+    spec = {"backbone": job.backbone.encoder_only().model_dump(),
+            "backbone_path": str(job.backbone_path),
+            "fold": job.fold, "head": job.head, "train": job.train.model_dump(
                 exclude={"reuse_completed", "keep_checkpoints", "num_workers",
                          "log_every_n_steps"}),
             "heads": job.cfg.heads.model_dump(), "data": data_fingerprint(folded),
             "code": code_hash()}
-    if job.cfg.train.pseudo_label_essays and unlabelled is not None:
+    if job.train.pseudo_label_essays and unlabelled is not None:
         spec["unlabelled"] = io.fingerprint(unlabelled[["full_text"]])
     return spec
 
@@ -275,7 +281,7 @@ def run_stage(job: FoldHeadJob, stage: str, model: EssayRegressor, tokenizer,
     Returns the stage's summary and the path of its best checkpoint."""
     from lightning.pytorch.loggers import CSVLogger
 
-    cfg, bb = job.cfg.train, job.backbone
+    cfg, bb = job.train, job.backbone
     sdir = job.out_dir / stage
     done = sdir / DONE_FILE
     module = RegressorModule(model, cfg)
@@ -342,29 +348,29 @@ def run_stage(job: FoldHeadJob, stage: str, model: EssayRegressor, tokenizer,
 
 
 def build_regressor(job: FoldHeadJob, tokenizer) -> tuple[EssayRegressor, dict[str, int]]:
-    ridge = job.cfg.train.method == "ridge"
+    ridge = job.train.method == "ridge"
     spec = RegressorSpec(head=job.head, heads_cfg=job.cfg.heads,
-                         loss="mse" if ridge else job.cfg.train.loss,
+                         loss="mse" if ridge else job.train.loss,
                          max_length=job.backbone.max_length,
                          add_newline_tokens=job.backbone.add_newline_tokens,
                          backbone_name=job.backbone.name, chunking=job.backbone.chunking,
                          chunk_overlap=job.backbone.chunk_overlap,
                          max_chunks=job.backbone.max_chunks)
-    pl.seed_everything(job.cfg.train.seed + job.fold, workers=True, verbose=False)
+    pl.seed_everything(job.train.seed + job.fold, workers=True, verbose=False)
     model = EssayRegressor.from_backbone(job.backbone_path, spec, vocab_size=len(tokenizer),
                                          num_layers=job.backbone.num_layers)
-    return model, prepare_encoder(model, job.cfg.train)
+    return model, prepare_encoder(model, job.train)
 
 
 def _predict(job: FoldHeadJob, model: EssayRegressor, tokenizer, df: pd.DataFrame) -> np.ndarray:
     """Scores on the 1..6 scale for the rows of ``df`` in order."""
-    if job.cfg.train.method == "ridge":  # frozen encoder: its features are cached per essay
+    if job.train.method == "ridge":  # frozen encoder: its features are cached per essay
         feats = frozen_features(job, model, tokenizer, df["full_text"].astype(str).tolist())
         out = model.head.out
         logits = feats @ out.weight.detach().cpu().numpy().ravel() + float(out.bias.detach())
         return logits_to_scores(torch.from_numpy(logits), model.spec.loss).numpy()
     ds = EssayDataset(df["full_text"].tolist(), tokenizer, job.backbone)
-    logits = predict_logits(model, ds, tokenizer, job.cfg.train.eval_batch_size, job.device,
+    logits = predict_logits(model, ds, tokenizer, job.train.eval_batch_size, job.device,
                             job.amp_dtype, progress=job.progress)
     return logits_to_scores(torch.from_numpy(logits), model.spec.loss).numpy()
 
@@ -381,7 +387,7 @@ def pseudo_labels(job: FoldHeadJob, model: EssayRegressor, tokenizer, unlabelled
     labelled = set(folded["full_text"].astype(str).map(normalize_text))
     fresh = unlabelled[~unlabelled["full_text"].astype(str).map(normalize_text).isin(labelled)]
     fresh = subsample(fresh.drop_duplicates("full_text"), n,
-                      job.cfg.train.seed + job.fold + 2000)
+                      job.train.seed + job.fold + 2000)
     out = pd.DataFrame({"full_text": fresh["full_text"].astype(str).to_numpy()})
     out["pseudo_score"] = _predict(job, model, tokenizer, out) if len(out) else np.empty(0)
     out["target"] = (out["pseudo_score"] - 1.0) / 5.0
@@ -395,7 +401,7 @@ def _stage2(job: FoldHeadJob, model: EssayRegressor, tokenizer, folded: pd.DataF
             ) -> tuple[StageInfo | None, str]:
     """Stage 2 with smoothed targets (plus pseudo-labelled essays), guarded; returns its info
     and the stage whose weights the model now holds."""
-    tcfg = job.cfg.train
+    tcfg = job.train
     s2 = stage2_split(folded, job.fold, tcfg.min_val_essays_per_stage)
     if tcfg.stage2_epochs == 0:
         notes.append("stage 2 skipped: train.stage2_epochs = 0")
@@ -441,7 +447,7 @@ def frozen_features(job: FoldHeadJob, model: EssayRegressor, tokenizer,
         ds = EssayDataset([t for _, t in todo], tokenizer, job.backbone)
         out, model.head.out = model.head.out, torch.nn.Identity()
         try:
-            feats = predict_logits(model, ds, tokenizer, job.cfg.train.eval_batch_size,
+            feats = predict_logits(model, ds, tokenizer, job.train.eval_batch_size,
                                    job.device, job.amp_dtype)
         finally:
             model.head.out = out
@@ -457,10 +463,11 @@ def fit_ridge_head(job: FoldHeadJob, model: EssayRegressor, tokenizer, train_df:
 
     if job.head != "mean":
         raise ValueError(f"train.method = ridge fits the mean head only; head {job.head!r} "
-                         f"needs train.method = finetune (set heads.heads: [mean])")
+                         f"needs train.method = finetune (or heads [mean] for backbone "
+                         f"{job.backbone.name!r})")
     t0 = time.time()
     texts = train_df["full_text"].astype(str).tolist()
-    reg = Ridge(alpha=job.cfg.train.ridge_alpha).fit(
+    reg = Ridge(alpha=job.train.ridge_alpha).fit(
         frozen_features(job, model, tokenizer, texts), _targets(train_df))
     out = model.head.out
     with torch.no_grad():
@@ -487,11 +494,12 @@ def train_fold_head(job: FoldHeadJob, folded: pd.DataFrame,
     A completed partition of the identical spec is returned as it is (``reused``) when
     ``train.reuse_completed``; an interrupted one resumes from its last checkpoint."""
     quiet_libraries()
-    if job.head not in job.cfg.heads.heads:
-        raise ValueError(f"head {job.head!r} is not configured; heads.heads = "
-                         f"{job.cfg.heads.heads}")
+    heads = job.cfg.heads_for(job.backbone)
+    if job.head not in heads:
+        raise ValueError(f"head {job.head!r} is not configured for backbone "
+                         f"{job.backbone.name!r}; its heads: {heads}")
     t0 = time.time()
-    tcfg = job.cfg.train
+    tcfg = job.train
     spec = job_spec(job, folded, unlabelled)
     notes, completed = prepare_out_dir(job.out_dir, spec, tcfg.reuse_completed)
     name = f"{job.backbone.name}/{job.head} fold {job.fold}"
