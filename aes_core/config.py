@@ -324,6 +324,17 @@ class GbdtSection(Section):
         "at once (sharing num_threads); 0 = one per core")
     force_row_wise: bool = Field(True, description="LightGBM row-wise histograms (else col-wise)")
     max_bin: int = Field(255, ge=2, description="LightGBM histogram bins per feature")
+    objective: Literal["regression", "qwk"] = Field(
+        "regression", description="LightGBM loss: regression (squared error) or qwk, the QWK "
+        "surrogate N*f/g of the public AES2 notebooks (f = 1/2 sum (p - y)^2, g = 1/2 sum "
+        "((p - qwk_a)^2 + qwk_b), p = raw score + qwk_a; early stopping on f/g); predictions "
+        "are on the 1..6 scale either way")
+    qwk_a: float = Field(
+        2.998, ge=1, le=6, description="qwk objective: the score the booster starts from and "
+        "the centre of the expected disagreement g, about the mean score (public value 2.998)")
+    qwk_b: float = Field(
+        1.092, gt=0, description="qwk objective: the spread term of g, about the score "
+        "variance (public value 1.092)")
 
 
 class EnsembleSection(Section):

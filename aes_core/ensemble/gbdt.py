@@ -13,7 +13,10 @@ Saved folder (``GbdtMember.save``)::
 
     feature_importance.csv    gain per feature (mean over folds), largest first
 
-``GbdtMember.load(folder).predict(texts)`` averages the fold models, 1..6 scale.
+``GbdtMember.load(folder).predict(texts)`` averages the fold models, 1..6 scale. With
+``objective: qwk`` the booster trains around ``qwk_a`` (see :mod:`aes_core.ensemble.qwk_objective`)
+and that shift is baked into its first tree, so every saved booster predicts on the score scale
+by itself: loading needs neither the custom objective nor an offset.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from tqdm.auto import tqdm
 
 from aes_core.config import GbdtSection
 from aes_core.ensemble.features import feature_matrix, feature_names
+from aes_core.ensemble.qwk_objective import QwkSurrogate, bake_offset
 from aes_core.hardware import usable_cpus
 from aes_core.members import GBDT_MEMBER
 from aes_core.metrics import qwk
@@ -341,9 +345,17 @@ class NgramCounts:
         return vec, sp.csr_matrix(tfidf.transform(self.counts[:, cols]))
 
 
+def surrogate(cfg: GbdtSection) -> QwkSurrogate | None:
+    """The QWK surrogate of ``objective: qwk`` (None for plain regression)."""
+    return QwkSurrogate(cfg.qwk_a, cfg.qwk_b) if cfg.objective == "qwk" else None
+
+
 def _lgb_params(cfg: GbdtSection, threads: int | None = None) -> dict[str, Any]:
+    qwk_obj = surrogate(cfg)
+    objective = {"objective": "regression", "metric": "rmse"} if qwk_obj is None else {
+        "objective": qwk_obj.objective, "metric": "None"}  # early stopping: qwk_obj.metric
     return {
-        "objective": "regression", "metric": "rmse", "learning_rate": cfg.learning_rate,
+        **objective, "learning_rate": cfg.learning_rate,
         "num_leaves": cfg.num_leaves, "min_child_samples": cfg.min_child_samples,
         "feature_fraction": cfg.colsample_bytree, "bagging_fraction": cfg.subsample,
         "bagging_freq": 1 if cfg.subsample < 1 else 0, "lambda_l2": cfg.reg_lambda,
@@ -355,8 +367,11 @@ def _lgb_params(cfg: GbdtSection, threads: int | None = None) -> dict[str, Any]:
 
 def train_booster(x: sp.csr_matrix, y: np.ndarray, cfg: GbdtSection, seed: int,
                   threads: int | None = None) -> lgb.Booster:
-    """LightGBM on one fold's training rows; early stopping on a seeded slice of them."""
+    """LightGBM on one fold's training rows; early stopping on a seeded slice of them (on
+    RMSE, or on the surrogate's f/g with ``objective: qwk``). The booster predicts on the
+    score scale (the qwk objective's offset is baked into its first tree)."""
     params = _lgb_params(cfg, threads)
+    qwk_obj = surrogate(cfg)
     n = len(y)
     n_hold = int(round(cfg.early_stopping_holdout * n))
     if n_hold >= 2 and n - n_hold >= 2:
@@ -364,10 +379,14 @@ def train_booster(x: sp.csr_matrix, y: np.ndarray, cfg: GbdtSection, seed: int,
         hold, fit = perm[:n_hold], perm[n_hold:]
         dtrain = lgb.Dataset(x[fit], y[fit], free_raw_data=False)
         dvalid = lgb.Dataset(x[hold], y[hold], reference=dtrain)
-        return lgb.train(params, dtrain, num_boost_round=cfg.n_estimators, valid_sets=[dvalid],
-                         callbacks=[lgb.early_stopping(cfg.early_stopping_rounds,
-                                                       verbose=False)])
-    return lgb.train(params, lgb.Dataset(x, y), num_boost_round=cfg.n_estimators)
+        feval = None if qwk_obj is None else qwk_obj.metric
+        booster = lgb.train(params, dtrain, num_boost_round=cfg.n_estimators,
+                            valid_sets=[dvalid], feval=feval,
+                            callbacks=[lgb.early_stopping(cfg.early_stopping_rounds,
+                                                          verbose=False)])
+    else:
+        booster = lgb.train(params, lgb.Dataset(x, y), num_boost_round=cfg.n_estimators)
+    return booster if qwk_obj is None else bake_offset(booster, qwk_obj.a)
 
 
 def _design(word: sp.csr_matrix, char: sp.csr_matrix, hand: np.ndarray,
