@@ -163,9 +163,9 @@ class Throughput(Callback):
     """Training tokens per second of a fit, written to ``<stage dir>/throughput.json``
     (spawned DDP ranks cannot hand values back). Only training batches count: the clock
     stops for validation (and the checkpointing after it) and restarts at the next training
-    batch, and the first ``skip_batches`` batches (warm-up) are left out. Tokens are counted
-    on rank 0 and multiplied by the number of ranks (DDP shards evenly). The device is
-    synchronized only where the clock starts or stops."""
+    batch, and the first ``skip_batches`` batches (warm-up) are left out. Tokens are summed
+    over the ranks at the end (their slices of a length-grouped global batch differ in
+    length). The device is synchronized only where the clock starts or stops."""
 
     def __init__(self, path: Path, skip_batches: int = 2):
         self.path = path
@@ -205,8 +205,9 @@ class Throughput(Callback):
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self._stop()
+        tokens = torch.as_tensor(self.tokens, device=pl_module.device)
+        total = int(trainer.strategy.reduce(tokens, reduce_op="sum"))  # every rank takes part
         if trainer.is_global_zero and self.seconds > 0:
-            total = int(self.tokens) * trainer.world_size
             self.path.write_text(json.dumps({
                 "tokens": total, "seconds": self.seconds, "tokens_per_s": total / self.seconds,
                 "world_size": trainer.world_size, "skipped_batches": self.skip_batches}))
