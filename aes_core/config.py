@@ -204,7 +204,10 @@ class TrainSection(Section):
     layerwise_lr_decay: float = Field(1.0, gt=0, le=1, description="1.0 = off")
     scheduler: Literal["linear", "cosine", "constant"] = "cosine"
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(
+        16, ge=1, description="training essays per device and step (Lightning's convention): "
+        "the global batch is batch_size x gpu.devices, drawn as one device with that batch "
+        "would draw it and split between the devices")
     eval_batch_size: int = Field(32, ge=1)
     accumulate_grad_batches: int = Field(1, ge=1)
     loss: Literal["bce", "mse", "smooth_l1", "ordinal"] = Field(
@@ -242,7 +245,8 @@ class TrainSection(Section):
     ridge_alpha: float = Field(10.0, gt=0, description="ridge: L2 penalty of the head")
     length_group_batches: int = Field(
         0, ge=0, description="training batches of similar length: shuffle, sort groups of this "
-        "many batches by length (less padding); 0 = plain shuffled batches")
+        "many global batches by length (less padding; any gpu.devices); 0 = plain shuffled "
+        "batches")
     stage2_guard: bool = Field(
         True, description="keep stage 1's weights when stage 2 scores worse on stage 2's "
         "validation essays (the partition's notes say so)")
@@ -259,7 +263,8 @@ class GpuSection(Section):
     """Where Lightning trains: CPU, one GPU, or several GPUs through DDP."""
 
     accelerator: Literal["auto", "cpu", "gpu"] = Field("auto", description="auto: GPU if present")
-    devices: int = Field(1, ge=1, description="devices per partition; >1 trains it with DDP")
+    devices: int = Field(1, ge=1, description="devices per partition; >1 trains it with DDP "
+                         "on global batches of train.batch_size x devices")
     precision: str = Field(
         "auto", description="Lightning precision: auto (bf16-mixed on GPU, else 32-true), "
         "32-true, bf16-mixed, 16-mixed"

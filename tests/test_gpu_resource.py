@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DDPStrategy
 
 from aes_core.config import GpuSection, load_config
@@ -15,7 +18,7 @@ from aes_core.data.folds import build_folded
 from aes_core.models.regressor import EssayRegressor
 from aes_core.training.stages import FoldHeadJob, train_fold_head
 from aes_resources.gpu import GPU_TAG, GpuResource, assign_device, visible_gpus
-from tests.conftest import tiny_overrides
+from tests.conftest import build_tiny_bert, tiny_overrides
 
 
 def test_cpu_trainer_kwargs():
@@ -84,8 +87,8 @@ def test_ddp_gloo_two_processes_trains_a_partition(tmp_path, tiny_backbone):
     result = train_fold_head(job, folded)
     n_train = min(32, int((folded.fold != 0).sum()))
     assert result.stage1.train_essays == n_train
-    # DistributedSampler: each of the 2 ranks sees half the essays, in batches of 8
-    assert result.stage1.global_step == math.ceil(math.ceil(n_train / 2) / 8)
+    # global batches of 2 x 8 essays, each rank training on its half of every one
+    assert result.stage1.global_step == math.ceil(n_train / 16)
     assert result.stage1_val_qwk is not None
     # stage 2 spawns its ranks again: a fresh strategy, a model that already scored here
     assert result.stage2 is not None and result.stage2.epochs_run == 1
@@ -93,3 +96,46 @@ def test_ddp_gloo_two_processes_trains_a_partition(tmp_path, tiny_backbone):
     assert model.spec.head == "mean"
     oof = pd.read_parquet(result.oof_path)
     assert len(oof) == int((folded.fold == 0).sum())
+
+
+class SaveFinalWeights(Callback):
+    """Rank 0 saves the module's weights when fit ends (spawned ranks hand nothing back)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            torch.save(pl_module.state_dict(), self.path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("group_batches", [0, 2])
+def test_two_ranks_of_batch_4_train_as_one_process_of_batch_8(tmp_path, group_batches):
+    """Global batches: 2 gloo ranks x 4 essays reach the weights of 1 process x 8 after 2
+    epochs (dropout off, same seed, 32 training essays: every global batch splits 4 + 4)."""
+    backbone = build_tiny_bert(tmp_path / "bert", dropout=0.0)
+    over = tiny_overrides(tmp_path, backbone)
+    cfg = load_config(overrides=over)
+    raw = io.load_train(cfg.data.train_path).sample(72, random_state=3)
+    folded, _ = build_folded(raw, io.load_persuade(cfg.data.persuade_path), cfg.folds)
+    runs = {}
+    for devices, batch_size in ((1, 8), (2, 4)):
+        over["train"] = {**over["train"], "stage1_epochs": 2, "stage2_epochs": 0,
+                         "max_train_essays": 32, "batch_size": batch_size,
+                         "length_group_batches": group_batches}
+        cfg = load_config(overrides=over)
+        gpu = GpuResource(accelerator="cpu", devices=devices)
+        weights = tmp_path / f"final{devices}.pt"
+        job = FoldHeadJob(cfg, cfg.backbones[0], backbone, 0, "mean", tmp_path / str(devices),
+                          gpu.trainer_kwargs("0|mean"), device=gpu.inference_device(),
+                          callbacks=[SaveFinalWeights(weights)], progress=False)
+        result = train_fold_head(job, folded)
+        assert result.stage1.train_essays == 32
+        runs[devices] = torch.load(weights), result.stage1_val_qwk
+    (w1, qwk1), (w2, qwk2) = runs[1], runs[2]
+    diff = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
+    print(f"max abs weight difference, 1 x 8 vs 2 x 4 (group_batches={group_batches}): "
+          f"{diff:.2e}")
+    assert diff < 1e-4
+    assert qwk1 == pytest.approx(qwk2, abs=1e-6)

@@ -2,15 +2,24 @@
 
 Tokenization, padding and sorting are ``aes_core.models.tokens``; a batch is a set of essays
 (one target each) whose windows the collate function pads and pools (``window_weights``).
+Training batches are global batches sharded over the DDP ranks (``ShardedBatchSampler``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    RandomSampler,
+    Sampler,
+)
 
 from aes_core.models.tokens import (
     WINDOW_WEIGHTS,
@@ -95,6 +104,31 @@ def model_inputs(batch: dict[str, torch.Tensor], device: str | torch.device = "c
     return [a.to(device) for a in args]
 
 
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of ranks ((0, 1) outside ``torch.distributed``)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class GlobalBatches(Protocol):
+    """One epoch of training batches of any size, the same in every process that holds an
+    equal copy (same seed, same generator state)."""
+
+    def batches(self, batch_size: int) -> Iterator[list[int]]: ...
+
+
+class ShuffledBatches:
+    """Plain shuffled batches: torch's ``RandomSampler`` on ``generator``, cut as
+    ``DataLoader(batch_size=..., shuffle=True, generator=generator)`` cuts it."""
+
+    def __init__(self, n: int, generator: torch.Generator):
+        self.sampler = RandomSampler(range(n), generator=generator)
+
+    def batches(self, batch_size: int) -> Iterator[list[int]]:
+        return iter(BatchSampler(self.sampler, batch_size, drop_last=False))
+
+
 class LengthGroupedBatchSampler(Sampler[list[int]]):
     """Shuffled training batches of similar length: each epoch shuffles the essays, sorts
     groups of ``group_batches`` batches by length, cuts them into batches and shuffles the
@@ -103,50 +137,109 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
     def __init__(self, lengths: Sequence[int], batch_size: int, group_batches: int,
                  seed: int):
         self.lengths = np.asarray(lengths)
-        self.batch_size, self.group = batch_size, max(1, group_batches) * batch_size
+        self.batch_size, self.group_batches = batch_size, max(1, group_batches)
         self.seed, self.epoch = seed, 0
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def batches(self, batch_size: int) -> Iterator[list[int]]:
+        """One epoch of batches of ``batch_size`` (groups of ``group_batches`` of them)."""
         rng = np.random.default_rng(self.seed + self.epoch)
         self.epoch += 1
         order = rng.permutation(len(self.lengths))
+        group = self.group_batches * batch_size
         batches = []
-        for s in range(0, len(order), self.group):
-            grp = order[s:s + self.group]
+        for s in range(0, len(order), group):
+            grp = order[s:s + group]
             grp = grp[np.argsort(-self.lengths[grp], kind="stable")]
-            batches += [grp[i:i + self.batch_size].tolist()
-                        for i in range(0, len(grp), self.batch_size)]
+            batches += [grp[i:i + batch_size].tolist() for i in range(0, len(grp), batch_size)]
         for i in rng.permutation(len(batches)):
             yield batches[i]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return self.batches(self.batch_size)
 
     def __len__(self) -> int:
         return (len(self.lengths) + self.batch_size - 1) // self.batch_size
 
 
+class ShardedBatchSampler(Sampler[list[int]]):
+    """``batch_size`` essays per rank, cut from global batches of ``batch_size * world``.
+
+    Every rank draws the same global batches from its copy of ``source`` (same seed, same
+    generator steps per epoch) and yields its own contiguous slice of each, so the ranks
+    together train on exactly the batches one process with ``batch_size * world`` would;
+    one process yields ``source``'s batches unchanged. Rank and world size are read at
+    iteration time, so one loader serves every spawned DDP rank.
+
+    A smaller global batch of ``m`` essays (the last one of an epoch) is split as evenly as
+    possible: slices differ by at most one essay. DDP averages the ranks' mean losses, so an
+    essay in a slice of ``k`` weighs ``1 / (world * k)`` instead of ``1 / m`` (equal only when
+    ``world`` divides ``m``). A global batch of fewer essays than ranks is left out: every
+    rank needs a batch.
+    """
+
+    def __init__(self, source: GlobalBatches, n: int, batch_size: int):
+        self.source, self.n, self.batch_size = source, n, batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rank, world = rank_and_world()
+        for batch in self.source.batches(self.batch_size * world):
+            if len(batch) >= world:
+                yield batch[len(batch) * rank // world:len(batch) * (rank + 1) // world]
+
+    def __len__(self) -> int:
+        world = rank_and_world()[1]
+        full, rest = divmod(self.n, self.batch_size * world)
+        return full + int(rest >= world)
+
+
 def train_loader(ds: EssayDataset, tokenizer, batch_size: int, seed: int,
                  num_workers: int = 0, group_batches: int = 0) -> DataLoader:
-    """Shuffled training batches; ``group_batches > 0`` groups them by length (one device)."""
+    """Shuffled training batches of ``batch_size`` essays per rank (the global batch is
+    ``batch_size`` x ranks, see ``ShardedBatchSampler``); ``group_batches > 0`` groups them
+    by length. One process gets the batches of a plain shuffling ``DataLoader``."""
     collate = PadCollate(pad_id_of(tokenizer), ds.plan.chunking)
+    g: torch.Generator | None = None
+    source: GlobalBatches
     if group_batches > 0:
-        sampler = LengthGroupedBatchSampler(ds.lengths, batch_size, group_batches, seed)
-        return DataLoader(ds, batch_sampler=sampler, collate_fn=collate,
-                          num_workers=num_workers, persistent_workers=num_workers > 0)
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return DataLoader(ds, batch_size=batch_size, shuffle=True, generator=g,
-                      collate_fn=collate, num_workers=num_workers,
-                      persistent_workers=num_workers > 0, drop_last=False)
+        source = LengthGroupedBatchSampler(ds.lengths, batch_size, group_batches, seed)
+    else:  # the loader draws its worker seed from g too, as a shuffling DataLoader does
+        g = torch.Generator()
+        g.manual_seed(seed)
+        source = ShuffledBatches(len(ds), g)
+    return DataLoader(ds, batch_sampler=ShardedBatchSampler(source, len(ds), batch_size),
+                      generator=g, collate_fn=collate, num_workers=num_workers,
+                      persistent_workers=num_workers > 0)
+
+
+class EvalShardSampler(Sampler[int]):
+    """This rank's validation essays: ``DistributedSampler(shuffle=False)`` (essay ``i`` on rank
+    ``i % world``, the last shard padded with the first essays), built at iteration time so
+    one loader serves every spawned rank; one process: every essay in order."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def _sampler(self) -> DistributedSampler:
+        rank, world = rank_and_world()
+        return DistributedSampler(range(self.n), num_replicas=world, rank=rank, shuffle=False)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._sampler())
+
+    def __len__(self) -> int:
+        return len(self._sampler())
 
 
 def eval_loader(ds: EssayDataset, tokenizer, batch_size: int, num_workers: int = 0,
                 length_sorted: bool = True) -> DataLoader:
-    """Validation/inference loader; length-sorted batches unless a sampler must be injected."""
+    """Validation/inference loader: length-sorted batches (one process), else this rank's
+    shard in dataset order (``EvalShardSampler``; DDP gathers the shards)."""
     pad = PadCollate(pad_id_of(tokenizer), ds.plan.chunking)
     if length_sorted:
         return DataLoader(ds, batch_sampler=LengthSortedBatchSampler(ds.lengths, batch_size),
                           collate_fn=pad, num_workers=num_workers)
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=pad,
-                      num_workers=num_workers)
+    return DataLoader(ds, batch_size=batch_size, sampler=EvalShardSampler(len(ds)),
+                      collate_fn=pad, num_workers=num_workers)
 
 
 @torch.no_grad()

@@ -193,9 +193,12 @@ class RegressorModule(pl.LightningModule):
         targets = torch.cat(self._val_targets)
         self._val_logits.clear()
         self._val_targets.clear()
-        if self.trainer.world_size > 1:  # DistributedSampler gives every rank equal shards
-            logits = self.all_gather(logits).reshape(-1)
-            targets = self.all_gather(targets).reshape(-1)
+        if self.trainer.world_size > 1:
+            # EvalShardSampler: essay i on rank i % world, equal shards padded with repeats;
+            # the gathered [world, shard] read column by column is the dataset order
+            n = len(self.trainer.val_dataloaders.dataset)
+            logits = self.all_gather(logits).T.reshape(-1)[:n]
+            targets = self.all_gather(targets).T.reshape(-1)[:n]
         scores = logits_to_scores(logits, self.loss_name).cpu().numpy()
         true = np.rint(targets.cpu().numpy() * 5.0 + 1.0).astype(int)
         self.log("val_qwk", qwk(true, scores), prog_bar=True, sync_dist=False)

@@ -57,6 +57,7 @@ from aes_core.training.resume import (
     LAST_CKPT,
     RESULT_FILE,
     checkpoint_summary,
+    device_count,
     fresh_trainer_kwargs,
     prepare_out_dir,
 )
@@ -298,10 +299,11 @@ def run_stage(job: FoldHeadJob, stage: str, model: EssayRegressor, tokenizer,
         _log(job, f"{stage}: resuming from {last}")
     train_ds = EssayDataset(train_df["full_text"].tolist(), tokenizer, bb, train_targets)
     val_ds = EssayDataset(val_df["full_text"].tolist(), tokenizer, bb, _targets(val_df))
-    devices = job.trainer_kwargs.get("devices", 1)
-    multi = (devices if isinstance(devices, int) else len(devices)) > 1
+    # training: global batches of batch_size x devices, sharded by our own sampler (Lightning
+    # must not swap in its DistributedSampler); validation: each rank's EvalShardSampler shard
+    multi = device_count(job.trainer_kwargs) > 1
     tl = train_loader(train_ds, tokenizer, cfg.batch_size, cfg.seed + job.fold, cfg.num_workers,
-                      group_batches=0 if multi else cfg.length_group_batches)
+                      group_batches=cfg.length_group_batches)
     vl = eval_loader(val_ds, tokenizer, cfg.eval_batch_size, cfg.num_workers,
                      length_sorted=not multi)
     ckpt_cb = ModelCheckpoint(dirpath=sdir, filename="best", monitor="val_qwk", mode="max",
@@ -324,6 +326,7 @@ def run_stage(job: FoldHeadJob, stage: str, model: EssayRegressor, tokenizer,
         accumulate_grad_batches=cfg.accumulate_grad_batches,
         val_check_interval=cfg.val_check_interval, num_sanity_val_steps=0,
         log_every_n_steps=cfg.log_every_n_steps, deterministic=False,
+        use_distributed_sampler=False,
     )
     _log(job, f"{stage}: {len(train_ds)} train essays ({train_ds.n_tokens} tokens), "
               f"{len(val_ds)} validation essays, {epochs} epoch(s)")
