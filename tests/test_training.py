@@ -342,6 +342,20 @@ def test_pseudo_labels_come_from_a_teacher_that_never_saw_fold_i(tmp_path, tiny_
     assert any("8 pseudo-labelled essays" in n for n in result.notes)
 
 
+def test_last_checkpoint_follows_every_epoch_not_only_improvements(tmp_path, tiny_backbone,
+                                                                   tiny_folded):
+    """With learning rates too small to move a prediction, val QWK never improves after the
+    first epoch; last.ckpt (what a resumed stage starts from, and where the stage's epochs
+    and steps are read) must still be the last epoch's."""
+    out = tmp_path / "flat"
+    job = _job(tmp_path, tiny_backbone, out, stage1_epochs=3, stage2_epochs=0,
+               max_train_essays=40, early_stopping_patience=5, lr=1e-12, head_lr=1e-12)
+    result = train_fold_head(job, tiny_folded)
+    steps_per_epoch = 5  # 40 essays / batch 8
+    assert result.stage1.epochs_run == 3
+    assert result.stage1.global_step == 3 * steps_per_epoch
+
+
 def test_ordinal_loss_trains_both_stages(tmp_path, tiny_backbone, tiny_folded):
     """train.loss: ordinal runs the two-stage recipe (stage 2 on soft targets) and saves a
     model whose thresholds moved from where they started."""

@@ -307,8 +307,12 @@ def run_stage(job: FoldHeadJob, stage: str, model: EssayRegressor, tokenizer,
     vl = eval_loader(val_ds, tokenizer, cfg.eval_batch_size, cfg.num_workers,
                      length_sorted=not multi)
     ckpt_cb = ModelCheckpoint(dirpath=sdir, filename="best", monitor="val_qwk", mode="max",
-                              save_top_k=1, save_last=True)
-    callbacks: list[Callback] = [ckpt_cb, EarlyStopping("val_qwk", mode="max",
+                              save_top_k=1)
+    # last.ckpt after every validation: Lightning's save_last writes it only when the best
+    # checkpoint improved, so a resumed stage and the epochs it reports would lag behind
+    last_cb = ModelCheckpoint(dirpath=sdir, filename=Path(LAST_CKPT).stem, monitor=None,
+                              save_top_k=1, enable_version_counter=False)
+    callbacks: list[Callback] = [ckpt_cb, last_cb, EarlyStopping("val_qwk", mode="max",
                                                         patience=cfg.early_stopping_patience),
                                  Throughput(sdir / THROUGHPUT_FILE,
                                             cfg.throughput_skip_batches)]
