@@ -65,6 +65,20 @@ def write_profile(tmp: Path, overrides: dict[str, Any], name: str = "test") -> P
     return path
 
 
+def folded_sample(n: int, n_folds: int = 3):
+    """``n`` essays of the bundled sample, joined to PERSUADE and folded (``n_folds``) as the
+    pipeline folds them."""
+    from aes_core.config import load_config
+    from aes_core.data import io
+    from aes_core.data.folds import build_folded
+
+    train = io.load_train(SAMPLE_DIR / "train.csv.gz").sample(n, random_state=0)
+    persuade = io.load_persuade(SAMPLE_DIR / "persuade_reference.csv.gz")
+    folded, _ = build_folded(train.reset_index(drop=True), persuade,
+                             load_config("cpu-small").folds.model_copy(update={"n_folds": n_folds}))
+    return folded
+
+
 @pytest.fixture
 def tiny_profile(tmp_path, tiny_backbone) -> Path:
     return write_profile(tmp_path, tiny_overrides(tmp_path, tiny_backbone))

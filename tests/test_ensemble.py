@@ -13,10 +13,9 @@ import pytest
 from sklearn.metrics import cohen_kappa_score
 
 from aes_assets.definitions import build_definitions
-from aes_core.config import SAMPLE_DIR, EnsembleSection, GbdtSection, load_config
+from aes_core.config import SAMPLE_DIR, EnsembleSection, GbdtSection
 from aes_core.contracts import GbdtMemberResult, ScoringReportResult
 from aes_core.data import io
-from aes_core.data.folds import build_folded
 from aes_core.ensemble.artifact import EnsembleArtifact
 from aes_core.ensemble.blend import OofError, assemble_oof, fit_ensemble, optimize_weights
 from aes_core.ensemble.features import FEATURE_NAMES, essay_features, feature_matrix
@@ -32,7 +31,7 @@ from aes_core.members import GBDT_MEMBER, member_columns, member_name, split_mem
 from aes_core.metrics import qwk
 from aes_core.report import PLOTS, build_report
 from aes_core.training.oof import qwk_reports
-from tests.conftest import write_profile
+from tests.conftest import folded_sample, write_profile
 
 SCORE_P = [0.07, 0.27, 0.36, 0.22, 0.06, 0.02]
 
@@ -174,11 +173,7 @@ def test_member_names_round_trip_and_one_rule_for_member_columns():
 
 @pytest.fixture(scope="module")
 def sample_folded() -> pd.DataFrame:
-    train = io.load_train(SAMPLE_DIR / "train.csv.gz").sample(360, random_state=0)
-    persuade = io.load_persuade(SAMPLE_DIR / "persuade_reference.csv.gz")
-    folded, _ = build_folded(train.reset_index(drop=True), persuade,
-                             load_config("cpu-small").folds.model_copy(update={"n_folds": 3}))
-    return folded
+    return folded_sample(360)
 
 
 def test_gbdt_member_beats_chance_and_round_trips(sample_folded, tmp_path):

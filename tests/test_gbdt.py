@@ -9,9 +9,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from aes_core.config import SAMPLE_DIR, EnsembleSection, GbdtSection, load_config
+from aes_core.config import SAMPLE_DIR, EnsembleSection, GbdtSection
 from aes_core.data import io
-from aes_core.data.folds import build_folded
 from aes_core.ensemble.blend import assemble_oof, fit_ensemble
 from aes_core.ensemble.features import (
     FEATURE_NAMES,
@@ -29,6 +28,7 @@ from aes_core.ensemble.gbdt import (
     load_importance,
 )
 from aes_core.report import IMPORTANCE_PLOT, PLOTS, build_report
+from tests.conftest import folded_sample
 
 
 @pytest.fixture(scope="module")
@@ -82,10 +82,7 @@ def test_rich_features_on_a_hand_made_essay():
 
 @pytest.fixture(scope="module")
 def small_fit():
-    train = io.load_train(SAMPLE_DIR / "train.csv.gz").sample(300, random_state=0)
-    persuade = io.load_persuade(SAMPLE_DIR / "persuade_reference.csv.gz")
-    folded, _ = build_folded(train.reset_index(drop=True), persuade,
-                             load_config("cpu-small").folds.model_copy(update={"n_folds": 3}))
+    folded = folded_sample(300)
     cfg = GbdtSection(n_estimators=80, word_max_features=1500, char_max_features=1500,
                       learning_rate=0.1, min_child_samples=10, num_threads=2, n_jobs=2,
                       feature_set="rich")

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from aes_core.config import SAMPLE_DIR, GbdtSection, load_config
+from aes_core.config import SAMPLE_DIR, GbdtSection
 from aes_core.data import io
-from aes_core.data.folds import build_folded
 from aes_core.ensemble.gbdt import GbdtMember, _lgb_params, fit_gbdt, train_booster
 from aes_core.ensemble.qwk_objective import METRIC_NAME, QwkSurrogate, bake_offset
+from tests.conftest import folded_sample
 
 SMALL = {"n_estimators": 40, "word_max_features": 800, "char_max_features": 800,
          "learning_rate": 0.1, "min_child_samples": 10, "num_threads": 1, "n_jobs": 1,
@@ -77,11 +77,7 @@ def test_early_stopping_uses_the_surrogate_metric():
 
 @pytest.fixture(scope="module")
 def folded():
-    train = io.load_train(SAMPLE_DIR / "train.csv.gz").sample(240, random_state=0)
-    persuade = io.load_persuade(SAMPLE_DIR / "persuade_reference.csv.gz")
-    out, _ = build_folded(train.reset_index(drop=True), persuade,
-                          load_config("cpu-small").folds.model_copy(update={"n_folds": 3}))
-    return out
+    return folded_sample(240)
 
 
 @pytest.mark.parametrize("holdout", [0.1, 0.0])  # with and without early stopping
