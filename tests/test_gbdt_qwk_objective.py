@@ -9,7 +9,13 @@ from pydantic import ValidationError
 
 from aes_core.config import SAMPLE_DIR, GbdtSection
 from aes_core.data import io
-from aes_core.ensemble.gbdt import GbdtMember, _lgb_params, fit_gbdt, train_booster
+from aes_core.ensemble.gbdt import (
+    GbdtMember,
+    _lgb_params,
+    fit_gbdt,
+    surrogate,
+    train_booster,
+)
 from aes_core.ensemble.qwk_objective import METRIC_NAME, QwkSurrogate, bake_offset
 from tests.conftest import folded_sample
 
@@ -40,8 +46,9 @@ def test_gradient_matches_finite_differences_of_the_surrogate():
 def test_config_objective_and_constants_validate():
     cfg = GbdtSection()
     assert cfg.objective == "regression" and (cfg.qwk_a, cfg.qwk_b) == (2.998, 1.092)
-    assert _lgb_params(cfg)["objective"] == "regression"
-    params = _lgb_params(cfg.model_copy(update={"objective": "qwk"}))
+    assert _lgb_params(cfg, surrogate(cfg))["objective"] == "regression"
+    qwk_cfg = cfg.model_copy(update={"objective": "qwk"})
+    params = _lgb_params(qwk_cfg, surrogate(qwk_cfg))
     assert callable(params["objective"]) and params["metric"] == "None"
     assert GbdtSection(objective="qwk", qwk_a=3.1, qwk_b=0.9).qwk_a == 3.1
     for bad in ({"objective": "huber"}, {"qwk_a": 0.5}, {"qwk_a": 6.5}, {"qwk_b": 0.0}):

@@ -350,8 +350,8 @@ def surrogate(cfg: GbdtSection) -> QwkSurrogate | None:
     return QwkSurrogate(cfg.qwk_a, cfg.qwk_b) if cfg.objective == "qwk" else None
 
 
-def _lgb_params(cfg: GbdtSection, threads: int | None = None) -> dict[str, Any]:
-    qwk_obj = surrogate(cfg)
+def _lgb_params(cfg: GbdtSection, qwk_obj: QwkSurrogate | None,
+                threads: int | None = None) -> dict[str, Any]:
     objective = {"objective": "regression", "metric": "rmse"} if qwk_obj is None else {
         "objective": qwk_obj.objective, "metric": "None"}  # early stopping: qwk_obj.metric
     return {
@@ -370,8 +370,8 @@ def train_booster(x: sp.csr_matrix, y: np.ndarray, cfg: GbdtSection, seed: int,
     """LightGBM on one fold's training rows; early stopping on a seeded slice of them (on
     RMSE, or on the surrogate's f/g with ``objective: qwk``). The booster predicts on the
     score scale (the qwk objective's offset is baked into its first tree)."""
-    params = _lgb_params(cfg, threads)
     qwk_obj = surrogate(cfg)
+    params = _lgb_params(cfg, qwk_obj, threads)
     n = len(y)
     n_hold = int(round(cfg.early_stopping_holdout * n))
     if n_hold >= 2 and n - n_hold >= 2:
