@@ -9,9 +9,9 @@ the stored run's MiniLM OOF + each GBDT OOF; OOF and nested-CV QWK choose. ``--t
 aes2/test once, after the choice is written: the GBDT alone (OOF thresholds) and the ensemble
 with the stored MiniLM test predictions::
 
-    python benchmarks/gbdt_objective_eval.py --threads 2            # fits, OOF, nested CV
-    python benchmarks/gbdt_objective_eval.py --threads 1 --fit-only qwk   # (a 2nd process)
-    python benchmarks/gbdt_objective_eval.py --threads 2 --test     # + test, once (cached fits)
+    python benchmarks/gbdt_objective_eval.py --storage RUN --threads 2   # OOF, nested CV
+    python benchmarks/gbdt_objective_eval.py --storage RUN --threads 1 --fit-only qwk
+    python benchmarks/gbdt_objective_eval.py --storage RUN --threads 2 --test  # test, once
 
 ``fit_seconds`` are those of the cached fits, under whatever threads and host load they had
 (the settings record ``num_threads``): not a speed comparison.
@@ -43,7 +43,6 @@ from aes_core.metrics import qwk  # noqa: E402
 from benchmarks.gbdt_profile import SHARED, load_folded  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN = Path("/work/raw/tables")
 OBJECTIVES = ("regression", "qwk")
 RUNTIME_ONLY = ("num_threads", "n_jobs")  # settings that do not change what a fit learns
 STORED = "stored_gpu_run_regression"  # the finished GPU run's own GBDT OOF, for reference
@@ -86,7 +85,9 @@ def fit_member(objective: str, folded: pd.DataFrame, gcfg: GbdtSection, test: pd
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(SHARED), help="folder with aes2/ and persuade/")
-    ap.add_argument("--run", default=str(RUN), help="the stored GPU run's tables")
+    ap.add_argument("--storage", required=True,
+                    help="a finished GPU run's storage_root (tables/oof_predictions.parquet, "
+                    "test_member_predictions.parquet)")
     ap.add_argument("--profile", default="gpu-full", help="folds, gbdt and ensemble sections")
     ap.add_argument("--threads", type=int, default=2, help="gbdt.num_threads, ensemble.n_jobs")
     ap.add_argument("--work", default=str(ROOT / "var" / "gbdt_objective"), help="cache dir")
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" /
                                              "gbdt_objective.json"))
     args = ap.parse_args(argv)
-    data, run, work = Path(args.data), Path(args.run), Path(args.work)
+    data, run, work = Path(args.data), Path(args.storage), Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     cfg, folded = load_folded(data, args.profile, None, None)
     stored_oof = pd.read_parquet(run / "tables" / "oof_predictions.parquet")
