@@ -73,7 +73,7 @@ def forward_on_streams(forwards: Sequence[Forward], ids, mask, streams: Sequence
 
     if not streams:
         return torch.stack([f(ids, mask).float().reshape(-1) for f in forwards])
-    main = torch.cuda.current_stream()
+    main = torch.cuda.current_stream(ids.device)  # the inputs' device, current or not
     for s in streams:
         s.wait_stream(main)
     outs = []
