@@ -108,6 +108,14 @@ def _ancestors(graph, keys: set[dg.AssetKey]) -> set[dg.AssetKey]:
     return out
 
 
+def _reads(graph, keys: set[dg.AssetKey]) -> set[dg.AssetKey]:
+    """Every asset that materializing ``keys`` reads: their ancestors, and what their asset
+    checks read besides them (a check may take another asset as an extra input)."""
+    extra = {p for k in keys for ck in graph.get(k).check_keys
+             for p in graph.get(ck).parent_entity_keys if isinstance(p, dg.AssetKey)} - keys
+    return _ancestors(graph, keys | extra) | extra
+
+
 def split_runs(defs: dg.Definitions, keys: list[dg.AssetKey], partition_range: str | None = None
                ) -> list[tuple[list[dg.AssetKey], dict[str, str], str]]:
     """(asset keys, partition range tags, job) of each run that materializes ``keys``.
@@ -115,7 +123,8 @@ def split_runs(defs: dg.Definitions, keys: list[dg.AssetKey], partition_range: s
     One run of ``pipeline`` when the selected partitioned assets share their fold x head
     partitions (every backbone trains the same heads). Otherwise one run per set of heads (a
     run's range covers one partitions definition), each of its ``pipeline_<backbones>`` job:
-    the first also materializes what they read, the last what reads them."""
+    the first also materializes what they read, the last what reads them (an asset whose
+    check reads a trained asset counts as reading it)."""
     graph = defs.resolve_asset_graph()
     groups: dict[dg.PartitionsDefinition, list[dg.AssetKey]] = {}
     for k in keys:
@@ -134,14 +143,14 @@ def split_runs(defs: dg.Definitions, keys: list[dg.AssetKey], partition_range: s
         return [(keys, {}, job(graph.get(partitioned_all[0]).partitions_def))]
     partitioned = {k for ks in groups.values() for k in ks}
     after = sorted(k for k in keys if k not in partitioned
-                   and _ancestors(graph, {k}) & partitioned)
+                   and _reads(graph, {k}) & partitioned)
     before = [k for k in keys if k not in partitioned and k not in after]
     runs = [(ks, _range_tags(pdef, partition_range), job(pdef)) for pdef, ks in groups.items()]
     runs[0] = (before + runs[0][0], *runs[0][1:])
     runs[-1] = (runs[-1][0] + after, *runs[-1][1:])
     for i, (ks, _, _) in enumerate(runs):  # nothing may read what a later run materializes
         later = {k for later_keys, _, _ in runs[i + 1:] for k in later_keys}
-        clash = _ancestors(graph, set(ks)) & later
+        clash = _reads(graph, set(ks)) & later
         if clash:
             raise ValueError(f"cannot order the runs: {sorted(k.to_user_string() for k in ks)} "
                              f"read {sorted(k.to_user_string() for k in clash)}")

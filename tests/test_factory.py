@@ -97,6 +97,20 @@ def test_a_backbone_trains_its_own_heads_with_its_own_settings(tmp_path, tiny_ba
     assert [(ks, t[RANGE_END], job) for ks, t, job in runs] == [
         ([fold_head_key("alpha")], "1|attention", "pipeline_alpha"),
         ([fold_head_key("beta"), OOF], "1|mean", "pipeline_beta")]
+    # the whole graph: no run reads what a later run materializes, also through an asset
+    # check that takes a trained asset as an extra input (gaming_robustness reads the bundle)
+    everything = sorted(graph.materializable_asset_keys)
+    whole = split_runs(defs, everything)
+    done: set = set()
+    for ks, _, _ in whole:
+        for k in ks:
+            for ck in graph.get(k).check_keys:
+                assert graph.get(ck).parent_entity_keys <= done | set(ks), ck
+        done |= set(ks)
+    assert sorted(done) == everything
+    robustness = dg.AssetKey("robustness_set")
+    assert graph.get(robustness).check_keys and robustness in whole[-1][0]
+
     # the driver materializes them (and what they read) in those runs
     instance = dg.DagsterInstance.ephemeral()
     needed = dg.AssetSelection.assets(*training).upstream().resolve(graph)
