@@ -73,7 +73,9 @@ def forward_on_streams(forwards: Sequence[Forward], ids, mask, streams: Sequence
 
     if not streams:
         return torch.stack([f(ids, mask).float().reshape(-1) for f in forwards])
-    main = torch.cuda.current_stream(ids.device)  # the inputs' device, current or not
+    # the current device's stream: under a capture that is the capture stream. Asking for
+    # the inputs' device instead broke captures on a GPU other than 0 (measured on 2 H200s).
+    main = torch.cuda.current_stream()
     for s in streams:
         s.wait_stream(main)
     outs = []
