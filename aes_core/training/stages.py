@@ -206,7 +206,8 @@ class Throughput(Callback):
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self._stop()
-        tokens = torch.as_tensor(self.tokens, device=pl_module.device)
+        tokens = torch.as_tensor(self.tokens, device=trainer.strategy.root_device)  # the model
+        # may be back on the CPU by now; NCCL reduces only on the GPU
         total = int(trainer.strategy.reduce(tokens, reduce_op="sum"))  # every rank takes part
         if trainer.is_global_zero and self.seconds > 0:
             self.path.write_text(json.dumps({
