@@ -97,6 +97,31 @@ def run_report(instance: dg.DagsterInstance, run_id: str) -> dict[str, Any]:
     }
 
 
+def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One report of the driver's runs in order (one per set of heads when backbones train
+    different heads): wall time from the first start to the last end, every run's stages and
+    training; quality from the last run, which scores the ensemble."""
+    if len(reports) == 1:
+        return reports[0]
+    last = reports[-1]
+    start = min(r["run_window"][0] for r in reports)
+    end = max(r["run_window"][1] for r in reports)
+    return {**last, "run_id": [r["run_id"] for r in reports], "job": [r["job"] for r in reports],
+            "status": "SUCCESS" if all(r["status"] == "SUCCESS" for r in reports)
+            else "FAILURE",
+            "partitions": sum(r["partitions"] for r in reports),
+            "wall_minutes": round((end - start) / 60, 2),
+            "stage_minutes": {k: v for r in reports for k, v in r["stage_minutes"].items()},
+            "step_windows": {k: v for r in reports for k, v in r["step_windows"].items()},
+            "run_window": [start, end],
+            "training": {k: v for r in reports for k, v in r["training"].items()},
+            "mlm": {k: v for r in reports for k, v in r["mlm"].items()},
+            "gbdt": next((r["gbdt"] for r in reports if any(r["gbdt"].values())),
+                         last["gbdt"]),
+            "runs": [{k: r[k] for k in ("run_id", "job", "wall_minutes", "partitions")}
+                     for r in reports]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,8 +1,9 @@
 """Run the pipeline through Dagster on a GPU machine and write its figures (a thin driver).
 
 The pipeline is the product's own: ``aes_assets.pipeline.run_pipeline`` materializes the
-profile's graph in one Dagster run on the instance at $DAGSTER_HOME; the figures are read
-back from that run's events and metadata by ``dagster_run_report``. When every selected
+profile's graph in one Dagster run on the instance at $DAGSTER_HOME (one run per set of heads
+when backbones train different heads); the figures are read back from the runs' events and
+metadata by ``dagster_run_report``. When every selected
 asset is already up to date (``run.skip_fresh``) nothing runs: the driver exits with 2 and
 leaves ``--out`` alone rather than report an earlier run as this one.
 
@@ -23,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dagster as dg  # noqa: E402
-from dagster_run_report import run_report  # noqa: E402
+from dagster_run_report import merge_reports, run_report  # noqa: E402
 
 from aes_assets.pipeline import run_pipeline  # noqa: E402
 from aes_core.config import PROJECT_ROOT  # noqa: E402
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DAGSTER_HOME", str(PROJECT_ROOT))
     instance = dg.DagsterInstance.get()
     t0 = time.time()
+    before = {r.run_id for r in instance.get_runs()}
     with GpuSampler(interval_s=a.sample_s) as sampler:
         result = run_pipeline(a.profile, a.select, instance=instance,
                               partition_range=a.partitions)
@@ -51,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
               "(set run.skip_fresh: false, or change the config, to time the selection again)",
               file=sys.stderr)
         return 2
-    report = run_report(instance, result.run_id)
+    ours = [r for r in instance.get_runs() if r.run_id not in before]  # newest first
+    report = merge_reports([run_report(instance, r.run_id) for r in reversed(ours)])
     windows = {"run": tuple(report["run_window"]), **{
         k: tuple(w) for k, w in report["step_windows"].items()
         if k.endswith("fold_head_checkpoints")}}

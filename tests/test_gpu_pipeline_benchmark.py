@@ -17,6 +17,9 @@ from tests.conftest import tiny_overrides, write_profile
 def test_gpu_pipeline_driver_on_cpu(tmp_path, tiny_backbone, monkeypatch):
     over = tiny_overrides(tmp_path, tiny_backbone)
     over["heads"]["heads"] = ["mean"]
+    # a second backbone training another head: the driver makes two runs, reported as one
+    over["backbones"].append({"name": "beta", "path": str(tiny_backbone), "max_length": 64,
+                              "heads": ["attention"]})
     over["mlm"]["enabled"] = False
     over["run"] = {"executor": "multiprocess", "max_concurrent": 2}  # GBDT beside training
     over["train"]["pseudo_label_essays"] = 12  # stage 2 pseudo-labels in the workers too
@@ -30,14 +33,19 @@ def test_gpu_pipeline_driver_on_cpu(tmp_path, tiny_backbone, monkeypatch):
     assert gpu_pipeline.main(["--profile", str(profile), "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["via"] == "dagster" and report["status"] == "SUCCESS"
-    assert report["partitions"] == 2 and report["gpu"] == "none"
-    assert report["wall_minutes"] > 0 and "tiny__fold_head_checkpoints" in report["stage_minutes"]
-    assert {"ensemble", "gbdt_alone", "tiny__mean"} <= set(report["test_qwk"])
-    assert report["training"]["tiny/fold_head_checkpoints"]["train_tokens"] > 0
+    assert report["partitions"] == 4 and report["gpu"] == "none"
+    runs = dg.DagsterInstance.get().get_runs()  # newest first
+    assert len(runs) == 2 and report["job"] == ["pipeline_beta", "pipeline_tiny"]
+    assert report["run_id"] == [r.run_id for r in reversed(runs)]
+    assert [r["partitions"] for r in report["runs"]] == [2, 2]
+    assert report["wall_minutes"] >= sum(r["wall_minutes"] for r in report["runs"]) > 0
+    assert {"tiny__fold_head_checkpoints", "beta__fold_head_checkpoints",
+            "submission"} <= set(report["stage_minutes"])
+    assert {"ensemble", "gbdt_alone", "tiny__mean", "beta__attention"} <= set(report["test_qwk"])
+    for b in ("tiny", "beta"):
+        assert report["training"][f"{b}/fold_head_checkpoints"]["train_tokens"] > 0
     pseudo = sorted(tmp_path.glob("storage/**/pseudo_labels.parquet"))
-    assert len(pseudo) == 2  # one per partition, from its own stage-1 model
-    runs = dg.DagsterInstance.get().get_runs()
-    assert len(runs) == 1  # the whole graph was one run
+    assert len(pseudo) == 4  # one per partition, from its own stage-1 model
     # the closing summary reads the run's metadata: QWKs, the blend, where the files are
     said: list[str] = []
     s = print_summary(load_config(str(profile)), dg.DagsterInstance.get(), runs[0].run_id, 1.0,
@@ -50,5 +58,5 @@ def test_gpu_pipeline_driver_on_cpu(tmp_path, tiny_backbone, monkeypatch):
     # (the last run's figures would read as this call's)
     before = out.read_text()
     assert gpu_pipeline.main(["--profile", str(profile), "--out", str(out)]) == 2
-    assert len(dg.DagsterInstance.get().get_runs()) == 1
+    assert len(dg.DagsterInstance.get().get_runs()) == 2
     assert out.read_text() == before
