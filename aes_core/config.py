@@ -247,6 +247,10 @@ class TrainSection(Section):
         0, ge=0, description="training batches of similar length: shuffle, sort groups of this "
         "many global batches by length (less padding; any gpu.devices); 0 = plain shuffled "
         "batches")
+    cudnn_attention: bool = Field(
+        False, description="let SDPA use cuDNN's attention kernel: it builds an execution plan "
+        "for every new sequence length, and length-grouped batches meet a new length at almost "
+        "every step (MiniLM on an H200: 447 k training tokens/s with it, BENCHMARKS.md)")
     stage2_guard: bool = Field(
         True, description="keep stage 1's weights when stage 2 scores worse on stage 2's "
         "validation essays (the partition's notes say so)")
@@ -829,18 +833,16 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     return data
 
 
-def load_config(
-    profile: str | None = None, overrides: dict[str, Any] | None = None
-) -> AesConfig:
-    """Load a named profile (or YAML path), apply nested ``overrides``, validate.
-
-    ``profile`` defaults to ``$AES_PROFILE`` or ``cpu-small``. Errors name the file and field.
-    """
-    profile = profile or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE
+def _read_profile(profile: str, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A profile's mapping with its paths resolved; ``extends: <profile>`` starts from that
+    profile (name or path) and merges this one over it (lists, e.g. ``backbones``, replace)."""
     path = profile_path(profile)
     if not path.exists():
         known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
         raise ConfigError(f"profile {profile!r} not found at {path}; known profiles: {known}")
+    if path.resolve() in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path.resolve()))
+        raise ConfigError(f"{path}: profiles extend each other in a cycle: {chain}")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -848,6 +850,29 @@ def load_config(
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a profile must be a mapping, got {type(raw).__name__}")
     raw = _resolve_paths(raw, PROJECT_ROOT)
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: extends must name one profile, got {base!r}")
+    if Path(base).suffix in (".yaml", ".yml") and not os.path.isabs(base):
+        base = str(path.parent / base)  # a file beside this one
+    parent = _read_profile(base, (*seen, path.resolve()))
+    parent.pop("profile", None)  # the name is this profile's own (or its file's)
+    return deep_merge(parent, raw)
+
+
+def load_config(
+    profile: str | None = None, overrides: dict[str, Any] | None = None
+) -> AesConfig:
+    """Load a named profile (or YAML path), apply nested ``overrides``, validate.
+
+    ``profile`` defaults to ``$AES_PROFILE`` or ``cpu-small``; a profile may ``extends:``
+    another. Errors name the file and field.
+    """
+    profile = profile or os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE
+    path = profile_path(profile)
+    raw = _read_profile(profile)
     raw.setdefault("profile", path.stem)
     if overrides:
         raw = deep_merge(raw, overrides)

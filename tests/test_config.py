@@ -8,7 +8,7 @@ from aes_core.config import AesConfig, ConfigError, load_config, resolve_section
 from tests.conftest import write_profile
 
 
-@pytest.mark.parametrize("name", ["cpu-small", "gpu-full"])
+@pytest.mark.parametrize("name", ["cpu-small", "gpu-full", "gpu-two-backbones"])
 def test_named_profiles_load(name):
     cfg = load_config(name)
     assert isinstance(cfg, AesConfig)
@@ -160,3 +160,42 @@ def test_the_student_keeps_the_train_section():
     assert bb.name == "beta" and not bb.train
     assert cfg.train_for(bb) == cfg.train
     assert student_train_section(cfg).lr == 2e-4
+
+
+def test_a_profile_extends_another(tmp_path):
+    """``extends`` starts from the named profile; sections merge, lists replace, and a path is
+    read beside the extending file."""
+    (tmp_path / "base.yaml").write_text(
+        "extends: gpu-full\nprofile: base\ntrain: {lr: 2.0e-5}\n")
+    (tmp_path / "child.yaml").write_text(
+        "extends: base.yaml\nbackbones: [{name: other, path: some/folder}]\n"
+        "gbdt: {n_estimators: 70}\n")
+    full, child = load_config("gpu-full"), load_config(str(tmp_path / "child.yaml"))
+    assert child.profile == "child"  # its own name, not a parent's
+    assert (child.train.lr, child.gbdt.n_estimators) == (2.0e-5, 70)
+    assert child.train.batch_size == full.train.batch_size
+    assert child.gbdt.learning_rate == full.gbdt.learning_rate
+    assert [b.name for b in child.backbones] == ["other"]  # the list replaced, not merged
+    assert child.data.train_path == full.data.train_path  # the parent's paths, resolved
+
+
+def test_the_two_backbone_profile_is_gpu_full_plus_mpnet():
+    full, two = load_config("gpu-full"), load_config("gpu-two-backbones")
+    assert [b.name for b in two.backbones] == ["minilm", "mpnet"]
+    assert two.heads_for(two.backbones[1]) == ["mean"]
+    assert two.heads_for(two.backbones[0]) == full.heads.heads
+    assert two.train_for(two.backbones[1]).lr == 3.0e-5
+    assert two.train_for(two.backbones[0]) == full.train
+    assert two.model_dump(exclude={"backbones", "profile"}) == full.model_dump(
+        exclude={"backbones", "profile"})
+
+
+@pytest.mark.parametrize("text, message", [
+    ("extends: loop.yaml\n", "cycle"),
+    ("extends: no-such-profile\n", "not found"),
+    ("extends: [gpu-full, cpu-small]\n", "one profile"),
+])
+def test_bad_extends_names_the_problem(tmp_path, text, message):
+    (tmp_path / "loop.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(str(tmp_path / "loop.yaml"))

@@ -450,7 +450,7 @@ def test_cudnn_attention_switch():
     """serving.cudnn_attention decides whether SDPA may use cuDNN's kernel in the process."""
     import torch
 
-    from aes_core.serving.torch_scorer import use_cudnn_attention
+    from aes_core.models.backbone import use_cudnn_attention
 
     before = torch.backends.cuda.cudnn_sdp_enabled()
     try:

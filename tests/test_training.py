@@ -370,3 +370,24 @@ def test_ordinal_loss_trains_both_stages(tmp_path, tiny_backbone, tiny_folded):
     assert not torch.allclose(model.head.ordinal_bias, torch.linspace(-2.0, 2.0, 5))
     oof = pd.read_parquet(result.oof_path)
     assert oof["pred"].between(1, 6).all() and oof["pred"].nunique() > 1
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_each_training_process_sets_the_cudnn_attention_switch(tiny_backbone, tmp_path,
+                                                               enabled):
+    """train.cudnn_attention reaches the process that trains (setup runs in every DDP rank)."""
+    from aes_core.models.backbone import load_tokenizer
+    from aes_core.training.module import RegressorModule
+
+    over = tiny_overrides(tmp_path, tiny_backbone)
+    over["train"]["cudnn_attention"] = enabled
+    cfg = load_config(overrides=over)
+    job = FoldHeadJob(cfg, cfg.backbones[0], tiny_backbone, 0, "mean", tmp_path)
+    model, _ = build_regressor(job, load_tokenizer(tiny_backbone))
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(not enabled)
+        RegressorModule(model, cfg.train).setup("fit")
+        assert torch.backends.cuda.cudnn_sdp_enabled() is enabled
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)

@@ -37,6 +37,7 @@ import numpy as np
 
 from aes_core.ensemble.artifact import EnsembleArtifact
 from aes_core.members import GBDT_MEMBER
+from aes_core.models.backbone import use_cudnn_attention
 from aes_core.models.spec import BACKBONE_DIR, RegressorSpec, load_spec
 from aes_core.models.tokens import (
     EssayBatch,
@@ -104,17 +105,6 @@ def usable_cudnn() -> bool:
                     str(e).split(".")[0])
         torch.backends.cudnn.enabled = False
         return False
-
-
-def use_cudnn_attention(enabled: bool) -> None:
-    """Whether SDPA may pick cuDNN's attention kernel in this process. cuDNN builds an
-    execution plan for every new sequence length (measured on an H200: ~40 ms for one MiniLM
-    forward on an essay of a new length, 3.2 ms once its length was seen, 3.6 ms with cuDNN
-    attention off), and a scorer meets essays of every length, so serving turns it off."""
-    import torch
-
-    if hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
-        torch.backends.cuda.enable_cudnn_sdp(enabled)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from torch import nn
 
 from aes_core.config import TrainSection
 from aes_core.metrics import qwk
+from aes_core.models.backbone import use_cudnn_attention
 from aes_core.models.regressor import (
     ORDINAL,
     EssayRegressor,
@@ -155,6 +156,10 @@ class RegressorModule(pl.LightningModule):
         self.loss_name = model.spec.loss
         self._val_logits: list[torch.Tensor] = []
         self._val_targets: list[torch.Tensor] = []
+
+    def setup(self, stage: str) -> None:
+        """In every process that trains (each DDP rank too): the SDPA kernels it may use."""
+        use_cudnn_attention(self.cfg.cudnn_attention)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 window_weights: torch.Tensor | None = None) -> torch.Tensor:

@@ -44,7 +44,7 @@ from aes_core.data import io
 from aes_core.logs import quiet_libraries
 from aes_core.members import member_name
 from aes_core.metrics import qwk
-from aes_core.models.backbone import load_tokenizer
+from aes_core.models.backbone import load_tokenizer, use_cudnn_attention
 from aes_core.models.regressor import (
     EssayRegressor,
     RegressorSpec,
@@ -518,6 +518,7 @@ def train_fold_head(job: FoldHeadJob, folded: pd.DataFrame,
         return reused.model_copy(update={"reused": True})
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    use_cudnn_attention(tcfg.cudnn_attention)  # predictions here; RegressorModule for training
     tokenizer = load_tokenizer(job.backbone_path, job.backbone.add_newline_tokens)
     model, counts = build_regressor(job, tokenizer)
     _log(job, f"{name}: {counts}")
