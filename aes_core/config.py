@@ -250,7 +250,8 @@ class TrainSection(Section):
     cudnn_attention: bool = Field(
         False, description="let SDPA use cuDNN's attention kernel: it builds an execution plan "
         "for every new sequence length, and length-grouped batches meet a new length at almost "
-        "every step (MiniLM on an H200: 447 k training tokens/s with it, BENCHMARKS.md)")
+        "every step (one MiniLM partition on an H200: 223 k training tokens/s with it, 983 k "
+        "without; BENCHMARKS.md)")
     stage2_guard: bool = Field(
         True, description="keep stage 1's weights when stage 2 scores worse on stage 2's "
         "validation essays (the partition's notes say so)")
