@@ -50,12 +50,31 @@ def _loading_context(instance: dg.DagsterInstance):
     return _Context(instance)
 
 
+def stored_value_gone(instance: dg.DagsterInstance, key: dg.AssetKey,
+                      partition: str | None) -> bool:
+    """Whether the latest materialization stored a value (its metadata names the path) that
+    is no longer there, e.g. after the storage folder was deleted but not the instance."""
+    from aes_resources.storage import STORED_PATHS, stored_exists
+
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None),
+        limit=1).records
+    if not records or records[0].asset_materialization is None:
+        return False
+    meta = records[0].asset_materialization.metadata
+    path = getattr(meta.get("path"), "value", None)
+    if path is None and partition is not None and STORED_PATHS in meta:
+        path = (meta[STORED_PATHS].value or {}).get(partition)
+    return path is not None and not stored_exists(path)
+
+
 def plan(defs: dg.Definitions, instance: dg.DagsterInstance, select: str,
          skip_fresh: bool) -> tuple[list[dg.AssetKey], list[dg.AssetKey]]:
     """(assets to materialize, fresh assets skipped) for a selection.
 
     A partitioned asset runs when any of its partitions is missing or stale (its step reuses
-    partitions that are complete for the identical spec)."""
+    partitions that are complete for the identical spec); a fresh asset whose stored value is
+    gone runs again too."""
     from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 
     graph = defs.resolve_asset_graph()
@@ -71,6 +90,9 @@ def plan(defs: dg.Definitions, instance: dg.DagsterInstance, select: str,
         node = graph.get(key)
         pks = node.partitions_def.get_partition_keys() if node.partitions_def else [None]
         statuses = {resolver.get_status(key, pk) for pk in pks}
+        if statuses == {StaleStatus.FRESH} and any(
+                stored_value_gone(instance, key, pk) for pk in pks):
+            statuses = {StaleStatus.MISSING}
         (fresh if statuses == {StaleStatus.FRESH} else run).add(key)
     # anything downstream of an asset that runs runs too (its inputs change)
     todo = list(run)

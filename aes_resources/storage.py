@@ -21,6 +21,7 @@ import pandas as pd
 from pydantic import BaseModel
 
 TYPE_KEY, DATA_KEY = "__type__", "data"
+STORED_PATHS = "paths"  # metadata of a single-run backfill: {partition key: stored path}
 TRUSTED_MODULES = ("aes_core.",)
 
 
@@ -85,6 +86,14 @@ def decode(suffix: str, raw: bytes) -> Any:
     return payload
 
 
+def stored_exists(path) -> bool:
+    """Whether a value is stored at ``path`` (a path without its suffix, local or a URL)."""
+    from upath import UPath
+
+    base = UPath(str(path))
+    return any(base.with_name(base.name + s).exists() for s in TablesIOManager.SUFFIXES)
+
+
 class TablesIOManager(dg.UPathIOManager):
     """Parquet / typed JSON per asset (and partition) under a local or remote base path."""
 
@@ -95,7 +104,7 @@ class TablesIOManager(dg.UPathIOManager):
         return path.with_name(path.name + suffix)
 
     def path_exists(self, path) -> bool:
-        return any(self._file(path, s).exists() for s in self.SUFFIXES)
+        return stored_exists(path)
 
     def dump_to_path(self, context, obj: Any, path) -> None:
         suffix, raw = encode(obj)
@@ -130,10 +139,13 @@ class TablesIOManager(dg.UPathIOManager):
             if missing:
                 raise ValueError(f"{context.asset_key.to_user_string()}: no value for "
                                  f"partition(s) {missing[:5]} of this run's range")
-            for pk, path in self._get_paths_for_partitions(context).items():
+            paths = self._get_paths_for_partitions(context)
+            for pk, path in paths.items():
                 self.make_directory(path.parent)
                 self.dump_to_path(context, obj[pk], path)
-            context.add_output_metadata({"partitions_stored": len(obj)})
+            context.add_output_metadata({  # every partition's path: the driver checks them
+                "partitions_stored": len(obj),
+                STORED_PATHS: dg.MetadataValue.json({str(k): str(v) for k, v in paths.items()})})
             return
         super().handle_output(context, obj)
 

@@ -62,3 +62,19 @@ def test_gpu_pipeline_driver_on_cpu(tmp_path, tiny_backbone, monkeypatch):
     assert gpu_pipeline.main(["--profile", str(profile), "--out", str(out)]) == 2
     assert len(dg.DagsterInstance.get().get_runs()) == 2
     assert out.read_text() == before
+
+    # a stored value deleted behind the instance's back runs again instead of being skipped
+    # as fresh: a table, and one partition of a single-run backfill
+    from aes_assets.definitions import build_definitions
+    from aes_assets.pipeline import plan
+
+    defs = build_definitions(load_config(str(profile)))
+    tables = tmp_path / "storage" / "tables"
+    assert plan(defs, dg.DagsterInstance.get(), "*", True)[0] == []
+    (tables / "oof_predictions.parquet").unlink()
+    next(tables.glob("beta/fold_head_checkpoints/*/attention.*")).unlink()
+    run, fresh = plan(defs, dg.DagsterInstance.get(), "*", True)
+    names = {k.to_user_string() for k in run}
+    assert {"beta/fold_head_checkpoints", "oof_predictions", "ensemble_weights"} <= names
+    assert {"raw_essays", "folded_essays", "tiny/fold_head_checkpoints"} <= {
+        k.to_user_string() for k in fresh}
