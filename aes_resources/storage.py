@@ -86,12 +86,17 @@ def decode(suffix: str, raw: bytes) -> Any:
     return payload
 
 
+def _with_suffix(path, suffix: str):
+    """The stored file of ``path`` (an asset's path without its suffix) for one suffix."""
+    return path.with_name(path.name + suffix)
+
+
 def stored_exists(path) -> bool:
     """Whether a value is stored at ``path`` (a path without its suffix, local or a URL)."""
     from upath import UPath
 
     base = UPath(str(path))
-    return any(base.with_name(base.name + s).exists() for s in TablesIOManager.SUFFIXES)
+    return any(_with_suffix(base, s).exists() for s in TablesIOManager.SUFFIXES)
 
 
 class TablesIOManager(dg.UPathIOManager):
@@ -100,26 +105,23 @@ class TablesIOManager(dg.UPathIOManager):
     extension = ""  # the suffix follows the value's type, see encode()
     SUFFIXES = (".parquet", ".json")
 
-    def _file(self, path, suffix: str):
-        return path.with_name(path.name + suffix)
-
     def path_exists(self, path) -> bool:
         return stored_exists(path)
 
     def dump_to_path(self, context, obj: Any, path) -> None:
         suffix, raw = encode(obj)
-        target = self._file(path, suffix)
-        tmp = self._file(path, suffix + ".tmp")
+        target = _with_suffix(path, suffix)
+        tmp = _with_suffix(path, suffix + ".tmp")
         with tmp.open("wb") as f:  # never leave a half-written table behind
             f.write(raw)
         tmp.rename(target)
         for other in self.SUFFIXES:  # a value whose type changed must not shadow the new one
-            if other != suffix and self._file(path, other).exists():
-                self._file(path, other).unlink()
+            if other != suffix and _with_suffix(path, other).exists():
+                _with_suffix(path, other).unlink()
 
     def load_from_path(self, context, path) -> Any:
         for suffix in self.SUFFIXES:
-            f = self._file(path, suffix)
+            f = _with_suffix(path, suffix)
             if f.exists():
                 with f.open("rb") as fh:
                     return decode(suffix, fh.read())
