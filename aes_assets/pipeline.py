@@ -30,6 +30,7 @@ from aes_core.config import PROFILE_ENV, PROJECT_ROOT, AesConfig, config_hash, l
 
 RANGE_START, RANGE_END = ("dagster/asset_partition_range_start",
                           "dagster/asset_partition_range_end")
+CALL_TAG = "aes/driver_call"  # the same on every run of one run_pipeline call
 
 
 def _loading_context(instance: dg.DagsterInstance):
@@ -215,7 +216,7 @@ def run_pipeline(profile: str, select: str = "*", instance: dg.DagsterInstance |
     from aes_assets.jobs import DEFINITIONS_MODULE
     from aes_assets.progress import StepProgress, last_step_durations
 
-    result = None
+    result, call = None, uuid.uuid4().hex[:12]
     for run_keys, range_tags, job_name in runs:
         steps = len({graph.get(k).assets_def for k in run_keys}) + sum(
             len(list(graph.get(k).check_keys)) for k in run_keys)
@@ -231,7 +232,8 @@ def run_pipeline(profile: str, select: str = "*", instance: dg.DagsterInstance |
                 instance, run_config=run_config,
                 asset_selection=run_keys,
                 tags={**range_tags, "aes/profile": cfg.profile,
-                      "aes/config_hash": config_hash(cfg), driver[0]: driver[1]})
+                      "aes/config_hash": config_hash(cfg), driver[0]: driver[1],
+                      CALL_TAG: call})
         finally:
             progress.stop()
         if not result.success:

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dagster as dg  # noqa: E402
 from dagster_run_report import merge_reports, run_report  # noqa: E402
 
-from aes_assets.pipeline import run_pipeline  # noqa: E402
+from aes_assets.pipeline import CALL_TAG, run_pipeline  # noqa: E402
 from aes_core.config import PROJECT_ROOT  # noqa: E402
 from aes_core.gpu_sampler import GpuSampler  # noqa: E402
 
@@ -44,7 +44,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DAGSTER_HOME", str(PROJECT_ROOT))
     instance = dg.DagsterInstance.get()
     t0 = time.time()
-    before = {r.run_id for r in instance.get_runs()}
     with GpuSampler(interval_s=a.sample_s) as sampler:
         result = run_pipeline(a.profile, a.select, instance=instance,
                               partition_range=a.partitions)
@@ -53,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
               "(set run.skip_fresh: false, or change the config, to time the selection again)",
               file=sys.stderr)
         return 2
-    ours = [r for r in instance.get_runs() if r.run_id not in before]  # newest first
+    call = instance.get_run_by_id(result.run_id).tags[CALL_TAG]  # every run this call made
+    ours = instance.get_runs(filters=dg.RunsFilter(tags={CALL_TAG: call}))  # newest first
     report = merge_reports([run_report(instance, r.run_id) for r in reversed(ours)])
     windows = {"run": tuple(report["run_window"]), **{
         k: tuple(w) for k, w in report["step_windows"].items()
