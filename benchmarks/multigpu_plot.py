@@ -47,6 +47,7 @@ def plot(report: dict, path: Path) -> None:
         ax.axhline(2.0, ls=":", color="#718096", label="2x")
         ax.set_ylim(0, 2.2)
         ax.set_title(titles[key])
+        ax.tick_params(axis="x", labelsize=8)
         ax.legend(loc="lower right")
     fig.suptitle(report.get("gpu", ""), fontsize=9)
     fig.tight_layout()
