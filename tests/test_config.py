@@ -185,6 +185,8 @@ def test_the_two_backbone_profile_is_gpu_full_plus_mpnet():
     assert two.heads_for(two.backbones[1]) == ["mean"]
     assert two.heads_for(two.backbones[0]) == full.heads.heads
     assert two.train_for(two.backbones[1]).lr == 3.0e-5
+    assert two.train_for(two.backbones[1]).stage2_epochs == 0  # mpnet: stage 1 only
+    assert full.train.stage2_epochs == 1
     assert two.train_for(two.backbones[0]) == full.train
     assert two.model_dump(exclude={"backbones", "profile"}) == full.model_dump(
         exclude={"backbones", "profile"})
