@@ -9,6 +9,7 @@ import pytest
 
 from aes_assets.summary import print_summary
 from aes_core.config import load_config
+from aes_core.contracts import FoldHeadCheckpoint
 from tests.bench_support import benchmark_module
 from tests.conftest import tiny_overrides, write_profile
 
@@ -17,9 +18,10 @@ from tests.conftest import tiny_overrides, write_profile
 def test_gpu_pipeline_driver_on_cpu(tmp_path, tiny_backbone, monkeypatch):
     over = tiny_overrides(tmp_path, tiny_backbone)
     over["heads"]["heads"] = ["mean"]
-    # a second backbone training another head: the driver makes two runs, reported as one
+    # a second backbone training another head, stage 1 only (as mpnet in gpu-two-backbones):
+    # the driver makes two runs, reported as one
     over["backbones"].append({"name": "beta", "path": str(tiny_backbone), "max_length": 64,
-                              "heads": ["attention"]})
+                              "heads": ["attention"], "train": {"stage2_epochs": 0}})
     over["mlm"]["enabled"] = False
     over["run"] = {"executor": "multiprocess", "max_concurrent": 2}  # GBDT beside training
     over["train"]["pseudo_label_essays"] = 12  # stage 2 pseudo-labels in the workers too
@@ -47,7 +49,12 @@ def test_gpu_pipeline_driver_on_cpu(tmp_path, tiny_backbone, monkeypatch):
     for b in ("tiny", "beta"):
         assert report["training"][f"{b}/fold_head_checkpoints"]["train_tokens"] > 0
     pseudo = sorted(tmp_path.glob("storage/**/pseudo_labels.parquet"))
-    assert len(pseudo) == 4  # one per partition, from its own stage-1 model
+    assert len(pseudo) == 2  # one per stage 2 (tiny's partitions), from its own stage-1 model
+    assert all("/tiny/" in str(p) for p in pseudo)
+    beta = [FoldHeadCheckpoint.model_validate_json(p.read_text())
+            for p in tmp_path.glob("storage/**/beta/**/result.json")]
+    assert len(beta) == 2 and all(r.stage2 is None and r.kept_stage == "stage1" for r in beta)
+    assert all("stage 2 skipped" in "; ".join(r.notes) for r in beta)
     # the closing summary reads the run's metadata: QWKs, the blend, where the files are
     said: list[str] = []
     s = print_summary(load_config(str(profile)), dg.DagsterInstance.get(), runs[0].run_id, 1.0,
