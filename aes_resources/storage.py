@@ -92,10 +92,11 @@ def _with_suffix(path, suffix: str):
 
 
 def stored_exists(path) -> bool:
-    """Whether a value is stored at ``path`` (a path without its suffix, local or a URL)."""
+    """Whether a value is stored at ``path`` (a path without its suffix: the IO manager's
+    path object, or a string such as a materialization's recorded path, local or a URL)."""
     from upath import UPath
 
-    base = UPath(str(path))
+    base = UPath(path) if isinstance(path, str) else path
     return any(_with_suffix(base, s).exists() for s in TablesIOManager.SUFFIXES)
 
 

@@ -111,11 +111,9 @@ def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
             else "FAILURE",
             "partitions": sum(r["partitions"] for r in reports),
             "wall_minutes": round((end - start) / 60, 2),
-            "stage_minutes": {k: v for r in reports for k, v in r["stage_minutes"].items()},
-            "step_windows": {k: v for r in reports for k, v in r["step_windows"].items()},
+            **{section: {k: v for r in reports for k, v in r[section].items()}
+               for section in ("stage_minutes", "step_windows", "training", "mlm")},
             "run_window": [start, end],
-            "training": {k: v for r in reports for k, v in r["training"].items()},
-            "mlm": {k: v for r in reports for k, v in r["mlm"].items()},
             "gbdt": next((r["gbdt"] for r in reports if any(r["gbdt"].values())),
                          last["gbdt"]),
             "runs": [{k: r[k] for k in ("run_id", "job", "wall_minutes", "partitions")}

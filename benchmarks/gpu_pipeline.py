@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
               "(set run.skip_fresh: false, or change the config, to time the selection again)",
               file=sys.stderr)
         return 2
-    call = instance.get_run_by_id(result.run_id).tags[CALL_TAG]  # every run this call made
+    call = result.dagster_run.tags[CALL_TAG]  # every run this call made carries it
     ours = instance.get_runs(filters=dg.RunsFilter(tags={CALL_TAG: call}))  # newest first
     report = merge_reports([run_report(instance, r.run_id) for r in reversed(ours)])
     windows = {"run": tuple(report["run_window"]), **{
