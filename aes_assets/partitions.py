@@ -30,3 +30,13 @@ def split_partition_key(pk: str) -> tuple[int, str]:
         return int(dims[FOLD_DIM]), dims[HEAD_DIM]
     fold, head = str(pk).split("|", 1)
     return int(fold), head
+
+
+def head_major(pks) -> list[str]:
+    """Partition keys grouped by head, folds in order within each (``0|mean, 1|mean, ...``),
+    heads in their first-seen order: handed out one by one to alternating GPUs, every GPU
+    then trains a mix of heads (fold-major order would send all of one head to one GPU)."""
+    keys = [str(pk) for pk in pks]
+    heads = list(dict.fromkeys(split_partition_key(pk)[1] for pk in keys))
+    return sorted(keys, key=lambda pk: (heads.index(split_partition_key(pk)[1]),
+                                        split_partition_key(pk)[0]))

@@ -233,6 +233,10 @@ class TrainSection(Section):
         True, description="on CUDA, AdamW's fused kernel (one launch per parameter group and "
         "step instead of several per tensor list): less host work per step")
     num_workers: int = Field(0, ge=0, description="DataLoader workers")
+    share_tokens: bool = Field(
+        True, description="a step that trains several partitions tokenizes its essays once, "
+        "with all its cores, into a token cache its workers read (the same ids; each worker "
+        "would otherwise tokenize about twice its fold table on one thread)")
     max_train_essays: int | None = Field(None, ge=8, description="cap per stage (None = all)")
     log_every_n_steps: int = Field(10, ge=1, description="Lightning logging interval (steps)")
     min_val_essays_per_stage: int = Field(

@@ -76,6 +76,14 @@ class FoldHeadCheckpoint(StageResult):
     device: str = "cpu"
     spec_hash: str = ""
     reused: bool = Field(False, description="an identical earlier result was reused")
+    started_at: float = Field(0.0, description="Unix time the partition's training began")
+    finished_at: float = Field(0.0, description="Unix time its result was complete")
+    phase_seconds: dict[str, float] = Field(
+        default_factory=dict, description="wall seconds of setup, stage1, stage2, predict_save")
+    worker: str = Field("", description="process (and GPU) that trained it")
+    essays_from_token_cache: int = Field(
+        0, description="essays whose ids came from the step's shared token cache")
+    essays_tokenized: int = Field(0, description="essays tokenized by the partition itself")
 
 
 class GbdtMemberResult(StageResult):

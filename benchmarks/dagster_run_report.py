@@ -76,7 +76,9 @@ def run_report(instance: dg.DagsterInstance, run_id: str) -> dict[str, Any]:
                              "steady_tokens_per_s": {p["partition"]: p.get("steady_tokens_per_s")
                                                      for p in parts},
                              "partition_seconds": {p["partition"]: p.get("seconds")
-                                                   for p in parts}}
+                                                   for p in parts},
+                             **step_timeline(instance, run_id, key.replace("/", "__"), parts,
+                                             step.start_time if step else None)}
     return {
         "via": "dagster", "run_id": run_id, "job": run.job_name,
         "profile": run.tags.get("aes/profile"), "status": run.status.value,
@@ -95,6 +97,26 @@ def run_report(instance: dg.DagsterInstance, run_id: str) -> dict[str, Any]:
         "gbdt": {k: meta.get("gbdt_member", {}).get(k) for k in ("oof_qwk", "seconds")},
         "mlm": {k: v for k, v in meta.items() if k.endswith("mlm_backbone")},
     }
+
+
+def step_timeline(instance: dg.DagsterInstance, run_id: str, step_key: str,
+                  parts: list[dict[str, Any]], step_start: float | None) -> dict[str, Any]:
+    """The training step's timeline summary (its output metadata) and each partition's
+    [start, end] seconds from the step's start, worker and phase seconds."""
+    out: dict[str, Any] = {}
+    for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_OUTPUT):
+        if e.step_key == step_key:
+            md = e.dagster_event.event_specific_data.metadata
+            if "timeline" in md:
+                out["timeline"] = _value(md["timeline"])
+    if step_start:
+        out["partition_windows"] = {
+            p["partition"]: [round(p["started_at"] - step_start, 2),
+                             round(p["finished_at"] - step_start, 2), p.get("worker")]
+            for p in parts if p.get("started_at") and not p.get("reused")}
+        out["phase_seconds"] = {p["partition"]: p.get("phase_seconds") for p in parts
+                                if p.get("phase_seconds")}
+    return out
 
 
 def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:

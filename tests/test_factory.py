@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 import mlflow
 import pandas as pd
@@ -195,6 +197,19 @@ def test_factory_two_backbones_end_to_end(tmp_path, tiny_backbone, second_backbo
             assert ck.backbone == b and ck.head == "mean" and str(ck.fold) == pk[0]
             results[(b, ck.fold)] = ck
     assert results[("alpha", 0)].reused and not results[("beta", 0)].reused
+    # the step tokenized its essays once: each partition read all of them from that cache
+    for ck in (results[("beta", 0)], results[("beta", 1)], results[("alpha", 1)]):
+        assert ck.essays_from_token_cache > 0 and ck.essays_tokenized == 0
+        assert set(ck.phase_seconds) == {"setup", "stage1", "stage2", "predict_save"}
+        assert ck.started_at < ck.finished_at
+    # the step's timeline: both partitions on their own worker, and a plot of it
+    [step_md] = [e.event_specific_data.metadata for e in r.all_events
+                 if e.event_type_value == "STEP_OUTPUT" and "beta" in e.step_key]
+    timeline = step_md["timeline"].value
+    assert timeline["workers"] == 2 and 0 < timeline["worker_busy_share"] <= 1
+    plot = Path(step_md["timeline_plot"].value)
+    assert plot.stat().st_size > 0
+    assert not list(plot.parent.glob("tokens.*"))  # the step's token cache is gone with it
     assert results[("alpha", 0)].model_dir == first.model_dir
     assert EssayRegressor.from_pretrained(results[("alpha", 1)].model_dir).spec.head == "mean"
     # every partition has its own materialization, with its own metadata

@@ -57,3 +57,24 @@ def test_forkserver_workers_start_with_the_preloaded_modules():
     assert f.summary.startswith("ValueError: job 3 has no half (File ")
     spawned = run_jobs(modules_loaded, [preload, preload], cpu_slots(2, 2), start="spawn")
     assert spawned == [[False], [False]]
+
+
+def visible_gpu_and_marker(marker: str) -> tuple[str | None, bool]:
+    import os
+    from pathlib import Path
+
+    return os.environ.get("CUDA_VISIBLE_DEVICES"), Path(marker).exists()
+
+
+def test_jobs_alternate_between_gpus_after_the_callers_preparation(tmp_path):
+    """Consecutive jobs go to alternating GPUs (the pinned worker sees only its own), and
+    ``before_submit`` has finished before any job starts (it overlaps the forkserver start)."""
+    marker = tmp_path / "prepared"
+    slots = [WorkerSlot(gpu=g, threads=1) for _ in range(2) for g in (0, 1)]
+    results = run_jobs(visible_gpu_and_marker, [str(marker)] * 4, slots, start="forkserver",
+                       before_submit=marker.touch)
+    assert results == [("0", True), ("1", True), ("0", True), ("1", True)]
+    marker.unlink()
+    in_process = run_jobs(visible_gpu_and_marker, [str(marker)], [WorkerSlot(in_process=True)],
+                          before_submit=marker.touch)
+    assert in_process[0][1] is True

@@ -9,6 +9,7 @@ metadata and MLflow run, and can be re-run alone (``--partition 2|lstm``).
 """
 
 
+import shutil
 import time
 from pathlib import Path
 
@@ -19,22 +20,31 @@ from aes_assets import keys
 from aes_assets.assets.backbone import mlm_backbone_asset
 from aes_assets.configs import run_config
 from aes_assets.metadata import code_version, config_metadata, md
-from aes_assets.partitions import fold_head_partitions, partition_key, split_partition_key
+from aes_assets.partitions import (
+    fold_head_partitions,
+    head_major,
+    partition_key,
+    split_partition_key,
+)
 from aes_core.config import AesConfig, BackboneSection, TrainSection, resolve_section
 from aes_core.contracts import FoldHeadCheckpoint, MlmBackbone
+from aes_core.hardware import usable_cpus
 from aes_core.training.parallel import JobFailure, failures, run_jobs
+from aes_core.training.shared_tokens import share_tokens
 from aes_core.training.tasks import (
     TRAINING_MODULES,
     PartitionTask,
     stage_history,
     train_partition,
 )
+from aes_core.training.timeline import plot_timeline, timeline_rows, timeline_summary
 from aes_resources.gpu import GpuResource
 from aes_resources.mlflow import MlflowTracker
 from aes_resources.settings import PipelineSettings
 from aes_resources.storage import ArtifactStore
 
 FOLDED_FILE, UNLABELLED_FILE = "folded.parquet", "unlabelled.parquet"
+TOKENS_DIR, TIMELINE_PLOT = "tokens", "timeline.png"  # the step's shared token cache; its plot
 
 
 class Progress:
@@ -62,6 +72,8 @@ def _partition_metadata(r: FoldHeadCheckpoint) -> dict:
         "steady_tokens_per_s": r.stage1.steady_tokens_per_s,
         "peak_gpu_gib": r.peak_gpu_gib, "device": r.device, "reused": r.reused,
         "notes": "; ".join(r.notes) or "none", "trainable_params": r.trainable_params,
+        "started_at": r.started_at, "finished_at": r.finished_at, "worker": r.worker,
+        "phase_seconds": r.phase_seconds,
     }
 
 
@@ -91,10 +103,11 @@ def fold_head_asset(cfg: AesConfig, backbone: BackboneSection) -> dg.AssetsDefin
                    settings: PipelineSettings, artifacts: ArtifactStore, mlflow: MlflowTracker,
                    gpu: GpuResource, folded_essays: pd.DataFrame, mlm_backbone: MlmBackbone,
                    unlabelled_essays: pd.DataFrame):
+        step_start = time.time()
         base = settings.config
         tcfg = resolve_section(base.train_for(name), config, "run config (train)")
         full = with_backbone_train(base, name, tcfg)
-        pks = list(context.partition_keys)
+        pks = head_major(context.partition_keys)  # consecutive jobs alternate GPUs: mixed heads
         step_dir = artifacts.folder(context.asset_key)
         folded_path = step_dir / f"{FOLDED_FILE}.{context.run_id[:8]}"
         folded_essays.to_parquet(folded_path, index=False)
@@ -102,6 +115,8 @@ def fold_head_asset(cfg: AesConfig, backbone: BackboneSection) -> dg.AssetsDefin
         if tcfg.pseudo_label_essays and len(unlabelled_essays):
             unlabelled_path = step_dir / f"{UNLABELLED_FILE}.{context.run_id[:8]}"
             unlabelled_essays[["full_text"]].to_parquet(unlabelled_path, index=False)
+        token_cache = (step_dir / f"{TOKENS_DIR}.{context.run_id[:8]}"
+                       if tcfg.share_tokens and len(pks) > 1 else None)
         slots = gpu.worker_slots(len(pks))
         tags = dict(context.run.tags)
         tasks = []
@@ -116,7 +131,7 @@ def fold_head_asset(cfg: AesConfig, backbone: BackboneSection) -> dg.AssetsDefin
                 unlabelled_path=str(unlabelled_path) if unlabelled_path else None,
                 trainer_kwargs=gpu.trainer_kwargs(pk, tags, 0 if pinned else None),
                 device=gpu.inference_device(pk, tags, 0 if pinned else None),
-                amp=gpu.amp_name()))
+                amp=gpu.amp_name(), token_cache=str(token_cache) if token_cache else None))
         context.log.info(f"{name}: {len(pks)} partition(s) on {len(slots)} worker slot(s) "
                          f"[{', '.join(s.describe() for s in slots)}]")
         progress = Progress(len(pks))
@@ -134,11 +149,31 @@ def fold_head_asset(cfg: AesConfig, backbone: BackboneSection) -> dg.AssetsDefin
                 + (" (reused)" if r.reused else f", {r.seconds:.0f}s")
                 + f" - {progress.step()}")
 
+        def tokenize_once() -> None:
+            if token_cache is None:
+                return
+            texts = folded_essays["full_text"].astype(str).tolist()
+            if unlabelled_path:
+                texts += unlabelled_essays["full_text"].astype(str).tolist()
+            done = share_tokens(mlm_backbone.path, full.backbone(name), texts, token_cache,
+                                threads=usable_cpus())
+            context.log.info(f"{name}: tokenized {done.essays} distinct essays once for all "
+                             f"{len(pks)} partitions in {done.seconds:.1f}s")
+
         results = run_jobs(train_partition, tasks, slots, on_result,
-                           start=full.gpu.worker_start, preload=TRAINING_MODULES)
+                           start=full.gpu.worker_start, preload=TRAINING_MODULES,
+                           before_submit=tokenize_once)
+        step_seconds = time.time() - step_start
         folded_path.unlink(missing_ok=True)
         if unlabelled_path:
             unlabelled_path.unlink(missing_ok=True)
+        if token_cache is not None:
+            shutil.rmtree(token_cache, ignore_errors=True)
+        context.add_output_metadata(_timeline_metadata(
+            [(pk, r) for pk, r in zip(pks, results, strict=True)
+             if isinstance(r, FoldHeadCheckpoint)], step_start, step_seconds,
+            step_dir / TIMELINE_PLOT, f"{name}: {len(pks)} partitions on {len(slots)} "
+            f"worker slot(s)"))
         failed = failures(results)
         if failed:
             listed = "; ".join(f"{pks[f.index]}: {f.summary}" for f in failed)
@@ -154,6 +189,18 @@ def fold_head_asset(cfg: AesConfig, backbone: BackboneSection) -> dg.AssetsDefin
         return dict(zip(pks, results, strict=True))
 
     return _fold_head
+
+
+def _timeline_metadata(results: list[tuple[str, FoldHeadCheckpoint]], step_start: float,
+                       step_seconds: float, plot: Path, title: str) -> dict:
+    """The step's timeline (``aes_core.training.timeline``) as output metadata and a plot."""
+    rows = timeline_rows(results, step_start)
+    if rows.empty:
+        return {}
+    summary = timeline_summary(rows, step_seconds)
+    plot_timeline(rows, step_seconds, plot, title)
+    return {"step_seconds": round(step_seconds, 2), "timeline": summary,
+            "timeline_plot": dg.MetadataValue.path(str(plot))}
 
 
 def with_backbone_train(cfg: AesConfig, backbone: str, train: TrainSection) -> AesConfig:

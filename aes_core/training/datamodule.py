@@ -32,21 +32,37 @@ from aes_core.models.tokens import (
 )
 
 
+class WindowSource(Protocol):
+    """Anything that turns texts into windows for one token plan (``TokenEncoder``,
+    ``CachedEncoder``)."""
+
+    plan: TokenPlan
+
+    def windows(self, texts: Sequence[str]) -> list[list[list[int]]]: ...
+
+
 class EssayDataset(Dataset):
     """The windows of each essay and an optional float target.
 
     ``max_length`` is an int (truncation at that many tokens, + ``add_newline_tokens``) or how
     the model reads essays: a ``TokenPlan``, ``BackboneSection`` or ``RegressorSpec``.
+    ``encoder``: where the windows come from instead of ``tokenize_windows`` (same ids, e.g. a
+    token cache shared by a step's workers); its plan must be this dataset's.
     """
 
     def __init__(self, texts: Sequence[str], tokenizer, max_length: int | TokenSource,
                  targets: Sequence[float] | np.ndarray | None = None,
-                 add_newline_tokens: bool = False):
+                 add_newline_tokens: bool = False, encoder: WindowSource | None = None):
         if targets is not None and len(targets) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(targets)} targets")
         self.plan = (TokenPlan(max_length, add_newline_tokens) if isinstance(max_length, int)
                      else TokenPlan.of(max_length))
-        self.windows: list[list[list[int]]] = tokenize_windows(tokenizer, texts, self.plan)
+        if encoder is not None and encoder.plan != self.plan:
+            raise ValueError(f"the encoder reads essays as {encoder.plan}, the dataset as "
+                             f"{self.plan}")
+        self.windows: list[list[list[int]]] = (
+            encoder.windows(texts) if encoder is not None
+            else tokenize_windows(tokenizer, texts, self.plan))
         self.targets = None if targets is None else np.asarray(targets, dtype=np.float32)
 
     def __len__(self) -> int:

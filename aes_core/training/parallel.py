@@ -107,13 +107,17 @@ def _call(fn: Callable[[T], R], job: T) -> R:
 
 def run_jobs(fn: Callable[[T], R], jobs: Sequence[T], slots: Sequence[WorkerSlot],
              on_result: Callable[[int, R | JobFailure], None] | None = None,
-             start: str = "spawn", preload: Sequence[str] = ()) -> list[R | JobFailure]:
+             start: str = "spawn", preload: Sequence[str] = (),
+             before_submit: Callable[[], None] | None = None) -> list[R | JobFailure]:
     """``fn(job)`` for every job over ``slots``; results in job order.
 
     ``fn`` and the jobs must pickle (a module-level function and plain data) unless the only
     slot is ``in_process``. ``on_result(index, result)`` is called in the caller's process as
     each job finishes (progress, logging, tracking). ``start``: ``spawn`` or ``forkserver``
-    (workers forked from a server that imported ``preload`` once).
+    (workers forked from a server that imported ``preload`` once). ``before_submit``: the
+    caller's own preparation, run once the forkserver is starting (its imports overlap it) and
+    before the first job is handed out. Jobs start in order, each on the slot kind (GPU) with
+    the most free workers, so consecutive jobs alternate between GPUs.
     """
     results: list[R | JobFailure | None] = [None] * len(jobs)
 
@@ -125,6 +129,8 @@ def run_jobs(fn: Callable[[T], R], jobs: Sequence[T], slots: Sequence[WorkerSlot
     if not slots:
         raise ValueError("run_jobs: no worker slots")
     if len(slots) == 1 and slots[0].in_process:
+        if before_submit is not None:
+            before_submit()
         for i, job in enumerate(jobs):
             try:
                 r: R | JobFailure = fn(job)
@@ -145,12 +151,20 @@ def run_jobs(fn: Callable[[T], R], jobs: Sequence[T], slots: Sequence[WorkerSlot
     pending = list(range(len(jobs)))
     running: dict[Future, tuple[int, WorkerSlot]] = {}
     try:
+        if start == "forkserver":
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()  # imports ``preload`` while before_submit runs here
+        if before_submit is not None:
+            before_submit()
         while pending or running:
-            for s in pools:
-                while free[s] > 0 and pending:
-                    i = pending.pop(0)
-                    running[pools[s].submit(_call, fn, jobs[i])] = (i, s)
-                    free[s] -= 1
+            while pending:
+                s = max((s for s in pools if free[s] > 0), key=lambda s: free[s], default=None)
+                if s is None:
+                    break
+                i = pending.pop(0)
+                running[pools[s].submit(_call, fn, jobs[i])] = (i, s)
+                free[s] -= 1
             finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for fut in finished:
                 i, s = running.pop(fut)

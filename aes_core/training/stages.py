@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -150,11 +151,19 @@ class FoldHeadJob:
     callbacks: list[Callback] = field(default_factory=list)
     log_fn: Callable[[str], None] | None = None
     progress: bool = True
+    token_cache: str | None = None  # folder of the step's shared token cache (shared_tokens)
+    encoder: Any = None  # set by train_fold_head: where its datasets' windows come from
 
     @property
     def train(self) -> TrainSection:
         """This backbone's training settings (``AesConfig.train_for``)."""
         return self.cfg.train_for(self.backbone)
+
+    def dataset(self, tokenizer, texts: list[str],
+                targets: np.ndarray | None = None) -> EssayDataset:
+        """The essays as this partition's model reads them (from the shared token cache when
+        the step made one)."""
+        return EssayDataset(texts, tokenizer, self.backbone, targets, encoder=self.encoder)
 
 
 THROUGHPUT_FILE = "throughput.json"
@@ -284,7 +293,7 @@ def run_stage(job: FoldHeadJob, stage: str, model: EssayRegressor, tokenizer,
     Returns the stage's summary and the path of its best checkpoint."""
     from lightning.pytorch.loggers import CSVLogger
 
-    cfg, bb = job.train, job.backbone
+    cfg = job.train
     sdir = job.out_dir / stage
     done = sdir / DONE_FILE
     module = RegressorModule(model, cfg)
@@ -298,8 +307,8 @@ def run_stage(job: FoldHeadJob, stage: str, model: EssayRegressor, tokenizer,
     resume = str(last) if last.exists() else None
     if resume:
         _log(job, f"{stage}: resuming from {last}")
-    train_ds = EssayDataset(train_df["full_text"].tolist(), tokenizer, bb, train_targets)
-    val_ds = EssayDataset(val_df["full_text"].tolist(), tokenizer, bb, _targets(val_df))
+    train_ds = job.dataset(tokenizer, train_df["full_text"].tolist(), train_targets)
+    val_ds = job.dataset(tokenizer, val_df["full_text"].tolist(), _targets(val_df))
     # training: global batches of batch_size x devices, sharded by our own sampler (Lightning
     # must not swap in its DistributedSampler); validation: each rank's EvalShardSampler shard
     multi = device_count(job.trainer_kwargs) > 1
@@ -378,7 +387,7 @@ def _predict(job: FoldHeadJob, model: EssayRegressor, tokenizer, df: pd.DataFram
         out = model.head.out
         logits = feats @ out.weight.detach().cpu().numpy().ravel() + float(out.bias.detach())
         return logits_to_scores(torch.from_numpy(logits), model.spec.loss).numpy()
-    ds = EssayDataset(df["full_text"].tolist(), tokenizer, job.backbone)
+    ds = job.dataset(tokenizer, df["full_text"].tolist())
     logits = predict_logits(model, ds, tokenizer, job.train.eval_batch_size, job.device,
                             job.amp_dtype, progress=job.progress)
     return logits_to_scores(torch.from_numpy(logits), model.spec.loss).numpy()
@@ -453,7 +462,7 @@ def frozen_features(job: FoldHeadJob, model: EssayRegressor, tokenizer,
     digests = [hashlib.sha256(t.encode()).hexdigest() for t in texts]
     todo = sorted({d: t for d, t in zip(digests, texts, strict=True) if d not in cache}.items())
     if todo:
-        ds = EssayDataset([t for _, t in todo], tokenizer, job.backbone)
+        ds = job.dataset(tokenizer, [t for _, t in todo])
         out, model.head.out = model.head.out, torch.nn.Identity()
         try:
             feats = predict_logits(model, ds, tokenizer, job.train.eval_batch_size,
@@ -494,6 +503,36 @@ def _drop_checkpoints(out: Path) -> None:
         ckpt.unlink()
 
 
+class PhaseClock:
+    """Wall seconds of a partition's consecutive phases (``mark`` ends the current one)."""
+
+    def __init__(self, start: float):
+        self._last = start
+        self.seconds: dict[str, float] = {}
+
+    def mark(self, phase: str) -> None:
+        now = time.time()
+        self.seconds[phase] = round(self.seconds.get(phase, 0.0) + now - self._last, 3)
+        self._last = now
+
+
+def _token_counts(job: FoldHeadJob) -> dict[str, int]:
+    """Essays read from the step's token cache and essays this partition tokenized itself
+    (frozen-feature partitions tokenize each essay once per process, not counted)."""
+    if job.encoder is None or job.encoder.cache is None:
+        return {}
+    cache = job.encoder.cache
+    return {"essays_from_token_cache": cache.hits, "essays_tokenized": cache.misses}
+
+
+def worker_name(device: str) -> str:
+    """Which process and GPU ran a partition (CUDA_VISIBLE_DEVICES names the physical GPU of a
+    pinned worker, whose own device is always cuda:0)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpu = f" gpu {visible}" if visible and device.startswith("cuda") else ""
+    return f"pid {os.getpid()}{gpu}"
+
+
 def train_fold_head(job: FoldHeadJob, folded: pd.DataFrame,
                     unlabelled: pd.DataFrame | None = None) -> FoldHeadCheckpoint:
     """Run both stages for one fold x head; returns the partition's result (also result.json).
@@ -520,8 +559,16 @@ def train_fold_head(job: FoldHeadJob, folded: pd.DataFrame,
         torch.cuda.reset_peak_memory_stats()
     use_cudnn_attention(tcfg.cudnn_attention)  # predictions here; RegressorModule for training
     tokenizer = load_tokenizer(job.backbone_path, job.backbone.add_newline_tokens)
+    if job.token_cache:
+        from aes_core.training.shared_tokens import shared_encoder
+
+        job.encoder = shared_encoder(tokenizer, job.backbone, job.token_cache,
+                                     max_entries=len(folded) + (0 if unlabelled is None
+                                                                else len(unlabelled)))
     model, counts = build_regressor(job, tokenizer)
     _log(job, f"{name}: {counts}")
+    clock = PhaseClock(t0)
+    clock.mark("setup")
 
     s1 = stage1_split(folded, job.fold, tcfg.min_val_essays_per_stage)
     notes += s1.notes
@@ -532,7 +579,9 @@ def train_fold_head(job: FoldHeadJob, folded: pd.DataFrame,
     else:
         info1, best1 = run_stage(job, "stage1", model, tokenizer, train1, _targets(train1),
                                  s1.val, tcfg.stage1_epochs)
+        clock.mark("stage1")
         info2, kept = _stage2(job, model, tokenizer, folded, best1, notes, unlabelled)
+    clock.mark("stage2")
     for n in notes:
         _log(job, n)
 
@@ -545,6 +594,7 @@ def train_fold_head(job: FoldHeadJob, folded: pd.DataFrame,
     oof.to_parquet(job.out_dir / OOF_FILE, index=False)
     if tcfg.keep_checkpoints == "best":
         _drop_checkpoints(job.out_dir)
+    clock.mark("predict_save")
     result = FoldHeadCheckpoint(
         backbone=job.backbone.name, head=job.head, fold=job.fold,
         member=member_name(job.backbone.name, job.head), model_dir=str(model_dir),
@@ -557,8 +607,12 @@ def train_fold_head(job: FoldHeadJob, folded: pd.DataFrame,
         seconds=round(time.time() - t0, 2), device=job.device,
         peak_gpu_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2)
         if torch.cuda.is_available() else 0.0,
-        spec_hash=spec_hash(spec))
+        spec_hash=spec_hash(spec), started_at=t0, finished_at=time.time(),
+        phase_seconds=clock.seconds, worker=worker_name(job.device),
+        **_token_counts(job))
     (job.out_dir / RESULT_FILE).write_text(result.model_dump_json(indent=2))
+    if job.encoder is not None and job.encoder.cache is not None:
+        job.encoder.cache.close()
     _log(job, f"{name}: QWK on all of fold {job.fold} = {fold_qwk:.4f} ({kept} weights)")
     return result
 

@@ -33,6 +33,7 @@ class PartitionTask:
     device: str
     amp: str | None = None
     unlabelled_path: str | None = None  # essays for pseudo-labels (train.pseudo_label_essays)
+    token_cache: str | None = None  # the step's shared token cache (train.share_tokens)
 
 
 def train_partition(task: PartitionTask) -> FoldHeadCheckpoint:
@@ -48,7 +49,7 @@ def train_partition(task: PartitionTask) -> FoldHeadCheckpoint:
                       backbone_path=Path(task.backbone_path), fold=task.fold, head=task.head,
                       out_dir=Path(task.out_dir), trainer_kwargs=task.trainer_kwargs,
                       device=task.device, amp_dtype=AMP_DTYPES.get(task.amp or ""),
-                      progress=False)
+                      progress=False, token_cache=task.token_cache)
     unlabelled = pd.read_parquet(task.unlabelled_path) if task.unlabelled_path else None
     return train_fold_head(job, pd.read_parquet(task.folded_path), unlabelled)
 
