@@ -73,9 +73,10 @@ def plot_timeline(rows: pd.DataFrame, step_seconds: float, path: Path,
                     left += r[p]
             ax.text(r["start_s"] + 0.5, y, r["partition"], va="center", fontsize=6)
     ax.axvline(step_seconds, color="black", linewidth=0.8, linestyle="--")
+    ax.set_xlim(0, step_seconds * 1.01)
     ax.set_yticks(range(len(workers)), workers, fontsize=6)
     ax.set_xlabel("seconds from the step's start (dashed: step end)")
     ax.invert_yaxis()
     handles = [plt.Rectangle((0, 0), 1, 1, color=PHASE_COLOURS[p]) for p in PHASES]
-    ax.legend(handles, PHASES, fontsize=7, loc="lower right")
+    ax.legend(handles, PHASES, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return save_figure(fig, path, title)
