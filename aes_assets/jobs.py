@@ -23,7 +23,8 @@ def executor_config(cfg: AesConfig) -> dict:
 
 def _start_method(cfg: AesConfig) -> dict:
     if cfg.run.start_method == "forkserver":
-        return {"forkserver": {"preload_modules": [DEFINITIONS_MODULE]}}
+        return {"forkserver": {"preload_modules": [DEFINITIONS_MODULE,
+                                                   *cfg.run.preload_modules]}}
     return {"spawn": {}}
 
 

@@ -20,6 +20,16 @@ from aes_core.config import GpuSection
 from aes_core.training.parallel import WorkerSlot, usable_cpus
 
 GPU_TAG = "aes/gpu"
+NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
+
+
+def cuda_available() -> bool:
+    """``torch.cuda.is_available()`` read through NVML, so this process does not initialise
+    CUDA: a step may still fork GPU workers afterwards (``gpu.worker_start: fork``)."""
+    import torch
+
+    os.environ.setdefault(NVML_CHECK, "1")
+    return torch.cuda.is_available()
 
 
 def visible_gpus(n_cuda: int | None = None, env: Mapping[str, str] | None = None) -> list[int]:
@@ -28,7 +38,7 @@ def visible_gpus(n_cuda: int | None = None, env: Mapping[str, str] | None = None
     if n_cuda is None:
         import torch
 
-        n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        n_cuda = torch.cuda.device_count() if cuda_available() else 0
     listed = env.get("CUDA_VISIBLE_DEVICES")
     if listed is not None:
         n_listed = len([x for x in listed.split(",") if x.strip() and x.strip() != "-1"])
@@ -63,11 +73,9 @@ class GpuResource(dg.ConfigurableResource, GpuSection):
     ``gpu`` section of the configuration (one definition, see ``GpuSection``)."""
 
     def use_gpu(self) -> bool:
-        import torch
-
         if self.accelerator == "cpu":
             return False
-        ok = torch.cuda.is_available()
+        ok = cuda_available()
         if self.accelerator == "gpu" and not ok:
             raise RuntimeError("gpu.accelerator = gpu but CUDA is not available on this machine")
         return ok

@@ -94,7 +94,9 @@ def test_multiprocess_steps_start_from_a_preloaded_forkserver(tmp_path, monkeypa
 
     cfg = load_config("gpu-full")
     mp = executor_config(cfg)["execution"]["config"]["multiprocess"]
-    assert mp["start_method"] == {"forkserver": {"preload_modules": [DEFINITIONS_MODULE]}}
+    assert mp["start_method"] == {"forkserver": {"preload_modules": [
+        DEFINITIONS_MODULE, "aes_core.training.stages"]}}  # torch & co. once per run
+    assert cfg.gpu.worker_start == "fork"  # partition workers fork from the preloaded step
     spawn = cfg.model_copy(update={"run": cfg.run.model_copy(update={"start_method": "spawn"})})
     assert executor_config(spawn)["execution"]["config"]["multiprocess"]["start_method"] == {
         "spawn": {}}

@@ -59,6 +59,17 @@ def test_forkserver_workers_start_with_the_preloaded_modules():
     assert spawned == [[False], [False]]
 
 
+def test_forked_workers_hold_what_the_step_imported():
+    """``fork``: the preload modules are imported in the caller (a no-op where the run's
+    executor preloaded them), and every worker forked from it holds them."""
+    preload = ("aes_core.ensemble",)
+    results = run_jobs(modules_loaded, [preload, preload], cpu_slots(2, 2), start="fork",
+                       preload=preload)
+    assert results == [[True], [True]]
+    [f] = failures(run_jobs(half, [3], cpu_slots(2, 2), start="fork"))
+    assert f.summary.startswith("ValueError: job 3 has no half (File ")
+
+
 def visible_gpu_and_marker(marker: str) -> tuple[str | None, bool]:
     import os
     from pathlib import Path

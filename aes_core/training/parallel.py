@@ -181,13 +181,20 @@ def run_jobs(fn: Callable[[T], R], jobs: Sequence[T], slots: Sequence[WorkerSlot
 
 
 def worker_context(start: str, preload: Sequence[str] = ()) -> mp.context.BaseContext:
-    """A multiprocessing context for worker pools; a forkserver imports ``preload`` once.
-    Modules that touch CUDA at import must not be preloaded (forked workers inherit it)."""
-    if start not in ("spawn", "forkserver"):
-        raise ValueError(f"worker start {start!r}: use spawn or forkserver")
+    """A multiprocessing context for worker pools; a forkserver imports ``preload`` once, and
+    ``fork`` imports it here (a no-op where the run's executor preloaded it) so the forked
+    workers hold it. Modules that touch CUDA at import must not be preloaded (forked workers
+    inherit it), and a process that forks GPU workers must not have initialised CUDA."""
+    if start not in ("spawn", "forkserver", "fork"):
+        raise ValueError(f"worker start {start!r}: use spawn, forkserver or fork")
     ctx = mp.get_context(start)
     if start == "forkserver" and preload:
         ctx.set_forkserver_preload(list(preload))
+    if start == "fork":
+        import importlib
+
+        for module in preload:
+            importlib.import_module(module)
     return ctx
 
 
