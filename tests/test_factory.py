@@ -217,6 +217,7 @@ def test_factory_two_backbones_end_to_end(tmp_path, tiny_backbone, second_backbo
     assert sorted(m.partition for m in mats) == pks
     by_pk = {m.partition: m.metadata for m in mats}
     assert by_pk[pks[1]]["fold_qwk"].value == results[("beta", 1)].fold_qwk
+    assert by_pk[pks[1]]["essays_tokenized"].value == 0
 
     r = dg.materialize(assets, resources=resources, instance=instance, selection=[OOF])
     assert r.success

@@ -74,6 +74,8 @@ def _partition_metadata(r: FoldHeadCheckpoint) -> dict:
         "notes": "; ".join(r.notes) or "none", "trainable_params": r.trainable_params,
         "started_at": r.started_at, "finished_at": r.finished_at, "worker": r.worker,
         "phase_seconds": r.phase_seconds,
+        "essays_from_token_cache": r.essays_from_token_cache,
+        "essays_tokenized": r.essays_tokenized,
     }
 
 
