@@ -82,8 +82,9 @@ class FoldHeadCheckpoint(StageResult):
         default_factory=dict, description="wall seconds of setup, stage1, stage2, predict_save")
     worker: str = Field("", description="process (and GPU) that trained it")
     essays_from_token_cache: int = Field(
-        0, description="essays whose ids came from the step's shared token cache")
-    essays_tokenized: int = Field(0, description="essays tokenized by the partition itself")
+        0, description="essay reads served by the step's shared token cache (an essay that "
+        "two stages read counts twice)")
+    essays_tokenized: int = Field(0, description="essay reads it had to tokenize itself")
 
 
 class GbdtMemberResult(StageResult):

@@ -139,3 +139,16 @@ def test_two_ranks_of_batch_4_train_as_one_process_of_batch_8(tmp_path, group_ba
           f"{diff:.2e}")
     assert diff < 1e-4
     assert qwk1 == pytest.approx(qwk2, abs=1e-6)
+
+
+def test_partitions_alternate_gpus_with_a_mix_of_heads():
+    """Head-major order handed out to alternating GPUs: each GPU trains every head (fold-major
+    order would put all of one head on one GPU)."""
+    from aes_assets.partitions import head_major, partition_key
+
+    heads = ["mean", "attention", "lstm", "weighted_layers"]
+    keys = head_major([partition_key(f, h) for f in range(5) for h in heads])
+    assert keys[:6] == ["0|mean", "1|mean", "2|mean", "3|mean", "4|mean", "0|attention"]
+    per_gpu = [Counter(k.split("|")[1] for k in keys[g::2]) for g in (0, 1)]
+    assert all(set(c) == set(heads) and max(c.values()) <= 3 for c in per_gpu)
+    assert per_gpu[0]["lstm"] + per_gpu[1]["lstm"] == 5

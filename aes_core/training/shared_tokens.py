@@ -21,7 +21,7 @@ from aes_core.config import BackboneSection
 from aes_core.models.tokens import TokenEncoder, TokenPlan
 from aes_core.serving.token_cache import CachedEncoder, TokenCache, text_key
 
-RAYON_THREADS = "RAYON_NUM_THREADS"  # the Rust tokenizer's thread pool (read once, at first use)
+RAYON_THREADS = "RAYON_NUM_THREADS"  # the Rust tokenizer's thread pool (read when it starts)
 PARALLELISM = "TOKENIZERS_PARALLELISM"
 
 
@@ -49,24 +49,26 @@ def share_tokens(backbone_path: str | Path, backbone: BackboneSection, texts: It
     ``threads``: the tokenizer's threads (default: every core this process may use); set only
     when this process has not tokenized yet (the Rust thread pool starts once)."""
     t0 = time.time()
-    if threads:
-        os.environ.setdefault(RAYON_THREADS, str(threads))
     encoder = _encoder(backbone_path, backbone)
     unique = list(dict.fromkeys(str(t) for t in texts))
     cache = TokenCache(max_entries=max(1, len(unique)), folder=folder)
-    before = os.environ.get(PARALLELISM)
-    os.environ[PARALLELISM] = "true"  # only while this step tokenizes (read per call)
+    # all cores only while the step tokenizes: workers started later keep one thread each
+    parallel = {PARALLELISM: "true", **({RAYON_THREADS: str(threads)}
+                                        if threads and RAYON_THREADS not in os.environ else {})}
+    before = {k: os.environ.get(k) for k in parallel}
     try:
+        os.environ.update(parallel)
         for s in range(0, len(unique), batch_size):
             part = unique[s:s + batch_size]
             cache.put_many([(text_key(t, encoder.fingerprint), w)
                             for t, w in zip(part, encoder.windows(part), strict=True)])
     finally:
         cache.close()
-        if before is None:
-            os.environ.pop(PARALLELISM, None)
-        else:
-            os.environ[PARALLELISM] = before
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return SharedTokens(str(folder), len(unique), round(time.time() - t0, 2))
 
 
