@@ -51,9 +51,18 @@ def essays():
     return df
 
 
+# what a BERT normalizer treats apart: accents and combining marks, Turkish dotted I, Greek
+# final sigma, CJK, control characters, tabs, odd spaces, emoji, curly quotes, a special
+# token's text, marks that survive accent stripping
+HARD = ["Ünïcödé İstanbul. " * 200, "ΟΔΟΣ ΟΔΟΣ. Σίσυφος", "中文字符 and 日本語, mixed",
+        "tab\there\x0bvt\x0cff\x00nul\x7fdel\u200bzw\u00a0nbsp\u2003em", "e\u0301 a\u0308",
+        "emoji 😀🎉 “quoted” — dash… ’s", "a [MASK] and [CLS] inside", "[mask] lower",
+        "क्षत्रिय हिन्दी", "ﬁne ligature Ⅻ ＡＢＣ", "x\u0345\u0315y", "x\u1b44\u0301\u0316y"]
+
+
 def _texts(essays):
-    return essays["full_text"].tolist() + ["", "  \n\n ", "Ünïcödé İstanbul. " * 200,
-                                           "a" * 3000, "para one\n\npara two\n" * 100]
+    return essays["full_text"].tolist() + ["", "  \n\n ", "a" * 3000,
+                                           "para one\n\npara two\n" * 100] + HARD
 
 
 @pytest.mark.parametrize("plan", [TokenPlan(32), TokenPlan(64, add_newline_tokens=True),
@@ -498,3 +507,16 @@ def test_torch_cuda_libraries_come_first_on_the_server_library_path(tmp_path, mo
     assert order.index(str(lib)) < order.index(sysconfig.get_config_var("LIBDIR"))
     assert order.index(str(lib)) < next(i for i, p in enumerate(order)
                                          if p.endswith("nvidia_pytriton.libs"))
+
+
+def test_a_bert_normalizer_runs_as_a_character_table(bundle):
+    """The table maps what the normalizer maps; texts it cannot map character by character go
+    through the full tokenizer (the identity test above checks the ids of both)."""
+    enc = TokenEncoder(tokenizer_of(bundle), TokenPlan(64))
+    chars = enc._chars
+    assert chars is not None
+    assert chars.apply("Ünïcödé\tΣ 中") == "unicode σ  中 "
+    assert chars.apply("a [MASK] inside") is None  # an added token's text
+    assert chars.apply("e\u0301\u0345") == "e"  # marks the normalizer strips
+    assert chars.apply("x\u1b44\u0301y") is None  # a combining mark it keeps (Mc, class 9)
+    assert TokenEncoder(tokenizer_of(bundle), TokenPlan(64, add_newline_tokens=True))._chars is None
