@@ -267,13 +267,19 @@ class CharNormalizer:
         return normalizer.get("type") == "BertNormalizer"
 
     def _learn(self, chars: set[str]) -> None:
-        for c in chars - self._seen:
+        """Add the images of unseen characters. New tables replace the old ones whole, so a
+        thread reading them meanwhile never sees one change under it."""
+        new = chars - self._seen
+        if not new:
+            return
+        table, unsafe = dict(self._table), set(self._unsafe)
+        for c in new:
             image = self._normalize(c)
             if any(self._combining(x) for x in image):
-                self._unsafe.add(c)
+                unsafe.add(c)
             elif image != c:
-                self._table[ord(c)] = image
-        self._seen |= chars
+                table[ord(c)] = image
+        self._table, self._unsafe, self._seen = table, unsafe, self._seen | new
 
     def apply(self, text: str) -> str | None:
         if not text.isascii():
