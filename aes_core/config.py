@@ -581,7 +581,7 @@ class RunSection(Section):
     preload_modules: list[str] = Field(
         default_factory=lambda: ["aes_core.training.stages"], description="multiprocess "
         "executor with forkserver: modules its server imports once per run beside the "
-        "definitions (torch, Lightning, transformers: ~20 s on a GPU host), so no step "
+        "definitions (torch, Lightning, transformers: ~15 s on a GPU host), so no step "
         "imports them again and gpu.worker_start: fork starts partition workers at once")
 
 
