@@ -241,8 +241,8 @@ def _whitespace_cut(text: str, limit: int) -> int:
 class CharNormalizer:
     """A BERT normalizer (clean text, CJK spacing, accents, lowercase) applied as a table of
     characters with ``str.translate``: it maps every character on its own, so a tokenizer
-    without its normalizer reads the translated text to the same ids (AES2 essays on one
-    thread: 1,484 essays/s against 1,130).
+    without its normalizer reads the translated text to the same ids, about 1.3x faster on
+    one thread (AES2 essays; BENCHMARKS.md).
 
     Each character's image comes from the normalizer itself. ``apply`` returns None (use the
     full tokenizer) for a text holding an added token's content, or a character whose image
