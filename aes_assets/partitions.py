@@ -36,7 +36,6 @@ def head_major(pks) -> list[str]:
     """Partition keys grouped by head, folds in order within each (``0|mean, 1|mean, ...``),
     heads in their first-seen order: handed out one by one to alternating GPUs, every GPU
     then trains a mix of heads (fold-major order would send all of one head to one GPU)."""
-    keys = [str(pk) for pk in pks]
-    heads = list(dict.fromkeys(split_partition_key(pk)[1] for pk in keys))
-    return sorted(keys, key=lambda pk: (heads.index(split_partition_key(pk)[1]),
-                                        split_partition_key(pk)[0]))
+    parsed = {str(pk): split_partition_key(pk) for pk in pks}
+    heads = list(dict.fromkeys(head for _, head in parsed.values()))
+    return sorted(parsed, key=lambda pk: (heads.index(parsed[pk][1]), parsed[pk][0]))

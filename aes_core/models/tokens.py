@@ -260,11 +260,11 @@ class CharNormalizer:
         self._learn({chr(i) for i in range(128)})
 
     @staticmethod
-    def applies_to(backend) -> bool:
-        import json
+    def applies_to(tokenizer) -> bool:
+        """Whether ``tokenizer`` (a ``tokenizers.Tokenizer``) normalizes like BERT."""
+        from tokenizers.normalizers import BertNormalizer
 
-        normalizer = json.loads(backend.to_str()).get("normalizer") or {}
-        return normalizer.get("type") == "BertNormalizer"
+        return isinstance(tokenizer.normalizer, BertNormalizer)
 
     def _learn(self, chars: set[str]) -> None:
         """Add the images of unseen characters. New tables replace the old ones whole, so a
@@ -331,7 +331,7 @@ class TokenEncoder:
                                        direction=getattr(tokenizer, "truncation_side", "right"))
             self._fast = fast
             self._plain, self._chars = fast, None
-            if CharNormalizer.applies_to(backend) and not self.plan.add_newline_tokens:
+            if CharNormalizer.applies_to(fast) and not self.plan.add_newline_tokens:
                 self._plain = Tokenizer.from_str(fast.to_str())
                 self._plain.encode_special_tokens = fast.encode_special_tokens
                 self._chars = CharNormalizer(fast.normalizer,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from aes_core.config import BackboneSection
 from aes_core.models.tokens import TokenEncoder, TokenPlan
-from aes_core.serving.token_cache import CachedEncoder, TokenCache, text_key
+from aes_core.serving.token_cache import CachedEncoder, TokenCache
 
 RAYON_THREADS = "RAYON_NUM_THREADS"  # the Rust tokenizer's thread pool (read when it starts)
 PARALLELISM = "TOKENIZERS_PARALLELISM"
@@ -34,13 +34,6 @@ class SharedTokens:
     seconds: float
 
 
-def _encoder(backbone_path: str | Path, backbone: BackboneSection) -> TokenEncoder:
-    from aes_core.models.backbone import load_tokenizer
-
-    tokenizer = load_tokenizer(Path(backbone_path), backbone.add_newline_tokens)
-    return TokenEncoder(tokenizer, TokenPlan.of(backbone))
-
-
 def share_tokens(backbone_path: str | Path, backbone: BackboneSection, texts: Iterable[str],
                  folder: str | Path, threads: int | None = None,
                  batch_size: int = 2048) -> SharedTokens:
@@ -48,10 +41,12 @@ def share_tokens(backbone_path: str | Path, backbone: BackboneSection, texts: It
 
     ``threads``: the tokenizer's threads (default: every core this process may use); set only
     when this process has not tokenized yet (the Rust thread pool starts once)."""
+    from aes_core.models.backbone import load_tokenizer
+
     t0 = time.time()
-    encoder = _encoder(backbone_path, backbone)
     unique = list(dict.fromkeys(str(t) for t in texts))
-    cache = TokenCache(max_entries=max(1, len(unique)), folder=folder)
+    tokenizer = load_tokenizer(Path(backbone_path), backbone.add_newline_tokens)
+    shared = shared_encoder(tokenizer, backbone, folder, len(unique))
     # all cores only while the step tokenizes: workers started later keep one thread each
     parallel = {PARALLELISM: "true", **({RAYON_THREADS: str(threads)}
                                         if threads and RAYON_THREADS not in os.environ else {})}
@@ -59,11 +54,9 @@ def share_tokens(backbone_path: str | Path, backbone: BackboneSection, texts: It
     try:
         os.environ.update(parallel)
         for s in range(0, len(unique), batch_size):
-            part = unique[s:s + batch_size]
-            cache.put_many([(text_key(t, encoder.fingerprint), w)
-                            for t, w in zip(part, encoder.windows(part), strict=True)])
+            shared.windows(unique[s:s + batch_size])  # tokenized and stored
     finally:
-        cache.close()
+        shared.cache.close()
         for k, v in before.items():
             if v is None:
                 os.environ.pop(k, None)
