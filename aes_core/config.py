@@ -303,6 +303,10 @@ class GpuSection(Section):
         "process, which already holds them when the run's executor preloads them "
         "(run.preload_modules), so workers start at once. Each worker picks its own GPU: the "
         "step reads the GPU count through NVML and never initialises CUDA itself")
+    mps: bool = Field(
+        False, description="run the step's GPU worker processes under NVIDIA MPS: a private "
+        "nvidia-cuda-mps-control daemon for the step, so the kernels of the workers sharing "
+        "a GPU run side by side instead of taking turns (needs the NVIDIA driver utilities)")
 
 
 class GbdtSection(Section):

@@ -80,6 +80,13 @@ def physical_gpu(index: int, env: dict[str, str] | None = None) -> str:
     return str(index)
 
 
+def worker_gpu(index: int | None, logical: bool = False) -> str | None:
+    """What a worker's ``CUDA_VISIBLE_DEVICES`` holds for this process's GPU ``index``."""
+    if index is None:
+        return None
+    return str(index) if logical else physical_gpu(index)
+
+
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
@@ -108,7 +115,8 @@ def _call(fn: Callable[[T], R], job: T) -> R:
 def run_jobs(fn: Callable[[T], R], jobs: Sequence[T], slots: Sequence[WorkerSlot],
              on_result: Callable[[int, R | JobFailure], None] | None = None,
              start: str = "spawn", preload: Sequence[str] = (),
-             before_submit: Callable[[], None] | None = None) -> list[R | JobFailure]:
+             before_submit: Callable[[], None] | None = None,
+             logical_gpus: bool = False) -> list[R | JobFailure]:
     """``fn(job)`` for every job over ``slots``; results in job order.
 
     ``fn`` and the jobs must pickle (a module-level function and plain data) unless the only
@@ -117,7 +125,9 @@ def run_jobs(fn: Callable[[T], R], jobs: Sequence[T], slots: Sequence[WorkerSlot
     (workers forked from a server that imported ``preload`` once). ``before_submit``: the
     caller's own preparation, run once the forkserver is starting (its imports overlap it) and
     before the first job is handed out. Jobs start in order, each on the slot kind (GPU) with
-    the most free workers, so consecutive jobs alternate between GPUs.
+    the most free workers, so consecutive jobs alternate between GPUs. ``logical_gpus``: a
+    worker names its GPU by this process's index, not the physical one (under an MPS daemon
+    started with this process's ``CUDA_VISIBLE_DEVICES``, which numbers those GPUs from 0).
     """
     results: list[R | JobFailure | None] = [None] * len(jobs)
 
@@ -144,8 +154,7 @@ def run_jobs(fn: Callable[[T], R], jobs: Sequence[T], slots: Sequence[WorkerSlot
     for s in slots:
         by_slot[s] = by_slot.get(s, 0) + 1
     pools = {s: ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker,
-                                    initargs=(None if s.gpu is None else physical_gpu(s.gpu),
-                                              s.threads))
+                                    initargs=(worker_gpu(s.gpu, logical_gpus), s.threads))
              for s, n in by_slot.items()}
     free = dict(by_slot)
     pending = list(range(len(jobs)))

@@ -1,0 +1,83 @@
+"""NVIDIA MPS (Multi-Process Service) for a step's GPU worker processes.
+
+Without MPS, the worker processes that share a GPU take turns on it (time slicing): one
+process's kernels run at a time. Under MPS their kernels run side by side, which is what
+many small fold models need to fill a large GPU. :func:`mps_daemon` starts a private
+``nvidia-cuda-mps-control`` daemon (its own pipe and log folders, so it neither needs root nor
+meets another user's), exports its pipe folder to the processes started inside the block,
+and stops the daemon when the block ends. The daemon inherits this process's
+``CUDA_VISIBLE_DEVICES`` and numbers those GPUs from 0 for its clients, so workers must name
+their GPU by this process's own index (``run_jobs(..., logical_gpus=True)``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+MPS_CONTROL = "nvidia-cuda-mps-control"
+PIPE_VAR, LOG_VAR = "CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY"
+
+
+@dataclass(frozen=True)
+class MpsDaemon:
+    """A running private MPS control daemon: where its pipe and logs are."""
+
+    binary: str
+    pipe_dir: Path
+    log_dir: Path
+
+    def env(self) -> dict[str, str]:
+        """The variables a client process needs to reach this daemon."""
+        return {PIPE_VAR: str(self.pipe_dir), LOG_VAR: str(self.log_dir)}
+
+    def control_log(self) -> str:
+        """The daemon's own log (why a client could not connect), or ``""``."""
+        f = self.log_dir / "control.log"
+        return f.read_text(errors="replace") if f.exists() else ""
+
+
+def find_mps_control(binary: str = MPS_CONTROL) -> str:
+    """The MPS control program's path; a clear error where the NVIDIA driver tools lack it."""
+    path = shutil.which(binary)
+    if path is None:
+        raise RuntimeError(f"gpu.mps is on but {binary!r} is not on PATH: it ships with the "
+                           f"NVIDIA driver utilities; install them or set gpu.mps: false")
+    return path
+
+
+@contextmanager
+def mps_daemon(binary: str = MPS_CONTROL, timeout_s: float = 30.0) -> Iterator[MpsDaemon]:
+    """Start a private MPS control daemon, export its folders to this process's environment
+    (child processes started inside the block inherit them), stop it on exit."""
+    path = find_mps_control(binary)
+    root = Path(tempfile.mkdtemp(prefix="aes-mps-"))  # short: the pipe is a UNIX socket
+    daemon = MpsDaemon(path, root / "pipe", root / "log")
+    daemon.pipe_dir.mkdir()
+    daemon.log_dir.mkdir()
+    env = {**os.environ, **daemon.env()}
+    started = subprocess.run([path, "-d"], env=env, capture_output=True, text=True,
+                             timeout=timeout_s, check=False)
+    if started.returncode != 0:
+        shutil.rmtree(root, ignore_errors=True)
+        raise RuntimeError(f"{binary} -d failed (exit {started.returncode}): "
+                           f"{(started.stderr or started.stdout).strip()}")
+    saved = {k: os.environ.get(k) for k in daemon.env()}
+    os.environ.update(daemon.env())
+    try:
+        yield daemon
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        subprocess.run([path], input="quit\n", env=env, capture_output=True, text=True,
+                       timeout=timeout_s, check=False)
+        shutil.rmtree(root, ignore_errors=True)
