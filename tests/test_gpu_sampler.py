@@ -29,3 +29,18 @@ def test_without_nvidia_smi_it_says_so(monkeypatch, tmp_path):
         pass
     assert s.summary() == {"samples": 0, "error": "nvidia-smi not found: no GPU utilisation "
                                                   "sampled"}
+
+
+def test_busy_cpus_come_from_proc_stat_deltas(tmp_path):
+    from aes_core.gpu_sampler import busy_cpus, read_cpu
+
+    stat_file = tmp_path / "stat"
+    # user nice system idle iowait irq softirq: 700 busy, 300 idle+iowait jiffies
+    stat_file.write_text("cpu  400 0 200 250 50 50 50\ncpu0 1 2 3 4\n")
+    first = read_cpu(10.0, str(stat_file))
+    assert (first.busy, first.total) == (700, 1000)
+    stat_file.write_text("cpu  700 0 300 650 50 50 50\n")  # +400 busy, +400 idle
+    second = read_cpu(20.0, str(stat_file))
+    assert busy_cpus([first, second], 0.0, 30.0, n_cpus=32) == 16.0  # half of 32 CPUs
+    assert busy_cpus([first, second], 15.0, 30.0, n_cpus=32) is None  # one sample: no rate
+    assert read_cpu(0.0, str(tmp_path / "absent")) is None

@@ -89,3 +89,29 @@ def test_jobs_alternate_between_gpus_after_the_callers_preparation(tmp_path):
     in_process = run_jobs(visible_gpu_and_marker, [str(marker)], [WorkerSlot(in_process=True)],
                           before_submit=marker.touch)
     assert in_process[0][1] is True
+
+
+def touch(marker: str) -> str:
+    from pathlib import Path
+
+    Path(marker).touch()
+    return marker
+
+
+def test_a_freed_worker_takes_its_next_job_before_the_callback_runs(tmp_path):
+    """Slow result handling in the caller (tracking, metadata) never keeps a worker idle: the
+    next job is handed out first, so it runs while the callback for the last one works."""
+    import time
+
+    jobs = [str(tmp_path / "first"), str(tmp_path / "second")]
+    seen: dict[int, bool] = {}
+
+    def on_result(i: int, _r) -> None:
+        if i == 0:  # wait for the second job to start, as a slow callback would
+            deadline = time.time() + 10
+            while not (tmp_path / "second").exists() and time.time() < deadline:
+                time.sleep(0.05)
+            seen[i] = (tmp_path / "second").exists()
+
+    results = run_jobs(touch, jobs, [WorkerSlot(gpu=None, threads=1)], on_result)
+    assert results == jobs and seen == {0: True}

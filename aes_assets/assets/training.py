@@ -11,6 +11,7 @@ metadata and MLflow run, and can be re-run alone (``--partition 2|lstm``).
 
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -139,6 +140,10 @@ def fold_head_asset(cfg: AesConfig, backbone: BackboneSection) -> dg.AssetsDefin
         context.log.info(f"{name}: {len(pks)} partition(s) on {len(slots)} worker slot(s) "
                          f"[{', '.join(s.describe() for s in slots)}]")
         progress = Progress(len(pks))
+        # MLflow runs are written by one thread beside the training, so a partition's results
+        # never wait for the store (its first use imports mlflow and opens it: seconds)
+        tracking = ThreadPoolExecutor(1, thread_name_prefix="mlflow")
+        tracked = [tracking.submit(mlflow.prepare)]
 
         def on_result(i: int, r: FoldHeadCheckpoint | JobFailure) -> None:
             pk = pks[i]
@@ -147,7 +152,7 @@ def fold_head_asset(cfg: AesConfig, backbone: BackboneSection) -> dg.AssetsDefin
                 return
             context.add_asset_metadata(_partition_metadata(r), partition_key=pk)
             if not r.reused:
-                _track(mlflow, context.run_id, name, pk, full, r)
+                tracked.append(tracking.submit(_track, mlflow, context.run_id, name, pk, full, r))
             context.log.info(
                 f"{name} [{pk}]: fold QWK {r.fold_qwk:.4f}, {r.kept_stage} weights"
                 + (" (reused)" if r.reused else f", {r.seconds:.0f}s")
@@ -174,7 +179,10 @@ def fold_head_asset(cfg: AesConfig, backbone: BackboneSection) -> dg.AssetsDefin
                                before_submit=tokenize_once, logical_gpus=mps)
             if daemon is not None and failures(results):
                 context.log.warning(f"{name}: MPS control log:\n{daemon.control_log()[-2000:]}")
+        tracking.shutdown(wait=True)
         step_seconds = time.time() - step_start
+        for t in tracked:
+            t.result()  # a tracking error fails the step, as before
         folded_path.unlink(missing_ok=True)
         if unlabelled_path:
             unlabelled_path.unlink(missing_ok=True)

@@ -121,8 +121,9 @@ def run_jobs(fn: Callable[[T], R], jobs: Sequence[T], slots: Sequence[WorkerSlot
 
     ``fn`` and the jobs must pickle (a module-level function and plain data) unless the only
     slot is ``in_process``. ``on_result(index, result)`` is called in the caller's process as
-    each job finishes (progress, logging, tracking). ``start``: ``spawn`` or ``forkserver``
-    (workers forked from a server that imported ``preload`` once). ``before_submit``: the
+    each job finishes (progress, logging, tracking), once the freed worker took its next job.
+    ``start``: ``spawn``, ``forkserver`` (workers forked from a server that imported
+    ``preload`` once) or ``fork``. ``before_submit``: the
     caller's own preparation, run once the forkserver is starting (its imports overlap it) and
     before the first job is handed out. Jobs start in order, each on the slot kind (GPU) with
     the most free workers, so consecutive jobs alternate between GPUs. ``logical_gpus``: a
@@ -166,22 +167,28 @@ def run_jobs(fn: Callable[[T], R], jobs: Sequence[T], slots: Sequence[WorkerSlot
             forkserver.ensure_running()  # imports ``preload`` while before_submit runs here
         if before_submit is not None:
             before_submit()
-        while pending or running:
+        def refill() -> None:
             while pending:
                 s = max((s for s in pools if free[s] > 0), key=lambda s: free[s], default=None)
                 if s is None:
-                    break
+                    return
                 i = pending.pop(0)
                 running[pools[s].submit(_call, fn, jobs[i])] = (i, s)
                 free[s] -= 1
+
+        while pending or running:
+            refill()
             finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            arrived: list[tuple[int, R | JobFailure]] = []
             for fut in finished:
                 i, s = running.pop(fut)
                 free[s] += 1
                 try:
-                    r = fut.result()
+                    arrived.append((i, fut.result()))
                 except Exception as e:  # noqa: BLE001 - the worker's error, or its death
-                    r = JobFailure(i, "".join(traceback.format_exception(e)))
+                    arrived.append((i, JobFailure(i, "".join(traceback.format_exception(e)))))
+            refill()  # freed workers take their next job before the callbacks run
+            for i, r in arrived:
                 done(i, r)
     finally:
         for pool in pools.values():
