@@ -303,6 +303,9 @@ class GpuSection(Section):
         "process, which already holds them when the run's executor preloads them "
         "(run.preload_modules), so workers start at once. Each worker picks its own GPU: the "
         "step reads the GPU count through NVML and never initialises CUDA itself")
+    pin_cpus: bool = Field(
+        False, description="each GPU's worker processes run on their own block of this "
+        "process's CPUs (an equal share per GPU), as a step on one GPU with that share would")
     mps: bool = Field(
         False, description="run the step's GPU worker processes under NVIDIA MPS: a private "
         "nvidia-cuda-mps-control daemon for the step, so the kernels of the workers sharing "

@@ -2,9 +2,9 @@
 
 ``GpuSampler`` polls ``nvidia-smi`` in a thread; ``summary`` reports, per GPU and per time
 window (e.g. the training step of a Dagster run), the mean utilisation, the mean over the
-samples where the GPU was busy at all, the peak memory, and how many of the host's CPUs were
-busy on average (``/proc/stat``). Without ``nvidia-smi`` it records
-nothing and says so.
+samples where the GPU was busy at all, the peak memory, and for the host: how many of its CPUs
+were busy on average, how fast it wrote to its disks and its peak dirty page cache. Without
+``nvidia-smi`` it records nothing and says so.
 """
 
 from __future__ import annotations
@@ -28,29 +28,51 @@ class Sample:
 
 
 @dataclass
-class CpuSample:
+class HostSample:
     t: float
     busy: int  # jiffies of all CPUs (/proc/stat) doing anything but idle or iowait
     total: int
+    written: int = 0  # bytes written to the host's disks so far (/proc/diskstats)
+    dirty_mib: float = 0.0  # page cache waiting to be written (/proc/meminfo Dirty)
 
 
-def read_cpu(t: float, stat: str = "/proc/stat") -> CpuSample | None:
-    """The host's cumulative CPU time from ``/proc/stat`` (None where it does not exist)."""
+def read_host(t: float, proc: str = "/proc", sys_block: str = "/sys/block") -> HostSample | None:
+    """The host's cumulative CPU time, bytes written to its disks (whole disks, not loop or
+    RAM devices) and dirty page cache; None where ``/proc/stat`` does not exist."""
     try:
-        with open(stat) as f:
+        with open(f"{proc}/stat") as f:
             fields = [int(x) for x in f.readline().split()[1:]]
     except (OSError, ValueError):
         return None
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return CpuSample(t, sum(fields) - idle, sum(fields))
+    disks = {d for d in os.listdir(sys_block)
+             if not d.startswith(("loop", "ram"))} if os.path.isdir(sys_block) else set()
+    written = dirty = 0
+    try:
+        with open(f"{proc}/diskstats") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 9 and parts[2] in disks:
+                    written += int(parts[9]) * 512  # sectors of 512 bytes
+        with open(f"{proc}/meminfo") as f:
+            for line in f:
+                if line.startswith("Dirty:"):
+                    dirty = int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return HostSample(t, sum(fields) - idle, sum(fields), written, dirty / 1024)
 
 
-def busy_cpus(samples: list[CpuSample], t0: float, t1: float, n_cpus: int) -> float | None:
-    """Mean number of busy CPUs between the first and last sample inside [t0, t1]."""
+def host_summary(samples: list[HostSample], t0: float, t1: float, n_cpus: int) -> dict:
+    """Between the first and last sample inside [t0, t1]: mean busy CPUs, disk writes (MB/s)
+    and the peak dirty page cache; empty with fewer than two samples."""
     rows = [s for s in samples if t0 <= s.t <= t1]
-    if len(rows) < 2 or rows[-1].total == rows[0].total:
-        return None
-    return round((rows[-1].busy - rows[0].busy) / (rows[-1].total - rows[0].total) * n_cpus, 1)
+    if len(rows) < 2 or rows[-1].total == rows[0].total or rows[-1].t == rows[0].t:
+        return {}
+    a, b = rows[0], rows[-1]
+    return {"host_cpus_busy": round((b.busy - a.busy) / (b.total - a.total) * n_cpus, 1),
+            "host_disk_write_mb_s": round((b.written - a.written) / (b.t - a.t) / 1e6, 1),
+            "host_dirty_peak_mib": round(max(s.dirty_mib for s in rows), 1)}
 
 
 @dataclass
@@ -60,7 +82,7 @@ class GpuSampler:
     interval_s: float = 2.0
     binary: str = "nvidia-smi"
     samples: list[Sample] = field(default_factory=list)
-    cpu_samples: list[CpuSample] = field(default_factory=list)
+    host_samples: list[HostSample] = field(default_factory=list)
     error: str | None = None
 
     def __post_init__(self) -> None:
@@ -88,9 +110,9 @@ class GpuSampler:
                                      timeout=30, check=True).stdout
                 now = time.time()
                 self.samples += parse(out, now)
-                cpu = read_cpu(now)
-                if cpu is not None:
-                    self.cpu_samples.append(cpu)
+                host = read_host(now)
+                if host is not None:
+                    self.host_samples.append(host)
             except (subprocess.SubprocessError, OSError, ValueError) as e:
                 self.error = f"{type(e).__name__}: {e}"
                 return
@@ -114,9 +136,7 @@ class GpuSampler:
                     "util_mean_pct": round(sum(s.util_pct for s in mine) / len(mine), 1),
                     "util_busy_mean_pct": round(sum(busy) / len(busy), 1) if busy else 0.0,
                     "memory_peak_mib": max(s.memory_mib for s in mine)}
-            cpus = busy_cpus(self.cpu_samples, t0, t1, os.cpu_count() or 1)
-            if cpus is not None:
-                per_gpu["host_cpus_busy"] = cpus  # of os.cpu_count() on the host
+            per_gpu.update(host_summary(self.host_samples, t0, t1, os.cpu_count() or 1))
             out[name] = per_gpu
         return out
 

@@ -17,7 +17,7 @@ from typing import Any
 import dagster as dg
 
 from aes_core.config import GpuSection
-from aes_core.training.parallel import WorkerSlot, usable_cpus
+from aes_core.training.parallel import WorkerSlot, cpu_blocks, usable_cpus
 
 GPU_TAG = "aes/gpu"
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
@@ -159,15 +159,19 @@ class GpuResource(dg.ConfigurableResource, GpuSection):
 
     def worker_slots(self, n_jobs: int) -> list[WorkerSlot]:
         """Where a step's partitions train at once: ``workers_per_gpu`` worker processes per
-        visible GPU (each sees only its GPU), or ``cpu_workers`` on a machine without one.
+        visible GPU (each sees only its GPU; with ``pin_cpus`` each GPU's workers share their
+        own block of this process's CPUs), or ``cpu_workers`` on a machine without one.
         One slot with ``in_process`` = train in the step's own process (DDP across all
         devices when ``devices > 1``; one worker needs no pool)."""
         if self.use_gpu():
             gpus = visible_gpus()
             if self.devices > 1 or len(gpus) * self.workers_per_gpu <= 1 or n_jobs <= 1:
                 return [WorkerSlot(gpu=None, in_process=True)]
-            slots = [WorkerSlot(gpu=g, threads=self._threads(len(gpus) * self.workers_per_gpu))
-                     for _ in range(self.workers_per_gpu) for g in gpus]
+            threads = self._threads(len(gpus) * self.workers_per_gpu)
+            blocks = (cpu_blocks(len(gpus)) if self.pin_cpus and usable_cpus() >= len(gpus)
+                      else [None] * len(gpus))
+            slots = [WorkerSlot(gpu=g, threads=threads, cpus=blocks[k])
+                     for _ in range(self.workers_per_gpu) for k, g in enumerate(gpus)]
         elif self.cpu_workers <= 1 or n_jobs <= 1 or self.devices > 1:
             return [WorkerSlot(gpu=None, in_process=True)]
         else:

@@ -102,17 +102,6 @@ class MlflowTracker(dg.ConfigurableResource):
                 raise
             return exp.experiment_id
 
-    def prepare(self) -> None:
-        """Import mlflow and open the store and experiment now (the first run otherwise
-        pays for it), e.g. in a thread while a step trains."""
-        if not self.enabled:
-            return
-        import mlflow
-
-        self._ensure_store_dir()
-        mlflow.set_tracking_uri(self.tracking_uri)
-        self._experiment_id()
-
     def _ensure_store_dir(self) -> None:
         if self.tracking_uri.startswith("sqlite:///"):
             os.makedirs(os.path.dirname(self.tracking_uri.removeprefix("sqlite:///")) or ".",

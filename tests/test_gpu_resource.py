@@ -152,3 +152,25 @@ def test_partitions_alternate_gpus_with_a_mix_of_heads():
     per_gpu = [Counter(k.split("|")[1] for k in keys[g::2]) for g in (0, 1)]
     assert all(set(c) == set(heads) and max(c.values()) <= 3 for c in per_gpu)
     assert per_gpu[0]["lstm"] + per_gpu[1]["lstm"] == 5
+
+
+def test_pinned_workers_of_each_gpu_share_their_own_cpu_block(monkeypatch):
+    """``pin_cpus``: GPU g's workers run on the g-th block of the step's CPUs (what a step on
+    one GPU with that share would get); off, workers keep the step's whole affinity."""
+    import os
+
+    import aes_resources.gpu as gpu_mod
+    from aes_core.training.parallel import cpu_blocks
+
+    monkeypatch.setattr(GpuResource, "use_gpu", lambda self: True)
+    monkeypatch.setattr(gpu_mod, "visible_gpus", lambda: [0, 1])
+    monkeypatch.setattr(gpu_mod, "usable_cpus", lambda: 32)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16, 48)))
+    slots = GpuResource(workers_per_gpu=3, pin_cpus=True).worker_slots(6)
+    assert [(s.gpu, s.cpus) for s in slots[:2]] == [(0, tuple(range(16, 32))),
+                                                    (1, tuple(range(32, 48)))]
+    assert {s.cpus for s in slots if s.gpu == 1} == {tuple(range(32, 48))}
+    assert all(s.cpus is None for s in GpuResource(workers_per_gpu=3).worker_slots(6))
+    assert cpu_blocks(3, range(7)) == [(0, 1, 2), (3, 4), (5, 6)]
+    with pytest.raises(ValueError, match="cannot split 2 CPU"):
+        cpu_blocks(3, [0, 1])

@@ -31,16 +31,30 @@ def test_without_nvidia_smi_it_says_so(monkeypatch, tmp_path):
                                                   "sampled"}
 
 
-def test_busy_cpus_come_from_proc_stat_deltas(tmp_path):
-    from aes_core.gpu_sampler import busy_cpus, read_cpu
+def test_host_figures_come_from_proc_deltas(tmp_path):
+    from aes_core.gpu_sampler import host_summary, read_host
 
-    stat_file = tmp_path / "stat"
-    # user nice system idle iowait irq softirq: 700 busy, 300 idle+iowait jiffies
-    stat_file.write_text("cpu  400 0 200 250 50 50 50\ncpu0 1 2 3 4\n")
-    first = read_cpu(10.0, str(stat_file))
-    assert (first.busy, first.total) == (700, 1000)
-    stat_file.write_text("cpu  700 0 300 650 50 50 50\n")  # +400 busy, +400 idle
-    second = read_cpu(20.0, str(stat_file))
-    assert busy_cpus([first, second], 0.0, 30.0, n_cpus=32) == 16.0  # half of 32 CPUs
-    assert busy_cpus([first, second], 15.0, 30.0, n_cpus=32) is None  # one sample: no rate
-    assert read_cpu(0.0, str(tmp_path / "absent")) is None
+    proc, block = tmp_path / "proc", tmp_path / "block"
+    proc.mkdir()
+    (block / "vda").mkdir(parents=True)
+    (block / "loop0").mkdir()
+
+    def write(busy_user: int, idle: int, vda_sectors: int, dirty_kb: int) -> None:
+        # user nice system idle iowait irq softirq
+        (proc / "stat").write_text(f"cpu  {busy_user} 0 200 {idle} 50 50 50\ncpu0 1 2 3 4\n")
+        (proc / "diskstats").write_text(
+            f" 253 0 vda 10 0 80 5 20 0 {vda_sectors} 9 0 0 0\n"
+            f" 253 1 vda1 10 0 80 5 20 0 {vda_sectors} 9 0 0 0\n"  # a partition: not summed
+            " 7 0 loop0 1 0 8 1 1 0 999999 1 0 0 0\n")
+        (proc / "meminfo").write_text(f"MemTotal: 100 kB\nDirty: {dirty_kb} kB\n")
+
+    write(400, 250, 1000, 2048)
+    first = read_host(10.0, str(proc), str(block))
+    assert (first.busy, first.total, first.written) == (700, 1000, 512_000)
+    write(700, 350, 21000, 4096)  # +300 busy, +100 idle, +10.24 MB in 10 s
+    second = read_host(20.0, str(proc), str(block))
+    out = host_summary([first, second], 0.0, 30.0, n_cpus=32)
+    assert out == {"host_cpus_busy": 24.0, "host_disk_write_mb_s": 1.0,
+                   "host_dirty_peak_mib": 4.0}
+    assert host_summary([first, second], 15.0, 30.0, n_cpus=32) == {}  # one sample: no rate
+    assert read_host(0.0, str(tmp_path / "absent")) is None

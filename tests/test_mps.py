@@ -17,7 +17,8 @@ from aes_core.training.parallel import WorkerSlot, run_jobs
 FAKE_CONTROL = """#!/bin/sh
 if [ "$1" = "-d" ]; then
   [ -n "$FAIL" ] && { echo "$FAIL" >&2; exit 1; }
-  echo "start $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY ${CUDA_VISIBLE_DEVICES:-all}" >> "$RECORD"
+  echo "start $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY \
+${CUDA_VISIBLE_DEVICES:-all}" >> "$RECORD"
   echo "daemon started" > "$CUDA_MPS_LOG_DIRECTORY/control.log"
 else
   read cmd; echo "$cmd $CUDA_MPS_PIPE_DIRECTORY" >> "$RECORD"

@@ -115,3 +115,19 @@ def test_a_freed_worker_takes_its_next_job_before_the_callback_runs(tmp_path):
 
     results = run_jobs(touch, jobs, [WorkerSlot(gpu=None, threads=1)], on_result)
     assert results == jobs and seen == {0: True}
+
+
+def affinity(_: int) -> list[int]:
+    import os
+
+    return sorted(os.sched_getaffinity(0))
+
+
+def test_a_worker_runs_on_the_cpus_of_its_slot():
+    import os
+
+    first = min(os.sched_getaffinity(0))
+    [pinned, free] = run_jobs(affinity, [0, 1], [WorkerSlot(threads=1, cpus=(first,)),
+                                                 WorkerSlot(threads=1)])
+    assert pinned == [first]
+    assert free == sorted(os.sched_getaffinity(0))

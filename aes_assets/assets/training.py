@@ -141,9 +141,11 @@ def fold_head_asset(cfg: AesConfig, backbone: BackboneSection) -> dg.AssetsDefin
                          f"[{', '.join(s.describe() for s in slots)}]")
         progress = Progress(len(pks))
         # MLflow runs are written by one thread beside the training, so a partition's results
-        # never wait for the store (its first use imports mlflow and opens it: seconds)
+        # never wait for the store (its first use imports mlflow and opens it: seconds). It
+        # starts with the first result: an import running beside the step's tokenizing took
+        # the GIL from it (0.9 -> 4 s), and workers may fork from this process until then.
         tracking = ThreadPoolExecutor(1, thread_name_prefix="mlflow")
-        tracked = [tracking.submit(mlflow.prepare)]
+        tracked: list = []
 
         def on_result(i: int, r: FoldHeadCheckpoint | JobFailure) -> None:
             pk = pks[i]

@@ -37,6 +37,7 @@ class WorkerSlot:
     gpu: int | None = None
     threads: int | None = None
     in_process: bool = False
+    cpus: tuple[int, ...] | None = None  # the CPUs the worker may run on (None = the caller's)
 
     def describe(self) -> str:
         if self.in_process:
@@ -90,8 +91,9 @@ def worker_gpu(index: int | None, logical: bool = False) -> str | None:
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
-def _init_worker(gpu: str | None, threads: int | None) -> None:
-    """Pin a fresh worker to its GPU and thread budget. torch is not imported for it (a CPU
+def _init_worker(gpu: str | None, threads: int | None,
+                 cpus: tuple[int, ...] | None = None) -> None:
+    """Pin a fresh worker to its GPU, CPUs and thread budget. torch is not imported for it (a CPU
     worker that never needs torch would pay seconds for it): a later import reads the
     variables, and a torch already loaded by the spawn bootstrap is set directly."""
     if gpu is not None:
@@ -100,6 +102,8 @@ def _init_worker(gpu: str | None, threads: int | None) -> None:
             raise RuntimeError("a worker forked with CUDA already initialised cannot pick its "
                                "GPU: set gpu.worker_start: spawn")
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     if threads:
         for var in THREAD_VARS:
             os.environ[var] = str(threads)
@@ -155,7 +159,8 @@ def run_jobs(fn: Callable[[T], R], jobs: Sequence[T], slots: Sequence[WorkerSlot
     for s in slots:
         by_slot[s] = by_slot.get(s, 0) + 1
     pools = {s: ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker,
-                                    initargs=(worker_gpu(s.gpu, logical_gpus), s.threads))
+                                    initargs=(worker_gpu(s.gpu, logical_gpus), s.threads,
+                                              s.cpus))
              for s, n in by_slot.items()}
     free = dict(by_slot)
     pending = list(range(len(jobs)))
@@ -212,6 +217,20 @@ def worker_context(start: str, preload: Sequence[str] = ()) -> mp.context.BaseCo
         for module in preload:
             importlib.import_module(module)
     return ctx
+
+
+def cpu_blocks(n: int, cpus: Sequence[int] | None = None) -> list[tuple[int, ...]]:
+    """This process's CPUs (or ``cpus``) in ``n`` contiguous blocks of (nearly) equal size."""
+    ids = sorted(os.sched_getaffinity(0) if cpus is None else cpus)
+    if n < 1 or n > len(ids):
+        raise ValueError(f"cannot split {len(ids)} CPU(s) into {n} block(s)")
+    size, extra = divmod(len(ids), n)
+    out, start = [], 0
+    for b in range(n):
+        end = start + size + (1 if b < extra else 0)
+        out.append(tuple(ids[start:end]))
+        start = end
+    return out
 
 
 def cpu_slots(workers: int, n_jobs: int) -> list[WorkerSlot]:

@@ -49,7 +49,8 @@ def prepare_out_dir(out: Path, spec: dict[str, Any],
 
 def checkpoint_summary(path: Path) -> dict[str, Any]:
     """global_step, epochs and the best monitored score stored in a Lightning checkpoint."""
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    # mmap: only the small pickled fields are read, not the weights and optimizer state
+    ck = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     score = None
     for key, state in (ck.get("callbacks") or {}).items():
         if str(key).startswith("ModelCheckpoint") and state.get("best_model_score") is not None:

@@ -316,8 +316,10 @@ def run_stage(job: FoldHeadJob, stage: str, model: EssayRegressor, tokenizer,
                       group_batches=cfg.length_group_batches)
     vl = eval_loader(val_ds, tokenizer, cfg.eval_batch_size, cfg.num_workers,
                      length_sorted=not multi)
+    # the best epoch's weights only: resuming reads last.ckpt, so the optimizer state (twice
+    # the weights) need not be written again with every improvement
     ckpt_cb = ModelCheckpoint(dirpath=sdir, filename="best", monitor="val_qwk", mode="max",
-                              save_top_k=1)
+                              save_top_k=1, save_weights_only=True)
     # last.ckpt after every validation: Lightning's save_last writes it only when the best
     # checkpoint improved, so a resumed stage and the epochs it reports would lag behind
     last_cb = ModelCheckpoint(dirpath=sdir, filename=Path(LAST_CKPT).stem, monitor=None,
