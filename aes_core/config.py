@@ -306,10 +306,18 @@ class GpuSection(Section):
     pin_cpus: bool = Field(
         False, description="each GPU's worker processes run on their own block of this "
         "process's CPUs (an equal share per GPU), as a step on one GPU with that share would")
-    mps: bool = Field(
-        False, description="run the step's GPU worker processes under NVIDIA MPS: a private "
+    mps: Literal["off", "auto", "on"] = Field(
+        "off", description="run the step's GPU worker processes under NVIDIA MPS: a private "
         "nvidia-cuda-mps-control daemon for the step, so the kernels of the workers sharing "
-        "a GPU run side by side instead of taking turns (needs the NVIDIA driver utilities)")
+        "a GPU run side by side instead of taking turns. on: required (the step fails "
+        "without it); auto: used where the NVIDIA driver utilities provide it, else the "
+        "step says so and its workers take turns")
+
+    @field_validator("mps", mode="before")
+    @classmethod
+    def _mps_words(cls, v: Any) -> Any:
+        """YAML reads a bare ``on`` / ``off`` as true / false."""
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
 
 class GbdtSection(Section):

@@ -97,6 +97,7 @@ def test_multiprocess_steps_start_from_a_preloaded_forkserver(tmp_path, monkeypa
     assert mp["start_method"] == {"forkserver": {"preload_modules": [
         DEFINITIONS_MODULE, "aes_core.training.stages"]}}  # torch & co. once per run
     assert cfg.gpu.worker_start == "fork"  # partition workers fork from the preloaded step
+    assert cfg.gpu.mps == "auto"  # MPS where the driver utilities have it
     spawn = cfg.model_copy(update={"run": cfg.run.model_copy(update={"start_method": "spawn"})})
     assert executor_config(spawn)["execution"]["config"]["multiprocess"]["start_method"] == {
         "spawn": {}}
@@ -203,3 +204,14 @@ def test_bad_extends_names_the_problem(tmp_path, text, message):
     (tmp_path / "loop.yaml").write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_config(str(tmp_path / "loop.yaml"))
+
+
+def test_gpu_mps_reads_yaml_on_and_off(tmp_path):
+    """A bare ``on`` / ``off`` in YAML is a boolean; gpu.mps takes it as the word."""
+    for word in ("on", "off", "auto"):
+        f = tmp_path / f"{word}.yaml"
+        f.write_text(f"gpu:\n  mps: {word}\n")
+        assert load_config(f).gpu.mps == word
+    f.write_text("gpu:\n  mps: sometimes\n")
+    with pytest.raises(ConfigError, match="mps"):
+        load_config(f)

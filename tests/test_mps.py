@@ -78,3 +78,24 @@ def test_mps_without_the_driver_tools_is_a_clear_error(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match="gpu.mps is on but 'nvidia-cuda-mps-control' is not"):
         with mps_daemon():
             pass
+
+
+def test_auto_uses_mps_where_it_starts_and_says_why_not_elsewhere(fake_control, monkeypatch):
+    from aes_core.training.mps import step_mps
+
+    said: list[str] = []
+    with step_mps("auto", True, said.append) as daemon:
+        assert daemon is not None and os.environ[PIPE_VAR] == str(daemon.pipe_dir)
+    with step_mps("auto", False, said.append) as daemon:  # CPU workers: nothing to share
+        assert daemon is None
+    with step_mps("off", True, said.append) as daemon:
+        assert daemon is None
+    assert said == [] and fake_control.read_text().count("start ") == 1
+    monkeypatch.setenv("FAIL", "cannot start")
+    with step_mps("auto", True, said.append) as daemon:
+        assert daemon is None and PIPE_VAR not in os.environ
+    assert len(said) == 1 and "cannot start" in said[0] and "take turns" in said[0]
+    with pytest.raises(RuntimeError, match="cannot start"), step_mps("on", True, said.append):
+        pass
+    with pytest.raises(ValueError, match="use off, auto or on"), step_mps("yes", True, print):
+        pass

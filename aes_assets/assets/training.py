@@ -12,7 +12,6 @@ metadata and MLflow run, and can be re-run alone (``--partition 2|lstm``).
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from pathlib import Path
 
 import dagster as dg
@@ -31,7 +30,7 @@ from aes_assets.partitions import (
 from aes_core.config import AesConfig, BackboneSection, TrainSection, resolve_section
 from aes_core.contracts import FoldHeadCheckpoint, MlmBackbone
 from aes_core.hardware import usable_cpus
-from aes_core.training.mps import mps_daemon
+from aes_core.training.mps import step_mps
 from aes_core.training.parallel import JobFailure, failures, run_jobs
 from aes_core.training.shared_tokens import share_tokens
 from aes_core.training.tasks import (
@@ -171,14 +170,14 @@ def fold_head_asset(cfg: AesConfig, backbone: BackboneSection) -> dg.AssetsDefin
             context.log.info(f"{name}: tokenized {done.essays} distinct essays once for all "
                              f"{len(pks)} partitions in {done.seconds:.1f}s")
 
-        mps = full.gpu.mps and any(s.gpu is not None for s in slots)
-        with mps_daemon() if mps else nullcontext() as daemon:
+        gpu_workers = any(s.gpu is not None for s in slots)
+        with step_mps(full.gpu.mps, gpu_workers, context.log.warning) as daemon:
             if daemon is not None:
                 context.log.info(f"{name}: workers share their GPUs through MPS "
                                  f"(daemon logs in {daemon.log_dir})")
             results = run_jobs(train_partition, tasks, slots, on_result,
                                start=full.gpu.worker_start, preload=TRAINING_MODULES,
-                               before_submit=tokenize_once, logical_gpus=mps)
+                               before_submit=tokenize_once, logical_gpus=daemon is not None)
             if daemon is not None and failures(results):
                 context.log.warning(f"{name}: MPS control log:\n{daemon.control_log()[-2000:]}")
         tracking.shutdown(wait=True)

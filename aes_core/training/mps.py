@@ -16,8 +16,8 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +48,8 @@ def find_mps_control(binary: str = MPS_CONTROL) -> str:
     path = shutil.which(binary)
     if path is None:
         raise RuntimeError(f"gpu.mps is on but {binary!r} is not on PATH: it ships with the "
-                           f"NVIDIA driver utilities; install them or set gpu.mps: false")
+                           f"NVIDIA driver utilities; install them, or set gpu.mps to auto "
+                           f"(used where present) or off")
     return path
 
 
@@ -81,3 +82,25 @@ def mps_daemon(binary: str = MPS_CONTROL, timeout_s: float = 30.0) -> Iterator[M
         subprocess.run([path], input="quit\n", env=env, capture_output=True, text=True,
                        timeout=timeout_s, check=False)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def step_mps(setting: str, gpu_workers: bool,
+             warn: Callable[[str], None]) -> Iterator[MpsDaemon | None]:
+    """The daemon a step's GPU workers run under (``gpu.mps``), or None: ``off`` or no GPU
+    workers, none; ``on``, :func:`mps_daemon` (its errors are the step's); ``auto``, the
+    daemon where it is installed and starts, else ``warn`` says why and the workers sharing
+    a GPU take turns on it."""
+    if setting not in ("off", "auto", "on"):
+        raise ValueError(f"gpu.mps {setting!r}: use off, auto or on")
+    with ExitStack() as stack:
+        daemon = None
+        if setting == "on" and gpu_workers:
+            daemon = stack.enter_context(mps_daemon())
+        elif setting == "auto" and gpu_workers:
+            try:
+                daemon = stack.enter_context(mps_daemon())
+            except RuntimeError as e:
+                warn(f"gpu.mps is auto and MPS is not usable here ({e}): the workers sharing "
+                     f"a GPU take turns on it")
+        yield daemon
