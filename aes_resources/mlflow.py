@@ -102,11 +102,6 @@ class MlflowTracker(dg.ConfigurableResource):
                 raise
             return exp.experiment_id
 
-    def _ensure_store_dir(self) -> None:
-        if self.tracking_uri.startswith("sqlite:///"):
-            os.makedirs(os.path.dirname(self.tracking_uri.removeprefix("sqlite:///")) or ".",
-                        exist_ok=True)
-
     @contextlib.contextmanager
     def run(self, name: str, params: Mapping[str, Any] | None = None,
             tags: Mapping[str, str] | None = None) -> Iterator[RunLog]:
@@ -116,7 +111,9 @@ class MlflowTracker(dg.ConfigurableResource):
             return
         import mlflow
 
-        self._ensure_store_dir()
+        if self.tracking_uri.startswith("sqlite:///"):
+            os.makedirs(os.path.dirname(self.tracking_uri.removeprefix("sqlite:///")) or ".",
+                        exist_ok=True)
         mlflow.set_tracking_uri(self.tracking_uri)
         all_tags = {"git_commit": git_commit(),
                     **{f"version.{k}": v for k, v in package_versions().items()},

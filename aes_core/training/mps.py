@@ -29,7 +29,6 @@ PIPE_VAR, LOG_VAR = "CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY"
 class MpsDaemon:
     """A running private MPS control daemon: where its pipe and logs are."""
 
-    binary: str
     pipe_dir: Path
     log_dir: Path
 
@@ -59,7 +58,7 @@ def mps_daemon(binary: str = MPS_CONTROL, timeout_s: float = 30.0) -> Iterator[M
     (child processes started inside the block inherit them), stop it on exit."""
     path = find_mps_control(binary)
     root = Path(tempfile.mkdtemp(prefix="aes-mps-"))  # short: the pipe is a UNIX socket
-    daemon = MpsDaemon(path, root / "pipe", root / "log")
+    daemon = MpsDaemon(root / "pipe", root / "log")
     daemon.pipe_dir.mkdir()
     daemon.log_dir.mkdir()
     env = {**os.environ, **daemon.env()}

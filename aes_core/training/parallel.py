@@ -172,6 +172,7 @@ def run_jobs(fn: Callable[[T], R], jobs: Sequence[T], slots: Sequence[WorkerSlot
             forkserver.ensure_running()  # imports ``preload`` while before_submit runs here
         if before_submit is not None:
             before_submit()
+
         def refill() -> None:
             while pending:
                 s = max((s for s in pools if free[s] > 0), key=lambda s: free[s], default=None)
@@ -181,8 +182,8 @@ def run_jobs(fn: Callable[[T], R], jobs: Sequence[T], slots: Sequence[WorkerSlot
                 running[pools[s].submit(_call, fn, jobs[i])] = (i, s)
                 free[s] -= 1
 
-        while pending or running:
-            refill()
+        refill()
+        while running:
             finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
             arrived: list[tuple[int, R | JobFailure]] = []
             for fut in finished:
