@@ -795,6 +795,14 @@ class AesConfig(Section):
                 f"backbones[{b.name}].train.{'.'.join(str(p) for p in err['loc'])}: "
                 f"{err['msg']} (got {err.get('input')!r})" for err in e.errors())) from None
 
+    def with_train(self, backbone: str, train: TrainSection) -> AesConfig:
+        """This configuration with ``backbone`` training with exactly ``train`` (a run's
+        resolved section, or a sweep's variant), as worker processes read it (``train_for``)."""
+        self.backbone(backbone)  # a clear error for an unknown name
+        return self.model_copy(update={"backbones": [
+            b.model_copy(update={"train": train.model_dump()}) if b.name == backbone else b
+            for b in self.backbones]})
+
     @property
     def bundle_dir(self) -> Path:
         """The serving bundle folder (``serving.bundle_dir`` or ``<storage_root>/serving``)."""

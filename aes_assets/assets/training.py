@@ -27,7 +27,7 @@ from aes_assets.partitions import (
     partition_key,
     split_partition_key,
 )
-from aes_core.config import AesConfig, BackboneSection, TrainSection, resolve_section
+from aes_core.config import AesConfig, BackboneSection, resolve_section
 from aes_core.contracts import FoldHeadCheckpoint, MlmBackbone
 from aes_core.hardware import usable_cpus
 from aes_core.training.mps import step_mps
@@ -110,7 +110,7 @@ def fold_head_asset(cfg: AesConfig, backbone: BackboneSection) -> dg.AssetsDefin
         step_start = time.time()
         base = settings.config
         tcfg = resolve_section(base.train_for(name), config, "run config (train)")
-        full = with_backbone_train(base, name, tcfg)
+        full = base.with_train(name, tcfg)
         pks = head_major(context.partition_keys)  # consecutive jobs alternate GPUs: mixed heads
         step_dir = artifacts.folder(context.asset_key)
         folded_path = step_dir / f"{FOLDED_FILE}.{context.run_id[:8]}"
@@ -221,14 +221,6 @@ def _timeline_metadata(results: list[tuple[str, FoldHeadCheckpoint]], step_start
     plot_timeline(rows, step_seconds, plot, title)
     return {"step_seconds": round(step_seconds, 2), "timeline": summary,
             "timeline_plot": dg.MetadataValue.path(str(plot))}
-
-
-def with_backbone_train(cfg: AesConfig, backbone: str, train: TrainSection) -> AesConfig:
-    """``cfg`` in which ``backbone`` trains with exactly ``train`` (a run's resolved section),
-    for the worker processes that read it through ``train_for``."""
-    return cfg.model_copy(update={"backbones": [
-        b.model_copy(update={"train": train.model_dump()}) if b.name == backbone else b
-        for b in cfg.backbones]})
 
 
 def _track(mlflow: MlflowTracker, run_id: str, backbone: str, pk: str, cfg: AesConfig,
