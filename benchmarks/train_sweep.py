@@ -127,6 +127,39 @@ def variant_figures(v: Variant, results: list, folded: pd.DataFrame,
     return out
 
 
+def plot_sweeps(reports: list[dict[str, Any]], path: Path) -> Path:
+    """Horizontal bars: each variant's OOF QWK (rounded, nested thresholds), one sweep's
+    variants after another, with the first variant's nested figure as a reference line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for rep in reports for r in rep["variants"] if "essays" in r]
+    names = [r["name"] for r in rows]
+    y = np.arange(len(rows))[::-1]
+    fig, ax = plt.subplots(figsize=(8, 0.38 * len(rows) + 1.4))
+    ax.barh(y + 0.2, [r["oof_qwk_nested_thresholds"] or 0 for r in rows], 0.4,
+            label="nested thresholds", color="#4c72b0")
+    ax.barh(y - 0.2, [r["oof_qwk_rounded"] for r in rows], 0.4, label="rounded",
+            color="#bbbbbb")
+    for yi, r in zip(y, rows, strict=True):
+        ax.text((r["oof_qwk_nested_thresholds"] or 0) + 0.001, yi + 0.2,
+                f"{r['oof_qwk_nested_thresholds'] or 0:.3f}", va="center", fontsize=8)
+    ax.set_yticks(y, names)
+    lo = min(r["oof_qwk_rounded"] for r in rows)
+    ax.set_xlim(lo - 0.01, max(r["oof_qwk_nested_thresholds"] or 0 for r in rows) + 0.01)
+    ax.set_xlabel(f"OOF QWK, {reports[0]['backbone']}/{reports[0]['head']}, "
+                  f"{rows[0]['essays']} essays")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2, fontsize=8)
+    ax.set_title("Training recipe variants (benchmarks/train_sweep.py)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -137,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help="comma-separated variant names to run (default: all)")
     ap.add_argument("--work", required=True, help="folder for the partitions' outputs")
     ap.add_argument("--out", required=True, help="JSON file for the figures")
+    ap.add_argument("--plot", help="PNG of the variants' OOF QWK (default: beside --out)")
     a = ap.parse_args(argv)
 
     cfg = load_config(a.profile)
@@ -223,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
               "ranking_nested_thresholds": [r["name"] for r in ranked]}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=2))
+    plot_sweeps([report], Path(a.plot) if a.plot else Path(a.out).with_suffix(".png"))
     print(f"\n{'variant':<22}{'rounded':>9}{'nested':>9}{'rmse':>8}{'bias':>8}{'s/part':>8}")
     for r in rows:
         if "essays" not in r:

@@ -69,6 +69,7 @@ def test_each_variant_trains_every_fold_and_is_scored_on_its_oof(setup):
     oof = pd.read_parquet(setup["tmp"] / "work" / "base" / "fold1" / "oof.parquet")
     assert set(oof["essay_id"]) == set(folded.loc[folded.fold == 1, "essay_id"].astype(str))
     assert sorted(report["ranking_nested_thresholds"]) == ["base", "other_lr"]
+    assert (setup["tmp"] / "out.png").stat().st_size > 0  # the bar chart beside the JSON
 
 
 def test_only_runs_the_named_variants(setup):
