@@ -1,6 +1,7 @@
 """Sweep the training recipe of one backbone x head on out-of-fold essays (no test essay).
 
-Each variant of a sweep file (a name, the weights it starts from, ``train`` overrides) trains
+Each variant of a sweep file (a name, the weights it starts from, ``train`` and backbone
+overrides such as ``chunking``) trains
 the head on every selected fold with the product's own partition function
 (``aes_core.training.stages.train_fold_head``), all variants' partitions at once over the
 profile's worker slots (GPU workers share a GPU through MPS where ``gpu.mps`` allows). Per
@@ -33,7 +34,7 @@ import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 from pydantic import BaseModel, Field  # noqa: E402
 
-from aes_core.config import AesConfig, TrainSection, load_config  # noqa: E402
+from aes_core.config import AesConfig, BackboneSection, TrainSection, load_config  # noqa: E402
 from aes_core.ensemble.thresholds import cut, fit_thresholds  # noqa: E402
 from aes_core.hardware import hardware, usable_cpus  # noqa: E402
 from aes_core.metrics import qwk  # noqa: E402
@@ -50,6 +51,8 @@ class Variant(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     weights: str | None = Field(None, description="a --weights name (default: the first)")
     train: dict[str, Any] = Field(default_factory=dict)
+    backbone: dict[str, Any] = Field(
+        default_factory=dict, description="backbone fields, e.g. {chunking: true}")
 
 
 class Sweep(BaseModel):
@@ -68,13 +71,32 @@ def read_sweep(path: Path) -> Sweep:
     return sweep
 
 
+FIXED_BACKBONE_FIELDS = {"name", "path", "train", "heads"}  # set by the sweep itself
+
+
 def variant_config(cfg: AesConfig, backbone: str, v: Variant) -> AesConfig:
-    """``cfg`` with the backbone's train section updated by the variant (validated)."""
+    """``cfg`` with the backbone's section and train section updated by the variant
+    (validated; unknown fields are errors that name the variant)."""
+    bb = cfg.backbone(backbone)
+    allowed = set(BackboneSection.model_fields) - FIXED_BACKBONE_FIELDS
+    unknown = sorted(set(v.backbone) - allowed)
+    if unknown:
+        raise ValueError(f"variant {v.name!r}: backbone field(s) {unknown} cannot be swept "
+                         f"(use: {sorted(allowed)})")
+    if v.backbone:
+        new = BackboneSection.model_validate({**bb.model_dump(), **v.backbone})
+        cfg = cfg.model_copy(update={"backbones": [new if b.name == backbone else b
+                                                   for b in cfg.backbones]})
     base = cfg.train_for(backbone).model_dump()
     unknown = sorted(set(v.train) - set(base))
     if unknown:
         raise ValueError(f"variant {v.name!r}: unknown train field(s) {unknown}")
     return cfg.with_train(backbone, TrainSection.model_validate({**base, **v.train}))
+
+
+def token_plan_key(v: Variant) -> str:
+    """Variants that read essays the same way (weights, backbone fields) share a token cache."""
+    return v.weights + "".join(f"_{k}-{v.backbone[k]}" for k in sorted(v.backbone))
 
 
 def parse_weights(items: list[str]) -> dict[str, str]:
@@ -105,6 +127,7 @@ def variant_figures(v: Variant, results: list, folded: pd.DataFrame,
     """The variant's OOF figures from its partitions' results (failures listed)."""
     ok = [r for r in results if not isinstance(r, JobFailure)]
     out: dict[str, Any] = {"name": v.name, "weights": v.weights, "train": v.train,
+                           "backbone": v.backbone,
                            "failed": [r.summary for r in results if isinstance(r, JobFailure)]}
     if not ok:
         return out
@@ -204,10 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     n_jobs = len(variants) * len(folds)
     slots = gpu.worker_slots(n_jobs)
     pinned = not slots[0].in_process
-    caches = {w: work / f"tokens_{w}" for w in {v.weights for v in variants}}
+    configs = {v.name: variant_config(cfg, sweep.backbone, v) for v in variants}
+    plans = {token_plan_key(v): v for v in variants}  # one cache per way of reading essays
+    caches = {k: work / f"tokens_{k}" for k in plans}
     tasks, owner = [], []
     for v in variants:
-        vcfg = variant_config(cfg, sweep.backbone, v).model_dump_json()
+        vcfg = configs[v.name].model_dump_json()
         for f in folds:
             tasks.append(PartitionTask(
                 cfg_json=vcfg, backbone=sweep.backbone, backbone_path=weights[v.weights],
@@ -215,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                 folded_path=str(folded_path), trainer_kwargs=gpu.trainer_kwargs(
                     None, {}, 0 if pinned else None),
                 device=gpu.inference_device(None, {}, 0 if pinned else None),
-                amp=gpu.amp_name(), token_cache=str(caches[v.weights])))
+                amp=gpu.amp_name(), token_cache=str(caches[token_plan_key(v)])))
             owner.append(v.name)
     # no hardware() before the workers start: it initialises CUDA, and forked workers
     # (gpu.worker_start: fork) cannot use CUDA once their parent has
@@ -224,10 +249,11 @@ def main(argv: list[str] | None = None) -> int:
           f"[{', '.join(sorted({s.describe() for s in slots}))}]", flush=True)
 
     def tokenize_once() -> None:
-        for w, folder in caches.items():
-            done = share_tokens(weights[w], backbone, folded["full_text"].astype(str),
-                                folder, threads=usable_cpus())
-            print(f"tokenized {done.essays} essays for {w} in {done.seconds:.1f}s", flush=True)
+        for k, folder in caches.items():
+            v = plans[k]
+            done = share_tokens(weights[v.weights], configs[v.name].backbone(sweep.backbone),
+                                folded["full_text"].astype(str), folder, threads=usable_cpus())
+            print(f"tokenized {done.essays} essays for {k} in {done.seconds:.1f}s", flush=True)
 
     t0, finished = time.time(), [0]
 

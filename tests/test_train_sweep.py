@@ -37,7 +37,9 @@ def setup(tmp_path, tiny_backbone) -> dict[str, Path]:
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(yaml.safe_dump({"backbone": "tiny", "head": "mean", "variants": [
         {"name": "base"}, {"name": "other_lr", "weights": "other",
-                           "train": {"lr": 3e-3, "stage2_epochs": 0}}]}))
+                           "train": {"lr": 3e-3, "stage2_epochs": 0},
+                           "backbone": {"chunking": True, "chunk_overlap": 16,
+                                        "max_chunks": 2}}]}))
     return {"profile": profile, "folded": folded_path, "tiny": tiny_backbone, "other": other,
             "sweep": sweep, "tmp": tmp_path}
 
@@ -63,6 +65,14 @@ def test_each_variant_trains_every_fold_and_is_scored_on_its_oof(setup):
     # each variant trained with its own settings and weights
     assert rows["base"]["weights"] == "tiny" and rows["other_lr"]["weights"] == "other"
     assert set(rows["other_lr"]["kept_stage"].values()) == {"stage1"}  # stage 2 off
+    spec = json.loads((setup["tmp"] / "work" / "other_lr" / "fold0" / "model" /
+                       "aes_model.json").read_text())
+    assert spec["chunking"] is True and spec["max_chunks"] == 2  # whole essays in windows
+    base_spec = json.loads((setup["tmp"] / "work" / "base" / "fold0" / "model" /
+                            "aes_model.json").read_text())
+    assert base_spec["chunking"] is False
+    # one token cache per way of reading essays: the chunked windows are not the first 64
+    assert len(list((setup["tmp"] / "work").glob("tokens_*"))) == 2
     done = json.loads((setup["tmp"] / "work" / "other_lr" / "fold0" / "result.json")
                       .read_text())
     assert "stage 2 skipped: train.stage2_epochs = 0" in done["notes"]
@@ -87,6 +97,11 @@ def test_bad_variants_are_named(setup, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"backbone": "tiny", "variants": [{"name": "a"},
                                                                       {"name": "a"}]}))
+    with pytest.raises(ValueError, match=r"'p'.*backbone field\(s\) \['path'\] cannot"):
+        sweep.variant_config(cfg, "tiny", sweep.Variant(name="p", backbone={"path": "/x"}))
+    with pytest.raises(ValueError, match="chunk_overlap"):
+        sweep.variant_config(cfg, "tiny", sweep.Variant(
+            name="c", backbone={"chunking": True, "chunk_overlap": 60}))
     with pytest.raises(ValueError, match=r"unique; repeated: \['a'\]"):
         sweep.read_sweep(bad)
     with pytest.raises(SystemExit, match="no variant"):
