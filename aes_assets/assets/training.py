@@ -171,16 +171,19 @@ def fold_head_asset(cfg: AesConfig, backbone: BackboneSection) -> dg.AssetsDefin
                              f"{len(pks)} partitions in {done.seconds:.1f}s")
 
         gpu_workers = any(s.gpu is not None for s in slots)
-        with step_mps(full.gpu.mps, gpu_workers, context.log.warning) as daemon:
-            if daemon is not None:
-                context.log.info(f"{name}: workers share their GPUs through MPS "
-                                 f"(daemon logs in {daemon.log_dir})")
-            results = run_jobs(train_partition, tasks, slots, on_result,
-                               start=full.gpu.worker_start, preload=TRAINING_MODULES,
-                               before_submit=tokenize_once, logical_gpus=daemon is not None)
-            if daemon is not None and failures(results):
-                context.log.warning(f"{name}: MPS control log:\n{daemon.control_log()[-2000:]}")
-        tracking.shutdown(wait=True)
+        try:
+            with step_mps(full.gpu.mps, gpu_workers, context.log.warning) as daemon:
+                if daemon is not None:
+                    context.log.info(f"{name}: workers share their GPUs through MPS "
+                                     f"(daemon logs in {daemon.log_dir})")
+                results = run_jobs(train_partition, tasks, slots, on_result,
+                                   start=full.gpu.worker_start, preload=TRAINING_MODULES,
+                                   before_submit=tokenize_once, logical_gpus=daemon is not None)
+                if daemon is not None and failures(results):
+                    context.log.warning(
+                        f"{name}: MPS control log:\n{daemon.control_log()[-2000:]}")
+        finally:  # the runs of finished partitions are written even if the pool itself fails
+            tracking.shutdown(wait=True)
         step_seconds = time.time() - step_start
         for t in tracked:
             t.result()  # a tracking error fails the step, as before
