@@ -283,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
               "ranking_nested_thresholds": [r["name"] for r in ranked]}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=2))
-    plot_sweeps([report], Path(a.plot) if a.plot else Path(a.out).with_suffix(".png"))
+    if any("essays" in r for r in rows):  # nothing to draw when every variant failed
+        plot_sweeps([report], Path(a.plot) if a.plot else Path(a.out).with_suffix(".png"))
     print(f"\n{'variant':<22}{'rounded':>9}{'nested':>9}{'rmse':>8}{'bias':>8}{'s/part':>8}")
     for r in rows:
         if "essays" not in r:
