@@ -21,6 +21,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from aes_core.hardware import scoped_environ
+
 MPS_CONTROL = "nvidia-cuda-mps-control"
 PIPE_VAR, LOG_VAR = "CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY"
 
@@ -68,16 +70,10 @@ def mps_daemon(binary: str = MPS_CONTROL, timeout_s: float = 30.0) -> Iterator[M
         shutil.rmtree(root, ignore_errors=True)
         raise RuntimeError(f"{binary} -d failed (exit {started.returncode}): "
                            f"{(started.stderr or started.stdout).strip()}")
-    saved = {k: os.environ.get(k) for k in daemon.env()}
-    os.environ.update(daemon.env())
     try:
-        yield daemon
+        with scoped_environ(daemon.env()):
+            yield daemon
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         subprocess.run([path], input="quit\n", env=env, capture_output=True, text=True,
                        timeout=timeout_s, check=False)
         shutil.rmtree(root, ignore_errors=True)

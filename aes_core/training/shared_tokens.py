@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aes_core.config import BackboneSection
+from aes_core.hardware import scoped_environ
 from aes_core.models.tokens import TokenEncoder, TokenPlan
 from aes_core.serving.token_cache import CachedEncoder, TokenCache
 
@@ -50,18 +51,12 @@ def share_tokens(backbone_path: str | Path, backbone: BackboneSection, texts: It
     # all cores only while the step tokenizes: workers started later keep one thread each
     parallel = {PARALLELISM: "true", **({RAYON_THREADS: str(threads)}
                                         if threads and RAYON_THREADS not in os.environ else {})}
-    before = {k: os.environ.get(k) for k in parallel}
     try:
-        os.environ.update(parallel)
-        for s in range(0, len(unique), batch_size):
-            shared.windows(unique[s:s + batch_size])  # tokenized and stored
+        with scoped_environ(parallel):
+            for s in range(0, len(unique), batch_size):
+                shared.windows(unique[s:s + batch_size])  # tokenized and stored
     finally:
         shared.cache.close()
-        for k, v in before.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return SharedTokens(str(folder), len(unique), round(time.time() - t0, 2))
 
 
