@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dagster as dg
@@ -156,6 +156,16 @@ class GpuResource(dg.ConfigurableResource, GpuSection):
         kw = self.trainer_kwargs(partition_key, tags, device_index)
         dev = kw["devices"]
         return f"cuda:{dev[0]}" if isinstance(dev, list) else "cuda:0"
+
+    def task_placement(self, slots: Sequence[WorkerSlot], partition_key: str | None = None,
+                       tags: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """``trainer_kwargs``, ``device`` and ``amp`` of a partition task trained on ``slots``:
+        a worker slot sees only its own GPU (device 0); in the step's own process the
+        partition key or run tag picks the GPU (``assign_by``)."""
+        index = None if slots[0].in_process else 0
+        return {"trainer_kwargs": self.trainer_kwargs(partition_key, tags, index),
+                "device": self.inference_device(partition_key, tags, index),
+                "amp": self.amp_name()}
 
     def worker_slots(self, n_jobs: int) -> list[WorkerSlot]:
         """Where a step's partitions train at once: ``workers_per_gpu`` worker processes per

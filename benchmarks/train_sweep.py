@@ -38,10 +38,9 @@ from aes_core.config import AesConfig, BackboneSection, TrainSection, load_confi
 from aes_core.ensemble.thresholds import cut, fit_thresholds  # noqa: E402
 from aes_core.hardware import hardware, usable_cpus  # noqa: E402
 from aes_core.metrics import qwk  # noqa: E402
-from aes_core.training.mps import step_mps  # noqa: E402
-from aes_core.training.parallel import JobFailure, run_jobs  # noqa: E402
+from aes_core.training.parallel import JobFailure  # noqa: E402
 from aes_core.training.shared_tokens import share_tokens  # noqa: E402
-from aes_core.training.tasks import TRAINING_MODULES, PartitionTask, train_partition  # noqa: E402
+from aes_core.training.tasks import PartitionTask, run_partitions  # noqa: E402
 from aes_resources.gpu import GpuResource  # noqa: E402
 
 
@@ -226,7 +225,6 @@ def main(argv: list[str] | None = None) -> int:
     gpu = GpuResource.from_section(cfg.gpu)
     n_jobs = len(variants) * len(folds)
     slots = gpu.worker_slots(n_jobs)
-    pinned = not slots[0].in_process
     configs = {v.name: variant_config(cfg, sweep.backbone, v) for v in variants}
     plans = {token_plan_key(v): v for v in variants}  # one cache per way of reading essays
     caches = {k: work / f"tokens_{k}" for k in plans}
@@ -237,10 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             tasks.append(PartitionTask(
                 cfg_json=vcfg, backbone=sweep.backbone, backbone_path=weights[v.weights],
                 fold=int(f), head=sweep.head, out_dir=str(work / v.name / f"fold{f}"),
-                folded_path=str(folded_path), trainer_kwargs=gpu.trainer_kwargs(
-                    None, {}, 0 if pinned else None),
-                device=gpu.inference_device(None, {}, 0 if pinned else None),
-                amp=gpu.amp_name(), token_cache=str(caches[token_plan_key(v)])))
+                folded_path=str(folded_path), token_cache=str(caches[token_plan_key(v)]),
+                **gpu.task_placement(slots)))
             owner.append(v.name)
     # no hardware() before the workers start: it initialises CUDA, and forked workers
     # (gpu.worker_start: fork) cannot use CUDA once their parent has
@@ -266,11 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{head} fold {r.fold}: QWK {r.fold_qwk:.4f}, {r.kept_stage}, "
                   f"{r.seconds:.0f}s", flush=True)
 
-    gpu_workers = any(s.gpu is not None for s in slots)
-    with step_mps(cfg.gpu.mps, gpu_workers, print) as daemon:
-        results = run_jobs(train_partition, tasks, slots, on_result,
-                           start=cfg.gpu.worker_start, preload=TRAINING_MODULES,
-                           before_submit=tokenize_once, logical_gpus=daemon is not None)
+    results, mps = run_partitions(tasks, slots, cfg.gpu, on_result, tokenize_once, "sweep")
     seconds = time.time() - t0
     rows = [variant_figures(v, [r for r, o in zip(results, owner, strict=True)
                                 if o == v.name], folded, cfg) for v in variants]
@@ -278,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                     key=lambda r: -r["oof_qwk_nested_thresholds"])
     report = {"benchmark": "train_sweep", "hardware": hardware(), "profile": cfg.profile,
               "backbone": sweep.backbone, "head": sweep.head, "folds": [int(f) for f in folds],
-              "weights": weights, "workers": len(slots), "mps": daemon is not None,
+              "weights": weights, "workers": len(slots), "mps": mps,
               "wall_seconds": round(seconds, 1), "variants": rows,
               "ranking_nested_thresholds": [r["name"] for r in ranked]}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -30,15 +30,9 @@ from aes_assets.partitions import (
 from aes_core.config import AesConfig, BackboneSection, resolve_section
 from aes_core.contracts import FoldHeadCheckpoint, MlmBackbone
 from aes_core.hardware import usable_cpus
-from aes_core.training.mps import step_mps
-from aes_core.training.parallel import JobFailure, failures, run_jobs
+from aes_core.training.parallel import JobFailure, failures
 from aes_core.training.shared_tokens import share_tokens
-from aes_core.training.tasks import (
-    TRAINING_MODULES,
-    PartitionTask,
-    stage_history,
-    train_partition,
-)
+from aes_core.training.tasks import PartitionTask, run_partitions, stage_history
 from aes_core.training.timeline import plot_timeline, timeline_rows, timeline_summary
 from aes_resources.gpu import GpuResource
 from aes_resources.mlflow import MlflowTracker
@@ -126,16 +120,14 @@ def fold_head_asset(cfg: AesConfig, backbone: BackboneSection) -> dg.AssetsDefin
         tasks = []
         for pk in pks:
             fold, head = split_partition_key(pk)
-            pinned = slots[0].in_process is False
             tasks.append(PartitionTask(
                 cfg_json=full.model_dump_json(), backbone=name,
                 backbone_path=mlm_backbone.path, fold=fold, head=head,
                 out_dir=str(artifacts.folder(context.asset_key, pk)),
                 folded_path=str(folded_path),
                 unlabelled_path=str(unlabelled_path) if unlabelled_path else None,
-                trainer_kwargs=gpu.trainer_kwargs(pk, tags, 0 if pinned else None),
-                device=gpu.inference_device(pk, tags, 0 if pinned else None),
-                amp=gpu.amp_name(), token_cache=str(token_cache) if token_cache else None))
+                token_cache=str(token_cache) if token_cache else None,
+                **gpu.task_placement(slots, pk, tags)))
         context.log.info(f"{name}: {len(pks)} partition(s) on {len(slots)} worker slot(s) "
                          f"[{', '.join(s.describe() for s in slots)}]")
         progress = Progress(len(pks))
@@ -170,18 +162,9 @@ def fold_head_asset(cfg: AesConfig, backbone: BackboneSection) -> dg.AssetsDefin
             context.log.info(f"{name}: tokenized {done.essays} distinct essays once for all "
                              f"{len(pks)} partitions in {done.seconds:.1f}s")
 
-        gpu_workers = any(s.gpu is not None for s in slots)
         try:
-            with step_mps(full.gpu.mps, gpu_workers, context.log.warning) as daemon:
-                if daemon is not None:
-                    context.log.info(f"{name}: workers share their GPUs through MPS "
-                                     f"(daemon logs in {daemon.log_dir})")
-                results = run_jobs(train_partition, tasks, slots, on_result,
-                                   start=full.gpu.worker_start, preload=TRAINING_MODULES,
-                                   before_submit=tokenize_once, logical_gpus=daemon is not None)
-                if daemon is not None and failures(results):
-                    context.log.warning(
-                        f"{name}: MPS control log:\n{daemon.control_log()[-2000:]}")
+            results, _ = run_partitions(tasks, slots, full.gpu, on_result, tokenize_once, name,
+                                        context.log.info, context.log.warning)
         finally:  # the runs of finished partitions are written even if the pool itself fails
             tracking.shutdown(wait=True)
         step_seconds = time.time() - step_start

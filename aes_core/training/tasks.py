@@ -4,13 +4,17 @@ Lightning or torch: the Dagster step that hands partitions to workers stays ligh
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from aes_core.config import GpuSection
 from aes_core.contracts import FoldHeadCheckpoint
+from aes_core.training.mps import step_mps
+from aes_core.training.parallel import JobFailure, WorkerSlot, failures, run_jobs
 
 METRICS_FILE = "metrics.csv"  # Lightning's CSVLogger file inside each stage folder
 # imported once by a forkserver for the partition workers (torch, Lightning, transformers;
@@ -52,6 +56,27 @@ def train_partition(task: PartitionTask) -> FoldHeadCheckpoint:
                       progress=False, token_cache=task.token_cache)
     unlabelled = pd.read_parquet(task.unlabelled_path) if task.unlabelled_path else None
     return train_fold_head(job, pd.read_parquet(task.folded_path), unlabelled)
+
+
+def run_partitions(tasks: Sequence[PartitionTask], slots: Sequence[WorkerSlot], gpu: GpuSection,
+                   on_result: Callable[[int, FoldHeadCheckpoint | JobFailure], None] | None = None,
+                   before_submit: Callable[[], None] | None = None, label: str = "partitions",
+                   info: Callable[[str], None] = print, warn: Callable[[str], None] = print
+                   ) -> tuple[list[FoldHeadCheckpoint | JobFailure], bool]:
+    """Train ``tasks`` over the worker ``slots`` (:func:`run_jobs` with ``gpu.worker_start``),
+    under the step's MPS daemon where ``gpu.mps`` and GPU workers call for one; on failures
+    the daemon's log goes to ``warn``. Returns the results in task order and whether MPS ran."""
+    gpu_workers = any(s.gpu is not None for s in slots)
+    with step_mps(gpu.mps, gpu_workers, warn) as daemon:
+        if daemon is not None:
+            info(f"{label}: workers share their GPUs through MPS (daemon logs in "
+                 f"{daemon.log_dir})")
+        results = run_jobs(train_partition, tasks, slots, on_result, start=gpu.worker_start,
+                           preload=TRAINING_MODULES, before_submit=before_submit,
+                           logical_gpus=daemon is not None)
+        if daemon is not None and failures(results):
+            warn(f"{label}: MPS control log:\n{daemon.control_log()[-2000:]}")
+    return results, daemon is not None
 
 
 def stage_history(folder: Path) -> dict[str, list[dict[str, Any]]]:
