@@ -224,6 +224,9 @@ class TrainSection(Section):
         "(unlabelled_essays) scored by the partition's own stage-1 model, which never saw fold "
         "i; unlabelled texts equal to a labelled essay's are left out (0 = off)")
     early_stopping_patience: int = Field(2, ge=1)
+    collapse_pred_std: float = Field(
+        0.05, ge=0, description="a fold model whose predictions on its fold vary less than "
+        "this (score units) is reported as collapsed to one score (0 = never)")
     throughput_skip_batches: int = Field(
         2, ge=0, description="first training batches of a stage left out of its measured "
         "tokens/s (CUDA and NCCL warm-up); validation and checkpointing are never counted")

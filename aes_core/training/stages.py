@@ -590,6 +590,10 @@ def train_fold_head(job: FoldHeadJob, folded: pd.DataFrame,
     fold_df = folded[folded["fold"] == job.fold]
     pred = _predict(job, model, tokenizer, fold_df)
     fold_qwk = qwk(fold_df["score"].to_numpy(), pred)
+    collapsed = collapse_note(pred, tcfg.collapse_pred_std, fold_qwk)
+    if collapsed:
+        notes.append(collapsed)
+        _log(job, f"{name}: {collapsed}")
     model_dir = model.cpu().save_pretrained(job.out_dir / MODEL_DIR, tokenizer)
     oof = pd.DataFrame({"essay_id": fold_df["essay_id"].astype(str).to_numpy(),
                         "pred": pred.astype(np.float64)})
@@ -617,6 +621,19 @@ def train_fold_head(job: FoldHeadJob, folded: pd.DataFrame,
         job.encoder.cache.close()
     _log(job, f"{name}: QWK on all of fold {job.fold} = {fold_qwk:.4f} ({kept} weights)")
     return result
+
+
+def collapse_note(pred: np.ndarray, min_std: float, fold_qwk: float) -> str | None:
+    """A warning when a fold model predicts (almost) one score for every essay of its fold.
+
+    Training can diverge into a constant (seen with all-mpnet-base-v2 at lr 5e-5 from its MLM
+    weights: fold QWK 0.000); the ensemble would then carry a member that says nothing."""
+    std = float(np.std(pred)) if len(pred) else 0.0
+    if min_std <= 0 or len(pred) < 2 or std >= min_std:
+        return None
+    return (f"predictions collapsed to one score (std {std:.4f} < train.collapse_pred_std "
+            f"{min_std}, mean {float(np.mean(pred)):.2f}, fold QWK {fold_qwk:.4f}): training "
+            "diverged; a lower train.lr (or layerwise_lr_decay < 1) usually avoids it")
 
 
 def load_partition_result(folder: Path) -> FoldHeadCheckpoint | None:
