@@ -628,8 +628,10 @@ def collapse_note(pred: np.ndarray, min_std: float, fold_qwk: float) -> str | No
 
     Training can diverge into a constant (seen with all-mpnet-base-v2 at lr 5e-5 from its MLM
     weights: fold QWK 0.000); the ensemble would then carry a member that says nothing."""
-    std = float(np.std(pred)) if len(pred) else 0.0
-    if min_std <= 0 or len(pred) < 2 or std >= min_std:
+    if min_std <= 0 or len(pred) < 2:
+        return None
+    std = float(np.std(pred))
+    if std >= min_std:
         return None
     return (f"predictions collapsed to one score (std {std:.4f} < train.collapse_pred_std "
             f"{min_std}, mean {float(np.mean(pred)):.2f}, fold QWK {fold_qwk:.4f}): training "
