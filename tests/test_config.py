@@ -191,6 +191,7 @@ def test_the_two_backbone_profile_is_gpu_full_plus_mpnet():
     assert mpnet.lr == 3.0e-5 < full.train.lr  # swept on mpnet's OOF
     assert mpnet.stage1_epochs == full.train.stage1_epochs  # the rest of gpu-full's recipe
     assert mpnet.stage2_epochs == 0  # mpnet: stage 1 only
+    assert not two.backbones[1].use_mlm and two.backbones[0].use_mlm  # as swept: no MLM
     assert full.train.stage2_epochs == 1
     assert two.train_for(two.backbones[0]) == full.train
     assert two.model_dump(exclude={"backbones", "profile"}) == full.model_dump(
