@@ -93,7 +93,10 @@ def pseudo_labels(bundle: Bundle, cfg: AesConfig, texts: list[str]) -> np.ndarra
     from aes_core.serving.base import score_frame
     from aes_core.serving.loader import in_process_scorer
 
-    serving = cfg.serving.model_copy(update={"scorer": "ensemble"})
+    # no CUDA graphs: they serve requests of a few essays, labelling runs batches of hundreds,
+    # and a capture that fails leaves this process's CUDA generator unusable for the dropout
+    # of the training that follows (seen with an mpnet member on the GPU)
+    serving = cfg.serving.model_copy(update={"scorer": "ensemble", "cuda_graphs": 0})
     scorer = in_process_scorer(bundle, serving)
     try:
         frame = pd.DataFrame({"essay_id": [str(i) for i in range(len(texts))],

@@ -135,6 +135,27 @@ def test_pseudo_labels_are_the_blended_score(distilled):
     assert np.allclose(blended, bundle.ensemble.blend(scorer.predict_members(texts)))
 
 
+def test_pseudo_labels_never_capture_cuda_graphs(distilled, monkeypatch):
+    """Labelling scores batches, not single essays; a failed capture would leave the CUDA
+    generator unusable for the student's training in the same process."""
+    import aes_core.serving.loader as loader
+
+    seen = []
+
+    def spy(bundle, serving, **kw):
+        seen.append(serving)
+        return in_process_scorer(bundle, serving, **kw)
+
+    monkeypatch.setattr(loader, "in_process_scorer", spy)
+    base = distilled["cfg"]
+    cfg = base.model_copy(update={"serving": base.serving.model_copy(update={"cuda_graphs": 4})})
+    texts = sample_essays(3)["full_text"].tolist()
+    blended = pseudo_labels(Bundle.load(distilled["bundle_dir"]), cfg, texts)
+    assert len(blended) == 3
+    assert [(s.cuda_graphs, s.scorer) for s in seen] == [(0, "ensemble")]
+    assert cfg.serving.cuda_graphs == 4  # the caller's settings are left as they were
+
+
 def test_student_asset(tmp_path, tiny_backbone, folded):
     """The Dagster asset itself, invoked with real resources (settings, storage, MLflow
     SQLite store, CPU trainer) and real inputs."""
