@@ -114,6 +114,10 @@ class BackboneSection(Section):
         128, ge=0, description="tokens shared by consecutive windows (at most max_length / 2)"
     )
     max_chunks: int = Field(8, ge=1, description="windows per essay at most; the rest is cut")
+    tail_tokens: int = Field(
+        0, ge=0, description="without chunking: keep the last N tokens of an essay longer than "
+        "max_length (its conclusion) after as many of its first tokens as fit; 0 = the first "
+        "max_length tokens only")
     heads: list[str] | None = Field(
         None, min_length=1, description="heads this backbone trains (partition keys of its "
         "fold x head assets); None = heads.heads")
@@ -126,6 +130,12 @@ class BackboneSection(Section):
         if self.chunking and self.chunk_overlap > self.max_length // 2:
             raise ValueError(f"chunk_overlap {self.chunk_overlap} exceeds half of max_length "
                              f"{self.max_length} (backbone {self.name!r})")
+        if self.tail_tokens and self.chunking:
+            raise ValueError(f"backbones[{self.name}]: tail_tokens {self.tail_tokens} applies to "
+                             f"truncated essays; chunking reads whole essays (set one of them)")
+        if self.tail_tokens > self.max_length - 8:
+            raise ValueError(f"backbones[{self.name}]: tail_tokens {self.tail_tokens} leaves no "
+                             f"room for the essay's start in max_length {self.max_length}")
         return self
 
     @model_validator(mode="after")
@@ -143,9 +153,11 @@ class BackboneSection(Section):
 
     @model_serializer(mode="wrap")
     def _omit_unset_choices(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # without its own heads / train the dump is the one from before they existed, so
+        # without its own heads / train / tail the dump is the one from before they existed, so
         # config hashes, code versions and partition specs of such backbones stay unchanged
         data = handler(self)
+        if not self.tail_tokens:
+            data.pop("tail_tokens", None)
         if self.heads is None:
             data.pop("heads", None)
         if not self.train:

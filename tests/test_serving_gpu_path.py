@@ -66,8 +66,9 @@ def _texts(essays):
 
 
 @pytest.mark.parametrize("plan", [TokenPlan(32), TokenPlan(64, add_newline_tokens=True),
-                                  TokenPlan(48, chunking=True, chunk_overlap=8, max_chunks=3)],
-                         ids=["truncated", "newline_tokens", "chunked"])
+                                  TokenPlan(48, chunking=True, chunk_overlap=8, max_chunks=3),
+                                  TokenPlan(48, tail_tokens=16)],
+                         ids=["truncated", "newline_tokens", "chunked", "head_tail"])
 @pytest.mark.parametrize("chars_per_token", [0.0, 8.0, 1.0])
 def test_token_encoder_identical_to_tokenize_windows(bundle, essays, plan, chars_per_token):
     from aes_core.models.backbone import load_tokenizer

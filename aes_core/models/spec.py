@@ -25,6 +25,7 @@ class RegressorSpec(BaseModel):
     chunking: bool = False     # whole essay as overlapping windows (BackboneSection.chunking)
     chunk_overlap: int = 128
     max_chunks: int = 8
+    tail_tokens: int = 0       # head + tail truncation (BackboneSection.tail_tokens)
 
 
 def load_spec(folder: str | Path) -> RegressorSpec:

@@ -4,6 +4,8 @@ An essay is read either truncated to ``max_length`` tokens (one window) or, with
 overlapping windows of ``max_length`` tokens that cover the whole essay (at most
 ``max_chunks``). Every window is ``prefix + essay tokens + suffix`` with the tokenizer's own
 special tokens (``[CLS] ... [SEP]`` for BERT), so window 0 is exactly the truncated essay.
+With ``tail_tokens`` > 0 a truncated essay keeps its last ``tail_tokens`` tokens (its
+conclusion) after as many of its first tokens as still fit (head + tail truncation).
 
 A batch holds essays: ``input_ids`` / ``attention_mask`` [W, T] have one row per window
 (right-padded to the batch's longest window) and, for chunked models, ``window_weights``
@@ -36,6 +38,7 @@ class TokenSource(Protocol):
     chunking: bool
     chunk_overlap: int
     max_chunks: int
+    # tail_tokens (optional, 0 when absent): tokens kept from the end of a truncated essay
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class TokenPlan:
     chunking: bool = False
     chunk_overlap: int = 0
     max_chunks: int = 1
+    tail_tokens: int = 0
 
     @classmethod
     def of(cls, source: TokenSource) -> TokenPlan:
@@ -55,7 +59,13 @@ class TokenPlan:
             return source
         return cls(max_length=source.max_length, add_newline_tokens=source.add_newline_tokens,
                    chunking=source.chunking, chunk_overlap=source.chunk_overlap,
-                   max_chunks=source.max_chunks)
+                   max_chunks=source.max_chunks,
+                   tail_tokens=0 if source.chunking else int(getattr(source, "tail_tokens", 0)))
+
+    @property
+    def head_tail(self) -> bool:
+        """A truncated plan that keeps the essay's end (``tail_tokens`` > 0)."""
+        return not self.chunking and self.tail_tokens > 0
 
 
 def pad_id_of(tokenizer) -> int:
@@ -86,9 +96,25 @@ def window_starts(n_tokens: int, body: int, overlap: int, max_chunks: int) -> li
     return starts
 
 
+def head_and_tail(ids: list[int], body: int, tail: int) -> list[int]:
+    """``ids`` cut to ``body`` tokens: its first ``body - tail`` and its last ``tail``."""
+    if len(ids) <= body:
+        return ids
+    if not 0 <= tail < body:
+        raise ValueError(f"tail_tokens {tail} must be below the {body} essay tokens of a window")
+    return ids[:body - tail] + (ids[len(ids) - tail:] if tail else [])
+
+
 def tokenize(tokenizer, texts: Sequence[str], spec: TokenSource) -> list[list[int]]:
     """Token ids per essay truncated to ``max_length`` (newline tokens as in training)."""
     plan = TokenPlan.of(spec)
+    if plan.head_tail:
+        prefix, suffix = special_tokens(tokenizer)
+        body = plan.max_length - len(prefix) - len(suffix)
+        enc = tokenizer([encode_newlines(str(t), plan.add_newline_tokens) for t in texts],
+                        add_special_tokens=False, padding=False, verbose=False)
+        return [prefix + head_and_tail(list(ids), body, plan.tail_tokens) + suffix
+                for ids in enc["input_ids"]]
     enc = tokenizer([encode_newlines(str(t), plan.add_newline_tokens) for t in texts],
                     truncation=True, max_length=plan.max_length, padding=False)
     return [list(ids) for ids in enc["input_ids"]]
@@ -302,7 +328,8 @@ class TokenEncoder:
     an essay longer than ``max_length * chars_per_token`` characters at a space before
     tokenizing: the words before the cut tokenize exactly as in the whole essay, so when the
     cut essay still fills ``max_length`` tokens the result is the same; otherwise the whole
-    essay is tokenized again. Chunked plans always read whole essays. Other tokenizers fall
+    essay is tokenized again. Chunked and head + tail plans always read whole essays. Other
+    tokenizers fall
     back to ``tokenize_windows``. ``fingerprint`` names the tokenizer + plan (cache keys).
     """
 
@@ -323,7 +350,7 @@ class TokenEncoder:
             fast = Tokenizer.from_str(backend.to_str())
             fast.no_padding()
             fast.encode_special_tokens = bool(getattr(tokenizer, "split_special_tokens", False))
-            if self.plan.chunking:
+            if self.plan.chunking or self.plan.head_tail:
                 fast.no_truncation()
             else:
                 fast.enable_truncation(max_length=self.plan.max_length, stride=0,
@@ -337,7 +364,7 @@ class TokenEncoder:
                 self._chars = CharNormalizer(fast.normalizer,
                                              list(tokenizer.get_added_vocab()))
                 fast.normalizer = None
-        if self.plan.chunking:
+        if self.plan.chunking or self.plan.head_tail:
             self._prefix, self._suffix = special_tokens(tokenizer)
         digest = hashlib.sha256(state.encode())
         digest.update(repr(self.plan).encode())
@@ -383,6 +410,11 @@ class TokenEncoder:
         if self._fast is None:
             return tokenize_windows(self.tokenizer, texts, self.plan)
         texts = self._texts(texts)
+        if self.plan.head_tail:
+            prefix, suffix = self._prefix, self._suffix
+            body = self.plan.max_length - len(prefix) - len(suffix)
+            return [[prefix + head_and_tail(ids, body, self.plan.tail_tokens) + suffix]
+                    for ids in self._encode(texts, add_special_tokens=False)]
         if not self.plan.chunking:
             return [[ids] for ids in self._truncated(texts)]
         prefix, suffix = self._prefix, self._suffix

@@ -375,7 +375,8 @@ def build_regressor(job: FoldHeadJob, tokenizer) -> tuple[EssayRegressor, dict[s
                          add_newline_tokens=job.backbone.add_newline_tokens,
                          backbone_name=job.backbone.name, chunking=job.backbone.chunking,
                          chunk_overlap=job.backbone.chunk_overlap,
-                         max_chunks=job.backbone.max_chunks)
+                         max_chunks=job.backbone.max_chunks,
+                         tail_tokens=job.backbone.tail_tokens)
     pl.seed_everything(job.train.seed + job.fold, workers=True, verbose=False)
     model = EssayRegressor.from_backbone(job.backbone_path, spec, vocab_size=len(tokenizer),
                                          num_layers=job.backbone.num_layers)
