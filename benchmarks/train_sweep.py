@@ -173,11 +173,11 @@ def plot_sweeps(reports: list[dict[str, Any]], path: Path) -> Path:
     ax.set_xlim(lo - 0.01, max(r["oof_qwk_nested_thresholds"] or 0 for r in rows) + 0.01)
     ax.set_xlabel(f"OOF QWK, {reports[0]['backbone']}/{reports[0]['head']}, "
                   f"{rows[0]['essays']} essays")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2, fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax.set_title("Training recipe variants (benchmarks/train_sweep.py)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
