@@ -224,3 +224,19 @@ def test_check_fails_when_a_scorer_that_rewards_repetition_is_served_uncapped(pi
     again = meta["report"]["attacks"]["repeated_paragraphs"]
     assert again["mean_score_shift"] == repeated["mean_score_shift"]
     assert again["mean_score_shift_after_flags"] == again["mean_score_shift"]
+
+
+def test_robustness_check_before_any_serving_bundle(tmp_path, tiny_backbone):
+    """robustness_set alone on a fresh instance: the run succeeds and the check says it was
+    not evaluated (a warning), instead of failing the step on the missing bundle."""
+    ov = tiny_overrides(tmp_path, tiny_backbone)
+    profile = write_profile(tmp_path, ov)
+    defs = build_definitions(str(profile))
+    assert not (load_config(str(profile)).bundle_dir / "manifest.json").exists()
+    res = _materialize(list(defs.assets) + list(defs.asset_checks or []), defs.resources,
+                       [keys.ROBUSTNESS, dg.AssetKey("persuade_reference"),
+                        dg.AssetKey("test_essays")], instance=dg.DagsterInstance.ephemeral())
+    ev, meta = _robustness_eval(res)
+    assert not ev.passed and ev.severity == dg.AssetCheckSeverity.WARN
+    assert meta["result"].startswith("not evaluated: no serving bundle")
+    assert len(res.output_for_node("robustness_set")) > 0

@@ -22,7 +22,7 @@ from aes_core.robustness import (
     robustness_table,
     split_robustness_table,
 )
-from aes_core.serving.manifest import Bundle, ServingManifest
+from aes_core.serving.manifest import MANIFEST_FILE, Bundle
 from aes_resources.settings import PipelineSettings
 from aes_resources.storage import ArtifactStore
 
@@ -95,16 +95,20 @@ def flag_assets(cfg: AesConfig) -> list:
 
 @dg.asset_check(
     asset=keys.ROBUSTNESS, name=ROBUSTNESS_CHECK,
-    additional_ins={"serving_bundle": dg.AssetIn(key=keys.BUNDLE)},
+    additional_deps=[keys.BUNDLE],  # after the bundle in a run that makes both; read from disk
     description="The serving bundle's scorer (in-process) and flags on the clean and perturbed "
                 "essays: fails when an attack raises the mean score after the flag policy by "
                 "more than flags.max_attack_score_gain, or more than flags.max_clean_flag_rate "
-                "of the clean essays carry a gaming flag.",
+                "of the clean essays carry a gaming flag. Before any serving bundle exists it "
+                "warns that it was not evaluated.",
 )
 def gaming_robustness(context: dg.AssetCheckExecutionContext, settings: PipelineSettings,
-                      robustness_set: pd.DataFrame,
-                      serving_bundle: ServingManifest) -> dg.AssetCheckResult:
+                      robustness_set: pd.DataFrame) -> dg.AssetCheckResult:
     cfg = settings.config
+    if not (cfg.bundle_dir / MANIFEST_FILE).exists():
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, metadata={
+            "result": f"not evaluated: no serving bundle at {cfg.bundle_dir} yet; materialize "
+                      f"serving_bundle, then run this check again"})
     bundle = Bundle.load(cfg.bundle_dir)
     flagger = bundle.flagger()
     if flagger is None:
