@@ -55,6 +55,18 @@ def tiny_overrides(tmp: Path, backbone: Path) -> dict[str, Any]:
     }
 
 
+def sample_folded(n_essays: int, seed: int, n_folds: int = 2):
+    """``n_essays`` essays of the bundled sample, joined to PERSUADE and folded (cpu-small)."""
+    from aes_core.config import load_config
+    from aes_core.data import io
+    from aes_core.data.folds import build_folded
+
+    cfg = load_config("cpu-small", overrides={"folds": {"n_folds": n_folds}})
+    raw = io.load_train(cfg.data.train_path).sample(n_essays, random_state=seed)
+    df, _ = build_folded(raw, io.load_persuade(cfg.data.persuade_path), cfg.folds)
+    return df
+
+
 def write_profile(tmp: Path, overrides: dict[str, Any], name: str = "test") -> Path:
     base = yaml.safe_load((Path(__file__).resolve().parents[1] / "profiles" /
                            "cpu-small.yaml").read_text())

@@ -14,8 +14,6 @@ import torch
 from pydantic import ValidationError
 
 from aes_core.config import BackboneSection, ServingSection, load_config
-from aes_core.data import io
-from aes_core.data.folds import build_folded
 from aes_core.export.onnx import check_parity, export_onnx
 from aes_core.export.triton_repo import member_config
 from aes_core.models.backbone import encode_newlines, load_tokenizer
@@ -33,7 +31,7 @@ from aes_core.models.tokens import (
 from aes_core.serving.onnx_scorer import OnnxScorer
 from aes_core.training.datamodule import EssayDataset, predict_logits
 from aes_core.training.stages import FoldHeadJob, train_fold_head
-from tests.conftest import tiny_overrides
+from tests.conftest import sample_folded, tiny_overrides
 from tests.serving_support import HEADS_CFG, make_regressor, sample_essays, spread_ensemble
 
 MAX_LEN, OVERLAP = 64, 16
@@ -130,10 +128,7 @@ def test_every_head_pools_windows_per_essay(tiny_backbone, head):
 
 @pytest.fixture(scope="module")
 def folded() -> pd.DataFrame:
-    cfg = load_config("cpu-small", overrides={"folds": {"n_folds": 2}})
-    raw = io.load_train(cfg.data.train_path).sample(60, random_state=3)
-    df, _ = build_folded(raw, io.load_persuade(cfg.data.persuade_path), cfg.folds)
-    return df
+    return sample_folded(60, seed=3)
 
 
 def test_tiny_chunked_model_trains_end_to_end(tmp_path, tiny_backbone, folded):

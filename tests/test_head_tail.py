@@ -11,14 +11,12 @@ import torch
 from pydantic import ValidationError
 
 from aes_core.config import BackboneSection, load_config
-from aes_core.data import io
-from aes_core.data.folds import build_folded
 from aes_core.models.backbone import load_tokenizer
 from aes_core.models.regressor import EssayRegressor, logits_to_scores
 from aes_core.models.tokens import TokenPlan, head_and_tail, tokenize, tokenize_windows
 from aes_core.training.datamodule import EssayDataset, predict_logits
 from aes_core.training.stages import FoldHeadJob, train_fold_head
-from tests.conftest import tiny_overrides
+from tests.conftest import sample_folded, tiny_overrides
 from tests.serving_support import sample_essays
 
 MAX_LEN, TAIL = 64, 24
@@ -69,10 +67,7 @@ def test_tail_settings_are_validated_and_off_by_default():
 
 @pytest.fixture(scope="module")
 def folded() -> pd.DataFrame:
-    cfg = load_config("cpu-small", overrides={"folds": {"n_folds": 2}})
-    raw = io.load_train(cfg.data.train_path).sample(60, random_state=5)
-    df, _ = build_folded(raw, io.load_persuade(cfg.data.persuade_path), cfg.folds)
-    return df
+    return sample_folded(60, seed=5)
 
 
 def test_a_head_tail_model_trains_and_predicts_as_it_reads(tmp_path, tiny_backbone, folded):

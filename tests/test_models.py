@@ -22,7 +22,7 @@ from aes_core.models.heads import HEADS, Head, build_head, masked_mean, register
 from aes_core.models.regressor import EssayRegressor, RegressorSpec
 from aes_core.training.datamodule import EssayDataset, predict_logits
 from aes_core.training.stages import FoldHeadJob, train_fold_head
-from tests.conftest import SAMPLE_DIR, tiny_overrides
+from tests.conftest import SAMPLE_DIR, sample_folded, tiny_overrides
 
 HIDDEN, LAYERS = 16, 5
 
@@ -171,13 +171,7 @@ def tiny_deberta(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def small_folded() -> pd.DataFrame:
-    from aes_core.data import io
-    from aes_core.data.folds import build_folded
-
-    cfg = load_config("cpu-small", overrides={"folds": {"n_folds": 2}})
-    raw = io.load_train(cfg.data.train_path).sample(80, random_state=1)
-    df, _ = build_folded(raw, io.load_persuade(cfg.data.persuade_path), cfg.folds)
-    return df
+    return sample_folded(80, seed=1)
 
 
 def test_deberta_v2_backbone_by_config_alone(tmp_path, tiny_deberta, small_folded):
