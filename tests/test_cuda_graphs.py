@@ -147,6 +147,39 @@ def test_a_failed_capture_leaves_the_scorer_eager(bundle, texts, monkeypatch):
                                _scorer(bundle, "cpu").predict_request(texts[:1]), atol=ATOL)
 
 
+def test_a_failed_capture_keeps_the_other_backbones_graphs(tmp_path, tiny_backbone, texts,
+                                                         monkeypatch):
+    """Two groups (the BiLSTM members read 48 tokens, the mean members 64); the second
+    group's capture fails: it scores eagerly, the first keeps its graphs."""
+    import json
+
+    import aes_core.serving.torch_scorer as ts
+    from aes_core.models.spec import SPEC_FILE
+
+    b = build_tiny_bundle(tmp_path, tiny_backbone, ["mean", "lstm"], gbdt=False)
+    for folder in b.member_dirs()["tiny__lstm"]:
+        spec = json.loads((folder / SPEC_FILE).read_text())
+        (folder / SPEC_FILE).write_text(json.dumps({**spec, "max_length": 48}))
+    real, calls = ts.GroupGraphs, []
+
+    def second_fails(*a, **k):
+        calls.append(a)
+        if len(calls) == 2:
+            raise RuntimeError("capturing stream has unjoined work")
+        return real(*a, **k)
+
+    monkeypatch.setattr(ts, "GroupGraphs", second_fails)
+    scorer = _scorer(b, "cpu")
+    scorer.capture_graphs(max_batch=2, bucket=16)
+    assert [g.plan.max_length for g in scorer.groups] == [64, 48]
+    assert [g.graphs is not None for g in scorer.groups] == [True, False]
+    assert scorer.graphed and scorer.description == "torch cpu fp32 graphs"
+    assert scorer.graph_error == ("tiny (2 fold models): RuntimeError: capturing stream has "
+                                  "unjoined work")
+    np.testing.assert_allclose(scorer.predict_request(texts[:2]),
+                               _scorer(b, "cpu").predict_request(texts[:2]), atol=ATOL)
+
+
 def test_serving_options_reach_the_scorers(bundle):
     serving = ServingSection(backend="torch_gpu", cuda_graphs=4, cuda_graph_bucket=64,
                              cuda_graph_streams=2, model_streams=3)

@@ -297,23 +297,27 @@ class TorchScorer:
 
     def capture_graphs(self, max_batch: int, bucket: int, streams: int = 1) -> None:
         """Graphs of every group that reads one window per essay, for requests of at most
-        ``max_batch`` essays (on a CPU: the same padded forward, nothing captured). A capture
-        that fails leaves the scorer eager and says why."""
-        try:
-            for g in self.groups:
-                if g.plan.chunking:
-                    continue
+        ``max_batch`` essays (on a CPU: the same padded forward, nothing captured). A group
+        whose capture fails stays eager and ``graph_error`` says why; the others keep theirs."""
+        errors = []
+        for g in self.groups:
+            if g.plan.chunking:
+                continue
+            try:
                 shapes = GraphShapes(max_batch, bucket, g.plan.max_length)
                 g.graphs = GroupGraphs(self._forwards(g), shapes, self.device,
                                        g.encoder.pad_id,
                                        lambda: self._forward_context(graph=True), streams)
                 log.info(f"captured {len(g.graphs)} graphs of {len(g.models)} fold models in "
                          f"{g.graphs.capture_seconds:.1f}s")
-        except Exception as e:  # noqa: BLE001 - eager still works: say why and carry on
-            self.graph_error = f"{type(e).__name__}: {e}".splitlines()[0]
-            log.warning(f"CUDA graph capture failed, scoring eagerly: {self.graph_error}")
-            for g in self.groups:
+            except Exception as e:  # noqa: BLE001 - eager still works: say why and carry on
                 g.graphs = None
+                error = f"{type(e).__name__}: {e}".splitlines()[0]
+                label = f"{g.spec.backbone_name} ({len(g.models)} fold models)"
+                errors.append(error if len(self.groups) == 1 else f"{label}: {error}")
+                log.warning(f"CUDA graph capture failed for {label}, scoring them eagerly: "
+                            f"{error}")
+        self.graph_error = "; ".join(errors)
 
     @property
     def graphed(self) -> bool:
