@@ -60,12 +60,17 @@ class TokenPlan:
         return cls(max_length=source.max_length, add_newline_tokens=source.add_newline_tokens,
                    chunking=source.chunking, chunk_overlap=source.chunk_overlap,
                    max_chunks=source.max_chunks,
-                   tail_tokens=0 if source.chunking else int(getattr(source, "tail_tokens", 0)))
+                   tail_tokens=int(getattr(source, "tail_tokens", 0)))
 
     @property
     def head_tail(self) -> bool:
         """A truncated plan that keeps the essay's end (``tail_tokens`` > 0)."""
         return not self.chunking and self.tail_tokens > 0
+
+    @property
+    def whole_essays(self) -> bool:
+        """Every token of the essay is needed (windows, or its end): no cut before tokenizing."""
+        return self.chunking or self.head_tail
 
 
 def pad_id_of(tokenizer) -> int:
@@ -105,16 +110,22 @@ def head_and_tail(ids: list[int], body: int, tail: int) -> list[int]:
     return ids[:body - tail] + (ids[len(ids) - tail:] if tail else [])
 
 
+def _essay_bodies(tokenizer, texts: Sequence[str], plan: TokenPlan
+                  ) -> tuple[list[int], list[int], int, list[list[int]]]:
+    """(prefix, suffix, essay tokens per window, every essay's ids without special tokens)."""
+    prefix, suffix = special_tokens(tokenizer)
+    enc = tokenizer([encode_newlines(str(t), plan.add_newline_tokens) for t in texts],
+                    add_special_tokens=False, padding=False, verbose=False)
+    body = plan.max_length - len(prefix) - len(suffix)
+    return prefix, suffix, body, [list(ids) for ids in enc["input_ids"]]
+
+
 def tokenize(tokenizer, texts: Sequence[str], spec: TokenSource) -> list[list[int]]:
     """Token ids per essay truncated to ``max_length`` (newline tokens as in training)."""
     plan = TokenPlan.of(spec)
     if plan.head_tail:
-        prefix, suffix = special_tokens(tokenizer)
-        body = plan.max_length - len(prefix) - len(suffix)
-        enc = tokenizer([encode_newlines(str(t), plan.add_newline_tokens) for t in texts],
-                        add_special_tokens=False, padding=False, verbose=False)
-        return [prefix + head_and_tail(list(ids), body, plan.tail_tokens) + suffix
-                for ids in enc["input_ids"]]
+        prefix, suffix, body, essays = _essay_bodies(tokenizer, texts, plan)
+        return [prefix + head_and_tail(ids, body, plan.tail_tokens) + suffix for ids in essays]
     enc = tokenizer([encode_newlines(str(t), plan.add_newline_tokens) for t in texts],
                     truncation=True, max_length=plan.max_length, padding=False)
     return [list(ids) for ids in enc["input_ids"]]
@@ -126,17 +137,13 @@ def tokenize_windows(tokenizer, texts: Sequence[str],
     plan = TokenPlan.of(spec)
     if not plan.chunking:
         return [[ids] for ids in tokenize(tokenizer, texts, plan)]
-    prefix, suffix = special_tokens(tokenizer)
-    body = plan.max_length - len(prefix) - len(suffix)
+    prefix, suffix, body, essays = _essay_bodies(tokenizer, texts, plan)
     if not 0 <= plan.chunk_overlap < body:
         raise ValueError(f"chunk_overlap {plan.chunk_overlap} must be below the {body} essay "
                          f"tokens of a window (max_length {plan.max_length} minus "
                          f"{len(prefix) + len(suffix)} special tokens)")
-    enc = tokenizer([encode_newlines(str(t), plan.add_newline_tokens) for t in texts],
-                    add_special_tokens=False, padding=False, verbose=False)
     out = []
-    for ids in enc["input_ids"]:
-        ids = list(ids)
+    for ids in essays:
         out.append([prefix + ids[s:s + body] + suffix
                     for s in window_starts(len(ids), body, plan.chunk_overlap, plan.max_chunks)])
     return out
@@ -329,8 +336,8 @@ class TokenEncoder:
     tokenizing: the words before the cut tokenize exactly as in the whole essay, so when the
     cut essay still fills ``max_length`` tokens the result is the same; otherwise the whole
     essay is tokenized again. Chunked and head + tail plans always read whole essays. Other
-    tokenizers fall
-    back to ``tokenize_windows``. ``fingerprint`` names the tokenizer + plan (cache keys).
+    tokenizers fall back to ``tokenize_windows``. ``fingerprint`` names the tokenizer + plan
+    (cache keys).
     """
 
     def __init__(self, tokenizer, spec: TokenSource, chars_per_token: float = 0.0):
@@ -350,7 +357,7 @@ class TokenEncoder:
             fast = Tokenizer.from_str(backend.to_str())
             fast.no_padding()
             fast.encode_special_tokens = bool(getattr(tokenizer, "split_special_tokens", False))
-            if self.plan.chunking or self.plan.head_tail:
+            if self.plan.whole_essays:
                 fast.no_truncation()
             else:
                 fast.enable_truncation(max_length=self.plan.max_length, stride=0,
@@ -364,8 +371,9 @@ class TokenEncoder:
                 self._chars = CharNormalizer(fast.normalizer,
                                              list(tokenizer.get_added_vocab()))
                 fast.normalizer = None
-        if self.plan.chunking or self.plan.head_tail:
+        if self.plan.whole_essays:
             self._prefix, self._suffix = special_tokens(tokenizer)
+            self._body = self.plan.max_length - len(self._prefix) - len(self._suffix)
         digest = hashlib.sha256(state.encode())
         digest.update(repr(self.plan).encode())
         self.fingerprint = digest.hexdigest()[:16]
@@ -410,15 +418,12 @@ class TokenEncoder:
         if self._fast is None:
             return tokenize_windows(self.tokenizer, texts, self.plan)
         texts = self._texts(texts)
+        if not self.plan.whole_essays:
+            return [[ids] for ids in self._truncated(texts)]
+        prefix, suffix, body = self._prefix, self._suffix, self._body
         if self.plan.head_tail:
-            prefix, suffix = self._prefix, self._suffix
-            body = self.plan.max_length - len(prefix) - len(suffix)
             return [[prefix + head_and_tail(ids, body, self.plan.tail_tokens) + suffix]
                     for ids in self._encode(texts, add_special_tokens=False)]
-        if not self.plan.chunking:
-            return [[ids] for ids in self._truncated(texts)]
-        prefix, suffix = self._prefix, self._suffix
-        body = self.plan.max_length - len(prefix) - len(suffix)
         if not 0 <= self.plan.chunk_overlap < body:
             raise ValueError(f"chunk_overlap {self.plan.chunk_overlap} must be below the {body} "
                              f"essay tokens of a window (max_length {self.plan.max_length} "
