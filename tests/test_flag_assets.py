@@ -232,7 +232,7 @@ def test_robustness_check_before_any_serving_bundle(tmp_path, tiny_backbone):
     ov = tiny_overrides(tmp_path, tiny_backbone)
     profile = write_profile(tmp_path, ov)
     defs = build_definitions(str(profile))
-    assert not (load_config(str(profile)).bundle_dir / "manifest.json").exists()
+    assert not Bundle.exists(load_config(str(profile)).bundle_dir)
     res = _materialize(list(defs.assets) + list(defs.asset_checks or []), defs.resources,
                        [keys.ROBUSTNESS, dg.AssetKey("persuade_reference"),
                         dg.AssetKey("test_essays")], instance=dg.DagsterInstance.ephemeral())

@@ -22,7 +22,7 @@ from aes_core.robustness import (
     robustness_table,
     split_robustness_table,
 )
-from aes_core.serving.manifest import MANIFEST_FILE, Bundle
+from aes_core.serving.manifest import Bundle
 from aes_resources.settings import PipelineSettings
 from aes_resources.storage import ArtifactStore
 
@@ -105,7 +105,7 @@ def flag_assets(cfg: AesConfig) -> list:
 def gaming_robustness(context: dg.AssetCheckExecutionContext, settings: PipelineSettings,
                       robustness_set: pd.DataFrame) -> dg.AssetCheckResult:
     cfg = settings.config
-    if not (cfg.bundle_dir / MANIFEST_FILE).exists():
+    if not Bundle.exists(cfg.bundle_dir):
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, metadata={
             "result": f"not evaluated: no serving bundle at {cfg.bundle_dir} yet; materialize "
                       f"serving_bundle, then run this check again"})

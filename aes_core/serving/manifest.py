@@ -126,13 +126,22 @@ class Bundle:
         self._ensemble: EnsembleArtifact | None = None
         self._flagger: EssayFlagger | None = None
 
+    @staticmethod
+    def manifest_path(root: str | Path) -> Path:
+        """``root/manifest.json`` (``root`` may also be the manifest file itself)."""
+        root = Path(root)
+        return root if root.name == MANIFEST_FILE else root / MANIFEST_FILE
+
+    @classmethod
+    def exists(cls, root: str | Path) -> bool:
+        """Whether a bundle was committed at ``root`` (its manifest is written last)."""
+        return cls.manifest_path(root).exists()
+
     @classmethod
     def load(cls, root: str | Path) -> Bundle:
         """Load ``root/manifest.json`` (``root`` may also be the manifest file itself)."""
-        root = Path(root)
-        if root.name == MANIFEST_FILE:
-            root = root.parent
-        path = root / MANIFEST_FILE
+        path = cls.manifest_path(root)
+        root = path.parent
         if not path.exists():
             raise BundleError(f"no serving bundle at {root} (no {MANIFEST_FILE}): run the "
                               f"pipeline (the serving_bundle asset) first")
