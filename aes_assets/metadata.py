@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -47,7 +49,8 @@ def file_stamp(path: str | None) -> str:
     return f"{st.st_size}-{st.st_mtime_ns}"
 
 
-def code_version(*parts: BaseModel | str) -> str:
+def code_version(*parts: BaseModel | Mapping[str, Any] | str) -> str:
     """Library code + the profile's configuration of the asset (+ input file stamps)."""
-    items = [p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts]
+    items = [p.model_dump(mode="json") if isinstance(p, BaseModel)
+             else dict(p) if isinstance(p, Mapping) else p for p in parts]
     return f"{code_hash()}-{config_hash({'parts': items})}"

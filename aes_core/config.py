@@ -124,6 +124,10 @@ class BackboneSection(Section):
     train: dict[str, Any] = Field(
         default_factory=dict, description="this backbone's changes to the train section, e.g. "
         "{lr: 3.0e-5, batch_size: 8}; the student keeps the train section")
+    workers_per_gpu: int | None = Field(
+        None, ge=1, description="partitions of this backbone trained at once per GPU; None = "
+        "gpu.workers_per_gpu. A larger encoder needs fewer: each worker holds its own model, "
+        "optimizer state and activations")
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> BackboneSection:
@@ -162,12 +166,15 @@ class BackboneSection(Section):
             data.pop("heads", None)
         if not self.train:
             data.pop("train", None)
+        if self.workers_per_gpu is None:
+            data.pop("workers_per_gpu", None)
         return data
 
     def encoder_only(self) -> BackboneSection:
         """This backbone without its heads and training settings: what identifies its encoder
-        (the MLM backbone, the student)."""
-        return self.model_copy(update={"heads": None, "train": {}})
+        (the MLM backbone, the student). How many of its partitions share a GPU changes no
+        weights, so it is left out too."""
+        return self.model_copy(update={"heads": None, "train": {}, "workers_per_gpu": None})
 
 
 class MlmSection(Section):
@@ -333,6 +340,14 @@ class GpuSection(Section):
     def _mps_words(cls, v: Any) -> Any:
         """YAML reads a bare ``on`` / ``off`` as true / false."""
         return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
+    def weight_settings(self) -> dict[str, Any]:
+        """The settings that change what training computes (device kind, devices per
+        partition, precision, DDP): what a code version keys on. Where and how many worker
+        processes run (workers, threads, CPU pinning, MPS, start method) change no weights,
+        so changing them leaves materialized weights up to date."""
+        return self.model_dump(mode="json", include={
+            "accelerator", "devices", "precision", "strategy", "find_unused_parameters"})
 
 
 class GbdtSection(Section):

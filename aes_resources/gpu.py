@@ -167,21 +167,24 @@ class GpuResource(dg.ConfigurableResource, GpuSection):
                 "device": self.inference_device(partition_key, tags, index),
                 "amp": self.amp_name()}
 
-    def worker_slots(self, n_jobs: int) -> list[WorkerSlot]:
+    def worker_slots(self, n_jobs: int, workers_per_gpu: int | None = None
+                     ) -> list[WorkerSlot]:
         """Where a step's partitions train at once: ``workers_per_gpu`` worker processes per
-        visible GPU (each sees only its GPU; with ``pin_cpus`` each GPU's workers share their
-        own block of this process's CPUs), or ``cpu_workers`` on a machine without one.
+        visible GPU (the argument, e.g. a backbone's own, else the resource's; each sees only
+        its GPU; with ``pin_cpus`` each GPU's workers share their own block of this process's
+        CPUs), or ``cpu_workers`` on a machine without one.
         One slot with ``in_process`` = train in the step's own process (DDP across all
         devices when ``devices > 1``; one worker needs no pool)."""
         if self.use_gpu():
             gpus = visible_gpus()
-            if self.devices > 1 or len(gpus) * self.workers_per_gpu <= 1 or n_jobs <= 1:
+            per_gpu = workers_per_gpu or self.workers_per_gpu
+            if self.devices > 1 or len(gpus) * per_gpu <= 1 or n_jobs <= 1:
                 return [WorkerSlot(gpu=None, in_process=True)]
-            threads = self._threads(len(gpus) * self.workers_per_gpu)
+            threads = self._threads(len(gpus) * per_gpu)
             blocks = (cpu_blocks(len(gpus)) if self.pin_cpus and usable_cpus() >= len(gpus)
                       else [None] * len(gpus))
             slots = [WorkerSlot(gpu=g, threads=threads, cpus=blocks[k])
-                     for _ in range(self.workers_per_gpu) for k, g in enumerate(gpus)]
+                     for _ in range(per_gpu) for k, g in enumerate(gpus)]
         elif self.cpu_workers <= 1 or n_jobs <= 1 or self.devices > 1:
             return [WorkerSlot(gpu=None, in_process=True)]
         else:

@@ -185,12 +185,15 @@ def test_a_profile_extends_another(tmp_path):
 def test_the_two_backbone_profile_is_gpu_full_plus_mpnet():
     full, two = load_config("gpu-full"), load_config("gpu-two-backbones")
     assert [b.name for b in two.backbones] == ["minilm", "mpnet"]
-    assert two.heads_for(two.backbones[1]) == ["mean"]
+    assert two.heads_for(two.backbones[1]) == ["mean", "attention"]
+    assert two.backbones[1].workers_per_gpu == 5 < full.gpu.workers_per_gpu  # fits in memory
+    assert two.backbones[0].workers_per_gpu is None
     assert two.heads_for(two.backbones[0]) == full.heads.heads
     mpnet = two.train_for(two.backbones[1])
     assert mpnet.lr == 3.0e-5 < full.train.lr  # swept on mpnet's OOF
     assert mpnet.stage1_epochs == full.train.stage1_epochs  # the rest of gpu-full's recipe
     assert mpnet.stage2_epochs == 0  # mpnet: stage 1 only
+    assert mpnet.batch_size * mpnet.accumulate_grad_batches == full.train.batch_size
     assert not two.backbones[1].use_mlm and two.backbones[0].use_mlm  # as swept: no MLM
     assert full.train.stage2_epochs == 1
     assert two.train_for(two.backbones[0]) == full.train

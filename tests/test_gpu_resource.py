@@ -174,3 +174,49 @@ def test_pinned_workers_of_each_gpu_share_their_own_cpu_block(monkeypatch):
     assert cpu_blocks(3, range(7)) == [(0, 1, 2), (3, 4), (5, 6)]
     with pytest.raises(ValueError, match="cannot split 2 CPU"):
         cpu_blocks(3, [0, 1])
+
+
+def test_a_backbone_may_run_fewer_workers_per_gpu(monkeypatch):
+    import aes_resources.gpu as gpu_mod
+
+    monkeypatch.setattr(GpuResource, "use_gpu", lambda self: True)
+    monkeypatch.setattr(gpu_mod, "visible_gpus", lambda: [0])
+    gpu = GpuResource(workers_per_gpu=10)
+    assert len(gpu.worker_slots(20)) == 10
+    assert len(gpu.worker_slots(20, workers_per_gpu=5)) == 5
+    cfg = load_config("cpu-small", {"backbones": [
+        {"name": "minilm"}, {"name": "big", "path": "var/models/big", "workers_per_gpu": 5}]})
+    assert [b.workers_per_gpu for b in cfg.backbones] == [None, 5]
+
+
+def test_worker_settings_leave_weights_up_to_date():
+    """How many workers share a GPU changes no weights: code versions (what Dagster's
+    staleness reads) stay; precision changes what training computes, so it does not."""
+    import dagster as dg
+
+    from aes_assets.assets.backbone import mlm_backbone_asset
+    from aes_assets.assets.training import fold_head_asset
+
+    def versions(overrides: dict) -> dict:
+        cfg = load_config("cpu-small", overrides)
+        b = cfg.backbones[0]
+        return {**mlm_backbone_asset(cfg, b).code_versions_by_key,
+                **fold_head_asset(cfg, b).code_versions_by_key}
+
+    base = versions({})
+    assert versions({"gpu": {"workers_per_gpu": 7, "mps": "on", "threads_per_worker": 2}}) == base
+    own = load_config("cpu-small").backbones[0].model_dump()
+    assert versions({"backbones": [{**own, "workers_per_gpu": 3}]}) == base
+    mlm = dg.AssetKey(["minilm", "mlm_backbone"])  # its partitions follow it through lineage
+    assert versions({"gpu": {"precision": "16-mixed"}})[mlm] != base[mlm]
+
+
+def test_out_of_memory_failures_say_what_to_lower():
+    from aes_core.training.parallel import JobFailure, out_of_memory_hint
+
+    oom = JobFailure(0, 'Traceback:\n  File "x.py", line 1\ntorch.OutOfMemoryError: CUDA out of '
+                        'memory. Tried to allocate 768.00 MiB.')
+    hint = out_of_memory_hint([oom], "mpnet", 10)
+    assert "10 partition(s) sharing a GPU" in hint
+    assert "backbones[mpnet].workers_per_gpu" in hint
+    assert out_of_memory_hint([JobFailure(1, "ValueError: bad")], "mpnet", 10) == ""

@@ -37,7 +37,7 @@ def mlm_backbone_asset(cfg: AesConfig, backbone: BackboneSection) -> dg.AssetsDe
         key=keys.mlm_key(name), group_name=keys.backbone_group(name),
         ins={"folded_essays": dg.AssetIn(key=keys.FOLDED),
              "unlabelled_essays": dg.AssetIn(key=keys.UNLABELLED)},
-        code_version=code_version(cfg.mlm, backbone.encoder_only(), cfg.gpu),
+        code_version=code_version(cfg.mlm, backbone.encoder_only(), cfg.gpu.weight_settings()),
         description=f"Backbone {name!r} after masked-LM continued pretraining on train + "
                     "unlabelled essays (passed through when MLM is off).",
         kinds={"pytorch"},

@@ -30,7 +30,7 @@ from aes_assets.partitions import (
 from aes_core.config import AesConfig, BackboneSection, resolve_section
 from aes_core.contracts import FoldHeadCheckpoint, MlmBackbone
 from aes_core.hardware import usable_cpus
-from aes_core.training.parallel import JobFailure, failures
+from aes_core.training.parallel import JobFailure, failures, out_of_memory_hint
 from aes_core.training.shared_tokens import share_tokens
 from aes_core.training.tasks import PartitionTask, run_partitions, stage_history
 from aes_core.training.timeline import plot_timeline, timeline_rows, timeline_summary
@@ -115,7 +115,7 @@ def fold_head_asset(cfg: AesConfig, backbone: BackboneSection) -> dg.AssetsDefin
             unlabelled_essays[["full_text"]].to_parquet(unlabelled_path, index=False)
         token_cache = (step_dir / f"{TOKENS_DIR}.{context.run_id[:8]}"
                        if tcfg.share_tokens and len(pks) > 1 else None)
-        slots = gpu.worker_slots(len(pks))
+        slots = gpu.worker_slots(len(pks), base.backbone(name).workers_per_gpu)
         tags = dict(context.run.tags)
         tasks = []
         for pk in pks:
@@ -183,10 +183,12 @@ def fold_head_asset(cfg: AesConfig, backbone: BackboneSection) -> dg.AssetsDefin
         failed = failures(results)
         if failed:
             listed = "; ".join(f"{pks[f.index]}: {f.summary}" for f in failed)
+            sharing = sum(s.gpu == slots[0].gpu for s in slots)  # partitions on one GPU at once
             raise dg.Failure(
                 description=f"{len(failed)} of {len(pks)} partition(s) failed: {listed}. The "
                             f"others are complete and are reused when the step runs again; "
-                            f"re-run one alone with its partition key.",
+                            f"re-run one alone with its partition key."
+                            + out_of_memory_hint(failed, name, sharing),
                 metadata={"errors": dg.MetadataValue.md("\n\n".join(
                     f"**{pks[f.index]}**\n```\n{f.error[-3000:]}\n```" for f in failed))})
         context.add_output_metadata(config_metadata(tcfg, full.heads))

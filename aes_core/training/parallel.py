@@ -58,6 +58,15 @@ class JobFailure:
         return traceback_summary(self.error)
 
 
+def out_of_memory_hint(failed: Sequence[JobFailure], backbone: str, sharing_a_gpu: int) -> str:
+    """What to change when partitions ran out of GPU memory (a sentence), else ''."""
+    if not any("OutOfMemoryError" in f.error or "CUDA out of memory" in f.error for f in failed):
+        return ""
+    return (f" GPU memory ran out with {sharing_a_gpu} partition(s) sharing a GPU: lower "
+            f"backbones[{backbone}].workers_per_gpu (or gpu.workers_per_gpu), or this "
+            f"backbone's train.batch_size.")
+
+
 def traceback_summary(text: str) -> str:
     """A traceback's last line and the innermost frame that raised it, skipping the worker
     pool's own frames (a child process's traceback, quoted in the parent's, comes last)."""
