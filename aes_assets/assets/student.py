@@ -39,7 +39,8 @@ def student_assets(cfg: AesConfig) -> list[dg.AssetsDefinition]:
              "unlabelled_essays": dg.AssetIn(key=keys.UNLABELLED),
              "serving_bundle": dg.AssetIn(key=keys.BUNDLE),
              "mlm_backbone": dg.AssetIn(key=keys.mlm_key(backbone.name))},
-        code_version=code_version(cfg.student, cfg.train, backbone, cfg.gpu.weight_settings()),
+        code_version=code_version(cfg.student, cfg.train, backbone.encoder_only(),
+                                  cfg.gpu.weight_settings()),
         description="A student regressor trained to reproduce the ensemble's blended score "
                     "(pseudo-labels on train/unlabelled essays), saved into the serving "
                     "bundle; serving.scorer: student serves it with the ensemble's thresholds.",
