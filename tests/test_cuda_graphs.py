@@ -202,3 +202,22 @@ def test_ensemble_with_graphs_blends_like_eager(bundle, texts):
     a = np.vstack([scorer.predict_request([t]) for t in texts])
     b = np.vstack([eager.predict_request([t]) for t in texts])
     assert np.abs(ens.blend(a) - ens.blend(b)).max() < 0.05
+
+
+def test_a_failed_capture_names_the_error_that_broke_it(bundle, monkeypatch):
+    """The capture's end raises while the forward's error is handled: both are named."""
+    import aes_core.serving.torch_scorer as ts
+
+    def broken(*a, **k):
+        try:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        except RuntimeError:
+            raise RuntimeError("capturing stream has unjoined work")  # noqa: B904 - as a capture ends
+
+    monkeypatch.setattr(ts, "GroupGraphs", broken)
+    scorer = _scorer(bundle, "cpu")
+    scorer.capture_graphs(max_batch=2, bucket=32)
+    assert scorer.graph_error == (
+        "RuntimeError: capturing stream has unjoined work (raised while handling "
+        "RuntimeError: operation not permitted when stream is capturing)")
+

@@ -87,6 +87,18 @@ def forward_on_streams(forwards: Sequence[Forward], ids, mask, streams: Sequence
     return torch.stack(outs)
 
 
+def error_chain(error: BaseException, depth: int = 3) -> str:
+    """An error's first line, then those of the errors it was raised while handling. A
+    capture that breaks inside a forward raises again from the capture's end ("capturing
+    stream has unjoined work"), which alone hides the operation that broke it."""
+    lines, seen, e = [], set(), error
+    while e is not None and id(e) not in seen and len(lines) < depth:
+        seen.add(id(e))
+        lines.append(f"{type(e).__name__}: {e}".splitlines()[0])
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+    return lines[0] + "".join(f" (raised while handling {x})" for x in lines[1:])
+
+
 @dataclass
 class _Shape:
     ids: object                  # static input buffers on the device

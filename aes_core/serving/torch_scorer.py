@@ -48,7 +48,12 @@ from aes_core.models.tokens import (
     text_batches,
 )
 from aes_core.serving.base import require_fold_models
-from aes_core.serving.cuda_graphs import GraphShapes, GroupGraphs, forward_on_streams
+from aes_core.serving.cuda_graphs import (
+    GraphShapes,
+    GroupGraphs,
+    error_chain,
+    forward_on_streams,
+)
 from aes_core.serving.onnx_scorer import fold_average
 from aes_core.serving.stage_clock import StageClock
 from aes_core.serving.token_cache import CachedEncoder, TokenCache
@@ -312,7 +317,7 @@ class TorchScorer:
                          f"{g.graphs.capture_seconds:.1f}s")
             except Exception as e:  # noqa: BLE001 - eager still works: say why and carry on
                 g.graphs = None
-                error = f"{type(e).__name__}: {e}".splitlines()[0]
+                error = error_chain(e)
                 label = f"{g.spec.backbone_name} ({len(g.models)} fold models)"
                 errors.append(error if len(self.groups) == 1 else f"{label}: {error}")
                 log.warning(f"CUDA graph capture failed for {label}, scoring them eagerly: "
