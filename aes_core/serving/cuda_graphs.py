@@ -79,11 +79,13 @@ def forward_on_streams(forwards: Sequence[Forward], ids, mask, streams: Sequence
     for s in streams:
         s.wait_stream(main)
     outs = []
-    for k, f in enumerate(forwards):
-        with torch.cuda.stream(streams[k % len(streams)]):
-            outs.append(f(ids, mask).float().reshape(-1))
-    for s in streams:
-        main.wait_stream(s)
+    try:
+        for k, f in enumerate(forwards):
+            with torch.cuda.stream(streams[k % len(streams)]):
+                outs.append(f(ids, mask).float().reshape(-1))
+    finally:  # joined even when a forward raised, so a capture ends on that error, not its own
+        for s in streams:
+            main.wait_stream(s)
     return torch.stack(outs)
 
 
