@@ -120,12 +120,26 @@ def _essay_bodies(tokenizer, texts: Sequence[str], plan: TokenPlan
     return prefix, suffix, body, [list(ids) for ids in enc["input_ids"]]
 
 
+def windows_of(prefix: list[int], suffix: list[int], body: int,
+               essays: Sequence[list[int]], plan: TokenPlan) -> list[list[list[int]]]:
+    """Each whole essay's windows (``prefix + up to body tokens + suffix``): one head + tail
+    window, or overlapping windows over the essay (chunked)."""
+    if plan.head_tail:
+        return [[prefix + head_and_tail(ids, body, plan.tail_tokens) + suffix] for ids in essays]
+    if not 0 <= plan.chunk_overlap < body:
+        raise ValueError(f"chunk_overlap {plan.chunk_overlap} must be below the {body} essay "
+                         f"tokens of a window (max_length {plan.max_length} minus "
+                         f"{len(prefix) + len(suffix)} special tokens)")
+    return [[prefix + ids[s:s + body] + suffix
+             for s in window_starts(len(ids), body, plan.chunk_overlap, plan.max_chunks)]
+            for ids in essays]
+
+
 def tokenize(tokenizer, texts: Sequence[str], spec: TokenSource) -> list[list[int]]:
     """Token ids per essay truncated to ``max_length`` (newline tokens as in training)."""
     plan = TokenPlan.of(spec)
     if plan.head_tail:
-        prefix, suffix, body, essays = _essay_bodies(tokenizer, texts, plan)
-        return [prefix + head_and_tail(ids, body, plan.tail_tokens) + suffix for ids in essays]
+        return [w[0] for w in windows_of(*_essay_bodies(tokenizer, texts, plan), plan)]
     enc = tokenizer([encode_newlines(str(t), plan.add_newline_tokens) for t in texts],
                     truncation=True, max_length=plan.max_length, padding=False)
     return [list(ids) for ids in enc["input_ids"]]
@@ -137,16 +151,7 @@ def tokenize_windows(tokenizer, texts: Sequence[str],
     plan = TokenPlan.of(spec)
     if not plan.chunking:
         return [[ids] for ids in tokenize(tokenizer, texts, plan)]
-    prefix, suffix, body, essays = _essay_bodies(tokenizer, texts, plan)
-    if not 0 <= plan.chunk_overlap < body:
-        raise ValueError(f"chunk_overlap {plan.chunk_overlap} must be below the {body} essay "
-                         f"tokens of a window (max_length {plan.max_length} minus "
-                         f"{len(prefix) + len(suffix)} special tokens)")
-    out = []
-    for ids in essays:
-        out.append([prefix + ids[s:s + body] + suffix
-                    for s in window_starts(len(ids), body, plan.chunk_overlap, plan.max_chunks)])
-    return out
+    return windows_of(*_essay_bodies(tokenizer, texts, plan), plan)
 
 
 def round_up(n: int, multiple: int = 1, cap: int | None = None) -> int:
@@ -420,20 +425,8 @@ class TokenEncoder:
         texts = self._texts(texts)
         if not self.plan.whole_essays:
             return [[ids] for ids in self._truncated(texts)]
-        prefix, suffix, body = self._prefix, self._suffix, self._body
-        if self.plan.head_tail:
-            return [[prefix + head_and_tail(ids, body, self.plan.tail_tokens) + suffix]
-                    for ids in self._encode(texts, add_special_tokens=False)]
-        if not 0 <= self.plan.chunk_overlap < body:
-            raise ValueError(f"chunk_overlap {self.plan.chunk_overlap} must be below the {body} "
-                             f"essay tokens of a window (max_length {self.plan.max_length} "
-                             f"minus {len(prefix) + len(suffix)} special tokens)")
-        out = []
-        for ids in self._encode(texts, add_special_tokens=False):
-            out.append([prefix + ids[s:s + body] + suffix for s in
-                        window_starts(len(ids), body, self.plan.chunk_overlap,
-                                      self.plan.max_chunks)])
-        return out
+        return windows_of(self._prefix, self._suffix, self._body,
+                          self._encode(texts, add_special_tokens=False), self.plan)
 
     def batch(self, texts: Sequence[str]) -> EssayBatch:
         """``encode_batch``: texts -> one padded batch."""
