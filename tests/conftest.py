@@ -67,6 +67,21 @@ def sample_folded(n_essays: int, seed: int, n_folds: int = 2):
     return df
 
 
+def tiny_fold_job(tmp: Path, backbone: Path, head: str, max_train_essays: int = 20,
+                  **backbone_settings: Any):
+    """Fold 0 x ``head`` of the tiny backbone with these backbone settings, trained on the
+    CPU into ``tmp / "part"`` (a ``FoldHeadJob`` for ``train_fold_head``)."""
+    from aes_core.config import load_config
+    from aes_core.training.stages import FoldHeadJob
+
+    over = tiny_overrides(tmp, backbone)
+    over["backbones"] = [{"name": "tiny", "path": str(backbone), **backbone_settings}]
+    over["train"] = {**over["train"], "max_train_essays": max_train_essays}
+    cfg = load_config(overrides=over)
+    return FoldHeadJob(cfg, cfg.backbones[0], backbone, 0, head, tmp / "part",
+                       {"accelerator": "cpu", "devices": 1}, progress=False)
+
+
 def write_profile(tmp: Path, overrides: dict[str, Any], name: str = "test") -> Path:
     base = yaml.safe_load((Path(__file__).resolve().parents[1] / "profiles" /
                            "cpu-small.yaml").read_text())

@@ -13,7 +13,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from aes_core.config import BackboneSection, ServingSection, load_config
+from aes_core.config import BackboneSection, ServingSection
 from aes_core.export.onnx import check_parity, export_onnx
 from aes_core.export.triton_repo import member_config
 from aes_core.models.backbone import encode_newlines, load_tokenizer
@@ -30,8 +30,8 @@ from aes_core.models.tokens import (
 )
 from aes_core.serving.onnx_scorer import OnnxScorer
 from aes_core.training.datamodule import EssayDataset, predict_logits
-from aes_core.training.stages import FoldHeadJob, train_fold_head
-from tests.conftest import sample_folded, tiny_overrides
+from aes_core.training.stages import train_fold_head
+from tests.conftest import sample_folded, tiny_fold_job
 from tests.serving_support import HEADS_CFG, make_regressor, sample_essays, spread_ensemble
 
 MAX_LEN, OVERLAP = 64, 16
@@ -132,13 +132,8 @@ def folded() -> pd.DataFrame:
 
 
 def test_tiny_chunked_model_trains_end_to_end(tmp_path, tiny_backbone, folded):
-    over = tiny_overrides(tmp_path, tiny_backbone)
-    over["backbones"] = [{"name": "tiny", "path": str(tiny_backbone), "max_length": MAX_LEN,
-                          "chunking": True, "chunk_overlap": OVERLAP, "max_chunks": 4}]
-    over["train"] = {**over["train"], "max_train_essays": 20}
-    cfg = load_config(overrides=over)
-    job = FoldHeadJob(cfg, cfg.backbones[0], tiny_backbone, 0, "attention", tmp_path / "part",
-                      {"accelerator": "cpu", "devices": 1}, progress=False)
+    job = tiny_fold_job(tmp_path, tiny_backbone, "attention", max_length=MAX_LEN,
+                        chunking=True, chunk_overlap=OVERLAP, max_chunks=4)
     result = train_fold_head(job, folded)
     assert result.stage2 is not None and result.stage1.train_essays == 20
     model = EssayRegressor.from_pretrained(result.model_dir)

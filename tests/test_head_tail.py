@@ -10,13 +10,13 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from aes_core.config import BackboneSection, load_config
+from aes_core.config import BackboneSection
 from aes_core.models.backbone import load_tokenizer
 from aes_core.models.regressor import EssayRegressor, logits_to_scores
 from aes_core.models.tokens import TokenPlan, head_and_tail, tokenize, tokenize_windows
 from aes_core.training.datamodule import EssayDataset, predict_logits
-from aes_core.training.stages import FoldHeadJob, train_fold_head
-from tests.conftest import sample_folded, tiny_overrides
+from aes_core.training.stages import train_fold_head
+from tests.conftest import sample_folded, tiny_fold_job
 from tests.serving_support import sample_essays
 
 MAX_LEN, TAIL = 64, 24
@@ -71,13 +71,7 @@ def folded() -> pd.DataFrame:
 
 
 def test_a_head_tail_model_trains_and_predicts_as_it_reads(tmp_path, tiny_backbone, folded):
-    over = tiny_overrides(tmp_path, tiny_backbone)
-    over["backbones"] = [{"name": "tiny", "path": str(tiny_backbone), "max_length": MAX_LEN,
-                          "tail_tokens": TAIL}]
-    over["train"] = {**over["train"], "max_train_essays": 20}
-    cfg = load_config(overrides=over)
-    job = FoldHeadJob(cfg, cfg.backbones[0], tiny_backbone, 0, "mean", tmp_path / "part",
-                      {"accelerator": "cpu", "devices": 1}, progress=False)
+    job = tiny_fold_job(tmp_path, tiny_backbone, "mean", max_length=MAX_LEN, tail_tokens=TAIL)
     result = train_fold_head(job, folded)
     model = EssayRegressor.from_pretrained(result.model_dir)
     assert (model.spec.tail_tokens, model.spec.chunking) == (TAIL, False)
