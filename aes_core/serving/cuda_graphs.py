@@ -101,6 +101,20 @@ def error_chain(error: BaseException, depth: int = 3) -> str:
     return lines[0] + "".join(f" (raised while handling {x})" for x in lines[1:])
 
 
+# causes of failed captures seen on a GPU, by a line of their error: what to do about them
+CAPTURE_HINTS = {
+    "Cannot copy between CPU and CUDA tensors during CUDA graph capture": (
+        "a forward copies a CPU tensor to the GPU; MPNet's does in transformers < 5.18 "
+        "(it builds its relative-position buckets on the CPU), and this project requires "
+        "transformers >= 5.20: check `pip show transformers`"),
+}
+
+
+def capture_hint(error: str) -> str:
+    """What to do about a failed capture whose cause is known (see ``CAPTURE_HINTS``), or ""."""
+    return next((hint for line, hint in CAPTURE_HINTS.items() if line in error), "")
+
+
 @dataclass
 class _Shape:
     ids: object                  # static input buffers on the device

@@ -51,6 +51,7 @@ from aes_core.serving.base import require_fold_models
 from aes_core.serving.cuda_graphs import (
     GraphShapes,
     GroupGraphs,
+    capture_hint,
     error_chain,
     forward_on_streams,
 )
@@ -320,8 +321,9 @@ class TorchScorer:
                 error = error_chain(e)
                 label = f"{g.spec.backbone_name} ({len(g.models)} fold models)"
                 errors.append(error if len(self.groups) == 1 else f"{label}: {error}")
+                hint = capture_hint(error)
                 log.warning(f"CUDA graph capture failed for {label}, scoring them eagerly: "
-                            f"{error}")
+                            f"{error}" + (f" ({hint})" if hint else ""))
         self.graph_error = "; ".join(errors)
 
     @property
