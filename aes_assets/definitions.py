@@ -7,6 +7,7 @@ code versions and resources all come from that one object.
 from __future__ import annotations
 
 import functools
+import logging
 import warnings
 
 import dagster as dg
@@ -29,6 +30,7 @@ from aes_assets.schedules import (
 )
 from aes_assets.sensors import build_inbox_sensor, score_inbox_file_job
 from aes_core.config import AesConfig, load_config
+from aes_core.tracking import unmet_requirements
 from aes_resources.settings import active_profile
 
 
@@ -50,7 +52,19 @@ def build_definitions(profile: str | AesConfig | None = None) -> dg.Definitions:
     )
 
 
+def warn_unmet_requirements() -> list[str]:
+    """Say once, when the code location loads, which installed packages are outside the
+    project's ranges (they run, but on paths nobody tested)."""
+    unmet = unmet_requirements()
+    if unmet:
+        logging.getLogger(__name__).warning(
+            "installed packages outside pyproject.toml's ranges: %s; `pip install -e .` "
+            "(or requirements.lock) installs tested versions", "; ".join(unmet))
+    return unmet
+
+
 warnings.filterwarnings("ignore", category=dg.BetaWarning)  # backfill_policy, sensor owners
+warn_unmet_requirements()
 defs = build_definitions()
 
 

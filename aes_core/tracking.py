@@ -56,6 +56,45 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def declared_requirements() -> list[str]:
+    """The project's dependency ranges: ``pyproject.toml`` of this checkout, else the installed
+    package's metadata (a copy run from its folder has the first, an install the second)."""
+    pyproject = PROJECT_ROOT / "pyproject.toml"
+    if pyproject.exists():
+        import tomllib
+
+        return list(tomllib.loads(pyproject.read_text())["project"]["dependencies"])
+    try:
+        return [r for r in importlib.metadata.requires("aes") or [] if "extra ==" not in r]
+    except importlib.metadata.PackageNotFoundError:
+        return []
+
+
+def unmet_requirements(requirements: list[str] | None = None) -> list[str]:
+    """Installed packages outside the project's ranges, e.g. ``transformers 5.17.0 (requires
+    >=5.20,<6)``. Such an environment runs, but on paths nobody tested: MPNet under
+    transformers 5.17 copies CPU tensors in its forward, so its fold models never capture as
+    CUDA graphs and score about 4x slower per essay."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    out = []
+    for line in declared_requirements() if requirements is None else requirements:
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        try:
+            installed = importlib.metadata.version(req.name)
+        except importlib.metadata.PackageNotFoundError:
+            out.append(f"{req.name} not installed (requires {req.specifier or 'any version'})")
+            continue
+        if req.specifier and not req.specifier.contains(installed, prereleases=True):
+            out.append(f"{req.name} {installed} (requires {req.specifier})")
+    return out
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested config dict -> {'train.lr': 1e-4, ...} (lists become strings)."""
     out: dict[str, Any] = {}

@@ -17,7 +17,7 @@ from typing import Any
 
 import dagster as dg
 
-from aes_core.tracking import flatten, git_commit, package_versions
+from aes_core.tracking import flatten, git_commit, package_versions, unmet_requirements
 
 PARAM_BATCH = 100      # MLflow accepts at most 100 params per call
 PARAM_MAX_CHARS = 6000
@@ -115,8 +115,10 @@ class MlflowTracker(dg.ConfigurableResource):
             os.makedirs(os.path.dirname(self.tracking_uri.removeprefix("sqlite:///")) or ".",
                         exist_ok=True)
         mlflow.set_tracking_uri(self.tracking_uri)
+        unmet = unmet_requirements()
         all_tags = {"git_commit": git_commit(),
                     **{f"version.{k}": v for k, v in package_versions().items()},
+                    **({"requirements.unmet": "; ".join(unmet)} if unmet else {}),
                     **(tags or {})}
         with mlflow.start_run(run_name=name, experiment_id=self._experiment_id(),
                               tags=all_tags) as run:

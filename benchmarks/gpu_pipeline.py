@@ -29,6 +29,7 @@ from dagster_run_report import merge_reports, run_report  # noqa: E402
 from aes_assets.pipeline import CALL_TAG, run_pipeline  # noqa: E402
 from aes_core.config import PROJECT_ROOT  # noqa: E402
 from aes_core.gpu_sampler import GpuSampler  # noqa: E402
+from aes_core.tracking import unmet_requirements  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         if k.endswith("fold_head_checkpoints")}}
     report["gpu_util"] = sampler.summary(windows)  # the training step(s) and the whole run
     report["driver_wall_minutes"] = round((time.time() - t0) / 60, 2)
+    report["unmet_requirements"] = unmet_requirements()  # packages outside pyproject's ranges
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=2, default=str))
     print(json.dumps({k: report[k] for k in ("profile", "partitions", "wall_minutes",
