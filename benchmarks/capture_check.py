@@ -31,6 +31,7 @@ import torch  # noqa: E402
 from aes_core.hardware import hardware  # noqa: E402
 from aes_core.models.regressor import EssayRegressor  # noqa: E402
 from aes_core.models.spec import RegressorSpec  # noqa: E402
+from aes_core.models.tiny import ENCODER_FAMILIES, random_encoder  # noqa: E402
 from aes_core.serving.cuda_graphs import (  # noqa: E402
     GraphShapes,
     GroupGraphs,
@@ -38,12 +39,10 @@ from aes_core.serving.cuda_graphs import (  # noqa: E402
     error_chain,
 )
 
-FAMILIES = {"bert": "BertConfig", "mpnet": "MPNetConfig", "deberta": "DebertaV2Config"}
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--family", choices=sorted(FAMILIES), default="mpnet")
+    ap.add_argument("--family", choices=sorted(ENCODER_FAMILIES), default="mpnet")
     ap.add_argument("--heads", default="mean,attention,lstm")
     ap.add_argument("--folds", type=int, default=5, help="fold models per head")
     ap.add_argument("--max-batch", type=int, default=4)
@@ -51,18 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--tokens", type=int, default=300, help="tokens of the timed essay")
     ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--small", action="store_true", help="a 2-layer, 32-wide encoder (tests)")
+    ap.add_argument("--small", action="store_true", help="a 4-layer, 32-wide encoder (tests)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     return ap.parse_args(argv)
-
-
-def build_encoder(family: str, small: bool):
-    import transformers
-
-    cls = getattr(transformers, FAMILIES[family])
-    sizes = dict(vocab_size=1000, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                 intermediate_size=64) if small else {}
-    return transformers.AutoModel.from_config(cls(**sizes))
 
 
 def median_ms(fn, repeats: int, sync) -> float:
@@ -85,7 +75,7 @@ def check_head(head: str, a: argparse.Namespace, device: torch.device) -> dict:
             yield
 
     torch.manual_seed(0)
-    models = [EssayRegressor(build_encoder(a.family, a.small),
+    models = [EssayRegressor(random_encoder(a.family, a.small),
                              RegressorSpec(head=head, backbone_name=a.family)).to(device).eval()
               for _ in range(a.folds)]
     forwards = [lambda i, k, _m=m: _m(i, k) for m in models]

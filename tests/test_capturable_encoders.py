@@ -15,6 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from aes_core.models.regressor import EssayRegressor
 from aes_core.models.spec import RegressorSpec
+from aes_core.models.tiny import ENCODER_FAMILIES, random_encoder
 from aes_core.serving.cuda_graphs import capture_hint
 
 HEADS = ["mean", "attention", "lstm", "weighted_layers"]
@@ -50,20 +51,10 @@ def cpu_copies(model: torch.nn.Module, monkeypatch) -> list[str]:
     return spy.copies
 
 
-def encoder(family: str):
-    from transformers import AutoModel, BertConfig, DebertaV2Config, MPNetConfig
-
-    small = dict(vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                 intermediate_size=64)
-    configs = {"bert": BertConfig, "mpnet": MPNetConfig, "deberta": DebertaV2Config}
-    cfg = configs[family](**small)
-    return AutoModel.from_config(cfg)
-
-
 @pytest.mark.parametrize("head", HEADS)
-@pytest.mark.parametrize("family", ["bert", "mpnet", "deberta"])  # MiniLM, mpnet, DeBERTa-v3
+@pytest.mark.parametrize("family", sorted(ENCODER_FAMILIES))
 def test_fold_models_copy_no_cpu_tensor_in_their_forward(family, head, monkeypatch):
-    model = EssayRegressor(encoder(family), RegressorSpec(head=head, backbone_name=family))
+    model = EssayRegressor(random_encoder(family), RegressorSpec(head=head, backbone_name=family))
     assert cpu_copies(model, monkeypatch) == []
 
 
