@@ -71,14 +71,17 @@ def declared_requirements() -> list[str]:
 
 
 def unmet_requirements(requirements: list[str] | None = None) -> list[str]:
-    """Installed packages outside the project's ranges, e.g. ``transformers 5.17.0 (requires
-    >=5.20,<6)``. Such an environment runs, but on paths nobody tested: MPNet under
-    transformers 5.17 copies CPU tensors in its forward, so its fold models never capture as
-    CUDA graphs and score about 4x slower per essay."""
+    """Installed packages outside ``requirements`` (default: the project's ranges, checked
+    once per process), e.g. ``transformers 5.17.0 (requires >=5.20,<6)``. Such an environment
+    runs, but on paths nobody tested: MPNet under transformers 5.17 copies CPU tensors in its
+    forward, so its fold models never capture as CUDA graphs and score about 4x slower per
+    essay."""
+    if requirements is None:
+        return list(_unmet_declared())
     from packaging.requirements import InvalidRequirement, Requirement
 
     out = []
-    for line in declared_requirements() if requirements is None else requirements:
+    for line in requirements:
         try:
             req = Requirement(line)
         except InvalidRequirement:
@@ -93,6 +96,12 @@ def unmet_requirements(requirements: list[str] | None = None) -> list[str]:
         if req.specifier and not req.specifier.contains(installed, prereleases=True):
             out.append(f"{req.name} {installed} (requires {req.specifier})")
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def _unmet_declared() -> tuple[str, ...]:
+    """The project's unmet ranges: read at load and by every MLflow run, so computed once."""
+    return tuple(unmet_requirements(declared_requirements()))
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
