@@ -21,7 +21,6 @@ import json
 import statistics
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -38,6 +37,7 @@ from aes_core.serving.cuda_graphs import (  # noqa: E402
     capture_hint,
     error_chain,
 )
+from aes_core.serving.torch_scorer import forward_context  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,11 +68,8 @@ def median_ms(fn, repeats: int, sync) -> float:
 def check_head(head: str, a: argparse.Namespace, device: torch.device) -> dict:
     cuda = device.type == "cuda"
 
-    @contextmanager
-    def context():
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
-                                                    enabled=cuda, cache_enabled=False):
-            yield
+    def context():  # as the scorer's graphs: bf16 autocast on CUDA, fp32 on a CPU
+        return forward_context(device.type, torch.bfloat16 if cuda else None, graph=True)
 
     torch.manual_seed(0)
     models = [EssayRegressor(random_encoder(a.family, a.small),

@@ -29,7 +29,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,6 +111,18 @@ def usable_cudnn() -> bool:
                     str(e).split(".")[0])
         torch.backends.cudnn.enabled = False
         return False
+
+
+@contextmanager
+def forward_context(device_type: str, amp_dtype=None, graph: bool = False) -> Iterator[None]:
+    """What every fold-model forward runs in: inference mode and autocast to ``amp_dtype``
+    (None: fp32); a graph's casts are made inside it (no weight cache)."""
+    import torch
+
+    with torch.inference_mode(), torch.autocast(
+            device_type=device_type, dtype=amp_dtype or torch.float32,
+            enabled=amp_dtype is not None, cache_enabled=not graph):
+        yield
 
 
 @dataclass
@@ -355,15 +367,8 @@ class TorchScorer:
             out.append(t)
         return out
 
-    @contextmanager
-    def _forward_context(self, graph: bool = False) -> Iterator[None]:
-        """Inference mode and autocast; a graph's casts are made inside it (no weight cache)."""
-        import torch
-
-        with torch.inference_mode(), torch.autocast(
-                device_type=self.device.type, dtype=self.amp_dtype or torch.float32,
-                enabled=self.amp_dtype is not None, cache_enabled=not graph):
-            yield
+    def _forward_context(self, graph: bool = False) -> AbstractContextManager[None]:
+        return forward_context(self.device.type, self.amp_dtype, graph)
 
     def _group_logits(self, g: MemberGroup, batch: EssayBatch, compiled: bool | None = None):
         """[K, B] fold-model logits (float32) of one padded batch, on the device."""
