@@ -553,6 +553,10 @@ class ServingSection(Section):
     token_cache_dir: str | None = Field(
         None, description="folder of a persistent token cache (SQLite) shared by scorers, for "
         "essays scored again (rescoring); None = memory only")
+    tokenizer_word_cache: int = Field(
+        100_000, ge=0, description="BERT-style tokenizers (MiniLM, MPNet): words whose ids "
+        "each tokenizer keeps, so a plain ASCII essay is read as dict lookups (~8x faster on "
+        "one thread; the ids are the tokenizer's own); 0 = off")
     pretruncate_chars_per_token: float = Field(
         6.0, ge=0, description="truncated members: cut an essay longer than max_length x this "
         "many characters (at a space) before tokenizing; re-tokenized whole when the cut is "

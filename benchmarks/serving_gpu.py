@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tokenizer_speed
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -283,6 +284,8 @@ def distill_student(a, bundle_dir: Path, backbone: Path, train: pd.DataFrame, lo
 
 def tokenizer_paths(bundle, texts: list[str]) -> dict[str, Any]:
     """essays/s of the tokenizer calls the served path can use (one process)."""
+    from tokenizer_speed import best_rate, encoder_rates
+
     from aes_core.models.regressor import load_regressor_tokenizer
     from aes_core.models.tokens import TokenEncoder, tokenize_windows
     from aes_core.serving.token_cache import CachedEncoder, TokenCache
@@ -290,20 +293,15 @@ def tokenizer_paths(bundle, texts: list[str]) -> dict[str, Any]:
     first = bundle.member_dirs()[bundle.manifest.members[0].name][0]
     tok = load_regressor_tokenizer(first)
     spec = bundle.manifest.members[0].spec
-
-    def rate(fn) -> float:
-        t0 = time.perf_counter()
-        fn(texts)
-        return len(texts) / (time.perf_counter() - t0)
-
     cpt = ServingSection().pretruncate_chars_per_token
     cached = CachedEncoder(TokenEncoder(tok, spec, cpt), TokenCache(len(texts) + 1))
+    t0 = time.perf_counter()
+    reference = tokenize_windows(tok, texts, spec)
     out = {"essays": len(texts), "max_length": spec.max_length, "chars_per_token": cpt,
-           "hf_call": rate(lambda t: tokenize_windows(tok, t, spec)),
-           "fast_backend": rate(TokenEncoder(tok, spec, 0.0).windows),
-           "fast_backend_cut": rate(TokenEncoder(tok, spec, cpt).windows),
-           "cache_miss_then_store": rate(cached.windows),
-           "cache_hit": rate(cached.windows)}
+           "hf_call": len(texts) / (time.perf_counter() - t0),
+           **encoder_rates(tok, spec, texts, cpt, reference=reference),
+           "cache_miss_then_store": best_rate(cached.windows, texts, 1),
+           "cache_hit": best_rate(cached.windows, texts, 1)}
     return {k: (round(v, 1) if isinstance(v, float) else v) for k, v in out.items()}
 
 

@@ -49,7 +49,8 @@ def test_serving_benchmark_runs_end_to_end_on_cpu(tmp_path):
     assert saved["agreement"]["ensemble"]["rounded_scores_changed_fraction"] == 0.0
     assert saved["agreement"]["student"]["max_abs_blended_diff"] < 1e-4
     tok = saved["tokenization"]
-    assert all(tok[k] > 0 for k in ("hf_call", "fast_backend", "cache_hit"))
+    assert all(tok[k] > 0 for k in ("hf_call", "rust", "rust_cut", "words_cut", "cache_hit"))
+    assert tok["ids_equal_hf"] == {"rust": True, "rust_cut": True, "words_cut": True}
     assert saved["gbdt"]["member_predict_ms_per_essay"] > 0 and saved["gbdt"]["folds"] == 2
     assert Path(saved["plot"]).stat().st_size > 10_000
     assert report["triton_ensemble"] == ens

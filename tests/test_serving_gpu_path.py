@@ -195,6 +195,9 @@ def test_backend_choice(bundle):
     torch_ = in_process_scorer(bundle, ServingSection(backend="torch_gpu"))
     assert isinstance(torch_, TorchScorer) and torch_.device.type == "cpu"
     torch_.close()
+    small = in_process_scorer(bundle, ServingSection(backend="torch_gpu", tokenizer_word_cache=3))
+    assert {g.encoder.encoder._words.max_words for g in small.groups} == {3}  # config reaches it
+    small.close()
     with open_scorer(bundle, ServingSection(backend="torch_gpu", use_triton=False)) as choice:
         assert choice.via == "torch cpu fp32 (in-process)"
     with pytest.raises(Exception, match="no distilled student"):

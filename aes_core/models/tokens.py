@@ -23,11 +23,15 @@ from typing import Protocol
 
 import numpy as np
 
+from aes_core.config import ServingSection
 from aes_core.models.backbone import encode_newlines
+from aes_core.models.word_ids import WordIds
 
 INPUT_IDS, ATTENTION_MASK, WINDOW_WEIGHTS = "input_ids", "attention_mask", "window_weights"
 #: a word every tokenizer encodes to some ids; finds where the special tokens go
 _PROBE = "essay"
+#: words whose ids a TokenEncoder keeps (serving.tokenizer_word_cache)
+WORD_CACHE: int = ServingSection.model_fields["tokenizer_word_cache"].default
 
 
 class TokenSource(Protocol):
@@ -336,7 +340,9 @@ class TokenEncoder:
 
     With a fast (Rust) tokenizer it calls the backend's ``encode_batch_fast`` (no offsets)
     on a private copy configured like ``tokenizer(..., truncation=True)``; a BERT normalizer
-    runs as a character table (``CharNormalizer``) before it. Truncated plans cut
+    runs as a character table (``CharNormalizer``) before it, and a BERT-style tokenizer reads
+    essays one word at a time from a dict of word ids (``WordIds``, up to ``word_cache``
+    words; 0 = off). Truncated plans cut
     an essay longer than ``max_length * chars_per_token`` characters at a space before
     tokenizing: the words before the cut tokenize exactly as in the whole essay, so when the
     cut essay still fills ``max_length`` tokens the result is the same; otherwise the whole
@@ -345,16 +351,19 @@ class TokenEncoder:
     (cache keys).
     """
 
-    def __init__(self, tokenizer, spec: TokenSource, chars_per_token: float = 0.0):
+    def __init__(self, tokenizer, spec: TokenSource, chars_per_token: float = 0.0,
+                 word_cache: int = WORD_CACHE):
         import hashlib
 
         self.tokenizer = tokenizer
         self.plan = TokenPlan.of(spec)
         self.pad_id = pad_id_of(tokenizer)
         self.chars_per_token = float(chars_per_token)
+        self.word_cache = int(word_cache)
         backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(
             tokenizer, "is_fast", False) else None
         self._fast = None
+        self._words: WordIds | None = None
         state = repr(sorted(tokenizer.get_vocab().items())) if backend is None else backend.to_str()
         if backend is not None:
             from tokenizers import Tokenizer
@@ -376,9 +385,13 @@ class TokenEncoder:
                 self._chars = CharNormalizer(fast.normalizer,
                                              list(tokenizer.get_added_vocab()))
                 fast.normalizer = None
-        if self.plan.whole_essays:
+                if word_cache and WordIds.applies_to(self._plain):
+                    self._words = WordIds(self._plain, list(tokenizer.get_added_vocab()),
+                                          word_cache)
+        if self.plan.whole_essays or self._words is not None:
             self._prefix, self._suffix = special_tokens(tokenizer)
             self._body = self.plan.max_length - len(self._prefix) - len(self._suffix)
+        self._keep_tail = getattr(tokenizer, "truncation_side", "right") == "left"
         digest = hashlib.sha256(state.encode())
         digest.update(repr(self.plan).encode())
         self.fingerprint = digest.hexdigest()[:16]
@@ -401,8 +414,29 @@ class TokenEncoder:
         return out
 
     def _encode(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
-        """Ids of each text: through the character table and the normalizer-free tokenizer
-        where it applies, else through the tokenizer with its normalizer."""
+        """Ids of each text: from the word dict where it applies, else through the character
+        table and the normalizer-free tokenizer, else through the tokenizer with its
+        normalizer. With special tokens, truncated to ``max_length`` as the tokenizer would."""
+        if self._words is None:
+            return self._tokenize(texts, add_special_tokens)
+        bodies = [self._words.body(t) for t in texts]
+        rest = [i for i, b in enumerate(bodies) if b is None]
+        out = [[] if b is None else self._framed(b) if add_special_tokens else b
+               for b in bodies]
+        if rest:
+            for i, ids in zip(rest, self._tokenize([texts[i] for i in rest],
+                                                   add_special_tokens), strict=True):
+                out[i] = ids
+        return out
+
+    def _framed(self, body: list[int]) -> list[int]:
+        """Special tokens around a body cut to fit ``max_length`` (the tokenizer's side)."""
+        if len(body) > self._body:
+            body = body[len(body) - self._body:] if self._keep_tail else body[:self._body]
+        return [*self._prefix, *body, *self._suffix]
+
+    def _tokenize(self, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
+        """Ids through the Rust tokenizer (with the character table where it applies)."""
         if self._chars is None:
             return [e.ids for e in self._fast.encode_batch_fast(
                 texts, add_special_tokens=add_special_tokens)]

@@ -24,12 +24,13 @@ import numpy as np
 
 from aes_core.hardware import usable_cpus
 from aes_core.models.regressor import RegressorSpec
-from aes_core.models.tokens import EssayBatch, TokenEncoder, concat_batches
+from aes_core.models.tokens import WORD_CACHE, EssayBatch, TokenEncoder, concat_batches
 
 _WORKER: dict = {}
 
 
-def _init_worker(tokenizer_path: str, spec_json: str, chars_per_token: float = 0.0) -> None:
+def _init_worker(tokenizer_path: str, spec_json: str, chars_per_token: float = 0.0,
+                 word_cache: int = WORD_CACHE) -> None:
     # one thread per worker: the parallelism comes from the processes
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,7 +38,7 @@ def _init_worker(tokenizer_path: str, spec_json: str, chars_per_token: float = 0
 
     tok = AutoTokenizer.from_pretrained(tokenizer_path, local_files_only=True)
     _WORKER["encoder"] = TokenEncoder(tok, RegressorSpec.model_validate_json(spec_json),
-                                      chars_per_token)
+                                      chars_per_token, word_cache)
 
 
 def _tokenize_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
@@ -57,7 +58,8 @@ class ParallelTokenizer:
     """A pool of tokenizer processes; ``map`` turns batches of texts into ``EssayBatch``es."""
 
     def __init__(self, tokenizer_path: str | Path, spec: RegressorSpec, workers: int | None = None,
-                 chunk_size: int = 32, chars_per_token: float = 0.0):
+                 chunk_size: int = 32, chars_per_token: float = 0.0,
+                 word_cache: int = WORD_CACHE):
         if workers is not None and workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if chunk_size < 1:
@@ -67,7 +69,8 @@ class ParallelTokenizer:
         # spawn: the parent may hold CUDA or a tokenizer thread pool, neither survives a fork
         self._pool = ProcessPoolExecutor(
             self.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-            initargs=(str(tokenizer_path), spec.model_dump_json(), chars_per_token))
+            initargs=(str(tokenizer_path), spec.model_dump_json(), chars_per_token,
+                      word_cache))
 
     def warm_up(self) -> None:
         """Start every worker (and load its tokenizer) before anything is timed."""

@@ -40,6 +40,7 @@ from aes_core.members import GBDT_MEMBER
 from aes_core.models.backbone import use_cudnn_attention
 from aes_core.models.spec import BACKBONE_DIR, RegressorSpec, load_spec
 from aes_core.models.tokens import (
+    WORD_CACHE,
     EssayBatch,
     TokenEncoder,
     TokenPlan,
@@ -186,7 +187,8 @@ class TorchScorer:
                  gbdt_dir: str | Path | None = None, batch_size: int = 16,
                  device: str | None = None, dtype: str = "bf16", compile: bool = False,
                  gpu_batch_size: int = 128, token_cache: TokenCache | None = None,
-                 chars_per_token: float = 0.0, gbdt_workers: int = 0,
+                 chars_per_token: float = 0.0, word_cache: int = WORD_CACHE,
+                 gbdt_workers: int = 0,
                  tokenizer_workers: int = 0, compile_backend: str = "inductor",
                  threads: int = 0, tokenizer_threads: int = 0, show_progress: bool = False,
                  cudnn_attention: bool = False, cuda_graphs: int = 0, graph_bucket: int = 32,
@@ -218,7 +220,7 @@ class TorchScorer:
         self.token_cache = token_cache
         require_fold_models(ensemble, members)
         t0 = time.perf_counter()
-        self.groups = self._load_groups(members, chars_per_token)
+        self.groups = self._load_groups(members, chars_per_token, word_cache)
         self.compiled = False
         self.compile_error = ""
         if compile and self.cuda:
@@ -248,7 +250,7 @@ class TorchScorer:
 
     # ------------------------------------------------------------------ loading
     def _load_groups(self, members: dict[str, list[str | Path]],
-                     chars_per_token: float) -> list[MemberGroup]:
+                     chars_per_token: float, word_cache: int) -> list[MemberGroup]:
         from transformers import AutoTokenizer
 
         from aes_core.models.regressor import EssayRegressor
@@ -263,7 +265,7 @@ class TorchScorer:
                 key = (spec.backbone_name, TokenPlan.of(spec), _tokenizer_id(tok_dir))
                 if key not in groups:
                     tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
-                    enc = TokenEncoder(tok, spec, chars_per_token)
+                    enc = TokenEncoder(tok, spec, chars_per_token, word_cache)
                     groups[key] = MemberGroup(CachedEncoder(enc, self.token_cache), tok_dir,
                                               spec, [], [])
                 model = EssayRegressor.from_pretrained(folder)
@@ -482,7 +484,8 @@ class TorchScorer:
 
         for g in self.groups:
             with ParallelTokenizer(g.tokenizer_dir, g.spec, self.tokenizer_workers,
-                                   chars_per_token=g.encoder.encoder.chars_per_token) as pool:
+                                   chars_per_token=g.encoder.encoder.chars_per_token,
+                                   word_cache=g.encoder.encoder.word_cache) as pool:
                 done = pool.map([[texts[i] for i in idx] for idx in batches])
                 for idx, batch in zip(batches, done, strict=True):
                     out[np.ix_(idx, g.columns)] = self._group_scores(g, [], batch)

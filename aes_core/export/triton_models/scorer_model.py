@@ -47,6 +47,7 @@ class TritonPythonModel:
                                           args.get("model_instance_name", ""))
         cache = TokenCache(int(meta.get("token_cache_size", 0)), meta.get("token_cache_dir"))
         cpt = float(meta.get("chars_per_token", 0.0))
+        words = int(meta.get("word_cache", 0))
         self.members = []
         encoders = {}  # one tokenization per tokenizer + token plan (members of a backbone)
         for name in self.ensemble.members:
@@ -62,7 +63,8 @@ class TritonPythonModel:
             if key not in encoders:
                 tok = AutoTokenizer.from_pretrained(os.path.join(here, m["tokenizer"]),
                                                     local_files_only=True)
-                encoders[key] = CachedEncoder(tokens.TokenEncoder(tok, spec, cpt), cache)
+                encoders[key] = CachedEncoder(tokens.TokenEncoder(tok, spec, cpt, words),
+                                              cache)
             self.members.append((name, encoders[key], spec, list(m["models"])))
 
     def _fold_logits(self, model_name, batch):
