@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aes_core.config import ServingSection  # noqa: E402
+from aes_core.config import BackboneSection, ServingSection  # noqa: E402
 from aes_core.hardware import hardware  # noqa: E402
 from aes_core.models.tokens import TokenEncoder, TokenPlan, tokenize_windows  # noqa: E402
 
@@ -74,6 +75,11 @@ def measure(name: str, folder: str, texts: list[str], plan: TokenPlan, chars_per
     reference = tokenize_windows(tok, texts, plan)
     hf = len(texts) / (time.perf_counter() - t0)
     rates = encoder_rates(tok, plan, texts, chars_per_token, repeats, reference)
+    bb = BackboneSection()  # whole essays in windows, as chunked members read them
+    windows = replace(plan, chunking=True, chunk_overlap=bb.chunk_overlap,
+                      max_chunks=bb.max_chunks)
+    rates["ids_equal_hf"]["words_windows"] = (
+        TokenEncoder(tok, windows).windows(texts) == tokenize_windows(tok, texts, windows))
     row = {"tokenizer": name, "hf_call": hf, **rates}
     return {k: round(v, 1) if isinstance(v, float) else v for k, v in row.items()}
 
