@@ -382,12 +382,11 @@ class TokenEncoder:
             if CharNormalizer.applies_to(fast) and not self.plan.add_newline_tokens:
                 self._plain = Tokenizer.from_str(fast.to_str())
                 self._plain.encode_special_tokens = fast.encode_special_tokens
-                self._chars = CharNormalizer(fast.normalizer,
-                                             list(tokenizer.get_added_vocab()))
+                added = list(tokenizer.get_added_vocab())
+                self._chars = CharNormalizer(fast.normalizer, added)
                 fast.normalizer = None
                 if word_cache and WordIds.applies_to(self._plain):
-                    self._words = WordIds(self._plain, list(tokenizer.get_added_vocab()),
-                                          word_cache)
+                    self._words = WordIds(self._plain, added, word_cache)
         if self.plan.whole_essays or self._words is not None:
             self._prefix, self._suffix = special_tokens(tokenizer)
             self._body = self.plan.max_length - len(self._prefix) - len(self._suffix)
