@@ -9,6 +9,16 @@ QWK on the essays longer than the backbone's window (the truncated subset).
 
     python benchmarks/quality_report.py --storage /path/to/storage_root --profile gpu-full \
         --out benchmarks/results/quality.json
+
+Members trained in other runs on the same folds (another seed, loss or backbone) join with
+``--with-run`` (repeatable); ``--groups FILE`` then evaluates named configurations instead of
+the standard ablation. The file maps each name to its members, each member to the columns it
+averages (``{"seeds averaged": {"mpnet__mean": ["mpnet__mean", "mpnet_s43__mean"],
+"gbdt": ["gbdt"]}}``); every configuration is fitted with the shipped rule (``auto``) and
+scored on test once, only those named by ``--test-groups`` when given::
+
+    python benchmarks/quality_report.py --storage RUN1 --with-run RUN2 --profile \
+        gpu-two-backbones --groups groups.json --test-groups "seeds averaged" --out q.json
 """
 
 from __future__ import annotations
@@ -41,6 +51,45 @@ def load_run(storage: Path) -> dict[str, pd.DataFrame]:
             "test": pd.read_parquet(tables / "test_essays.parquet"),
             "test_preds": (pd.read_parquet(storage / MEMBER_PREDICTIONS)
                            if (storage / MEMBER_PREDICTIONS).exists() else None)}
+
+
+def run_tables(run: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The run's assembled OOF table and its test predictions in test-essay order."""
+    table = assemble_oof(run["oof"], run["gbdt_oof"])
+    preds = run["test_preds"]
+    if preds is not None:
+        order = run["test"]["essay_id"].astype(str)
+        preds = preds.assign(essay_id=lambda d: d["essay_id"].astype(str))
+        preds = preds.set_index("essay_id").loc[order].reset_index()
+    return table, preds
+
+
+def merge_members(table: pd.DataFrame, preds: pd.DataFrame | None, other: pd.DataFrame,
+                  other_preds: pd.DataFrame | None, name: str
+                  ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Add the transformer members of another run (``other``: its assembled OOF table) to
+    ``table`` and ``preds``. Its essays and folds must be the same; its GBDT column, equal by
+    construction when the GBDT settings are, is not taken. Raises ValueError otherwise."""
+    ids = table["essay_id"]
+    if set(other["essay_id"]) != set(ids):
+        raise ValueError(f"{name}: its OOF essays differ from the first run's "
+                         f"({len(other)} vs {len(table)} essays)")
+    other = other.set_index("essay_id").loc[ids].reset_index()
+    moved = int((other["fold"].to_numpy() != table["fold"].to_numpy()).sum())
+    if moved:
+        raise ValueError(f"{name}: {moved} essays sit in another fold than in the first run; "
+                         "members of different folds cannot be blended honestly")
+    new = [m for m in member_columns(other) if m != GBDT_MEMBER]
+    clash = [m for m in new if m in table.columns]
+    if clash:
+        raise ValueError(f"{name}: member(s) {clash} are already in the first run; give the "
+                         "backbone another name in one of the runs")
+    if (preds is None) != (other_preds is None):
+        raise ValueError(f"{name}: only one of the runs wrote {MEMBER_PREDICTIONS}")
+    table = table.assign(**{m: other[m].to_numpy() for m in new})
+    if preds is not None and other_preds is not None:
+        preds = preds.assign(**{m: other_preds[m].to_numpy() for m in new})
+    return table, preds
 
 
 def evaluate(table: pd.DataFrame, texts: list[str], test_preds: pd.DataFrame | None,
@@ -76,14 +125,10 @@ def report(storage: Path, cfg: AesConfig, plots: Path | None = None,
     """The quality JSON; with ``plots``, the scoring report's plots (confusion matrix per score,
     calibration, member QWK) of the shipped configuration on OOF, written there."""
     run = load_run(storage)
-    table = assemble_oof(run["oof"], run["gbdt_oof"])
+    table, preds = run_tables(run)
     folded = run["folded"].assign(essay_id=lambda d: d["essay_id"].astype(str))
     texts = table["essay_id"].map(folded.set_index("essay_id")["full_text"]).tolist()
     test = run["test"].assign(essay_id=lambda d: d["essay_id"].astype(str))
-    preds = run["test_preds"]
-    if preds is not None:
-        preds = preds.assign(essay_id=lambda d: d["essay_id"].astype(str))
-        preds = preds.set_index("essay_id").loc[test["essay_id"]].reset_index()
     y_test = test["score"].astype(int).to_numpy()
     test_texts = test["full_text"].tolist()
     members = member_columns(table)
@@ -135,6 +180,43 @@ def report(storage: Path, cfg: AesConfig, plots: Path | None = None,
     return out
 
 
+def report_groups(storages: list[Path], cfg: AesConfig, groups: dict[str, dict[str, list[str]]],
+                  test_groups: set[str] | None = None) -> dict[str, Any]:
+    """Named configurations over the members of one or more runs on the same folds: each
+    member of a configuration is the mean of its source columns; fitted with the shipped rule
+    (``auto``) on OOF, scored on test once when named in ``test_groups`` (all when None)."""
+    run = load_run(storages[0])
+    table, preds = run_tables(run)
+    for path in storages[1:]:
+        other = load_run(path)
+        table, preds = merge_members(table, preds, *run_tables(other), str(path))
+    members = member_columns(table)
+    meta = [c for c in table.columns if c not in members]
+    folded = run["folded"].assign(essay_id=lambda d: d["essay_id"].astype(str))
+    texts = table["essay_id"].map(folded.set_index("essay_id")["full_text"]).tolist()
+    test = run["test"]
+    y_test = test["score"].astype(int).to_numpy()
+    out: dict[str, Any] = {"runs": [str(p) for p in storages], "members": members,
+                           "oof_essays": len(table), "test_essays": len(test),
+                           "hardware": hardware(), "configurations": []}
+    for name, spec in groups.items():
+        unknown = sorted({c for cols in spec.values() for c in cols} - set(members))
+        if unknown:
+            raise ValueError(f"configuration {name!r}: unknown member column(s) {unknown}; "
+                             f"the runs have {members}")
+        sub = table[meta].assign(**{m: table[cols].mean(axis=1) for m, cols in spec.items()})
+        scored = preds is not None and (test_groups is None or name in test_groups)
+        sub_preds = (preds[["essay_id"]].assign(**{m: preds[cols].mean(axis=1)
+                                                   for m, cols in spec.items()})
+                     if scored else None)
+        r = evaluate(sub, texts, sub_preds, test["full_text"].tolist(), y_test, cfg, "auto")
+        r.pop("fit")
+        out["configurations"].append({"configuration": name, "columns": spec, **r})
+        print(f"{name:32s} {r['method']:12s} test {_fmt(r['test_qwk'])}  OOF "
+              f"{r['oof_qwk']:.4f}  nested {r['nested_cv_qwk']}", flush=True)
+    return out
+
+
 def _fmt(x: float | None) -> str:
     return "n/a   " if x is None else f"{x:.4f}"
 
@@ -149,7 +231,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default="nelder_mead,stacker,auto",
                     help="ensemble methods per member group ('auto' alone also records the "
                          "nested-CV QWK of each method it compared)")
+    ap.add_argument("--with-run", action="append", default=[], type=Path,
+                    help="another run's storage_root on the same folds: its members join")
+    ap.add_argument("--groups", type=Path,
+                    help="JSON {configuration: {member: [columns averaged]}}: evaluate these "
+                         "instead of the standard ablation")
+    ap.add_argument("--test-groups", help="comma-separated configurations to score on test "
+                                          "(default: all of --groups)")
     a = ap.parse_args(argv)
+    if a.groups is not None:
+        tests = set(a.test_groups.split(",")) if a.test_groups else None
+        out = report_groups([Path(a.storage), *a.with_run], load_config(a.profile),
+                            json.loads(a.groups.read_text()), tests)
+        Path(a.out).write_text(json.dumps(out, indent=2, default=float))
+        return 0
+    if a.with_run:
+        ap.error("--with-run needs --groups (which members of the runs to blend)")
     out = report(Path(a.storage), load_config(a.profile), a.plots,
                  tuple(a.methods.split(",")))
     Path(a.out).write_text(json.dumps(out, indent=2, default=float))
