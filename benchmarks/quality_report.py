@@ -88,7 +88,13 @@ def merge_members(table: pd.DataFrame, preds: pd.DataFrame | None, other: pd.Dat
         raise ValueError(f"{name}: only one of the runs wrote {MEMBER_PREDICTIONS}")
     table = table.assign(**{m: other[m].to_numpy() for m in new})
     if preds is not None and other_preds is not None:
-        preds = preds.assign(**{m: other_preds[m].to_numpy() for m in new})
+        theirs = other_preds.set_index("essay_id")
+        missing = preds["essay_id"][~preds["essay_id"].isin(theirs.index)]
+        if len(missing):
+            raise ValueError(f"{name}: no test prediction for {len(missing)} test essays of "
+                             f"the first run (e.g. {missing.iloc[0]})")
+        theirs = theirs.loc[preds["essay_id"], new]  # the first run's test order
+        preds = preds.assign(**{m: theirs[m].to_numpy() for m in new})
     return table, preds
 
 

@@ -77,6 +77,19 @@ def test_members_of_another_run_align_by_essay_id(runs):
     assert "gbdt" in table.columns and list(table.columns).count("gbdt") == 1
 
 
+def test_test_predictions_of_another_run_align_to_the_first_runs_test_order(runs):
+    qr = _qr()
+    other = qr.load_run(runs[1])
+    other["test"] = other["test"].iloc[::-1]  # another run may list its test essays otherwise
+    table, preds = qr.run_tables(qr.load_run(runs[0]))
+    _, merged = qr.merge_members(table, preds, *qr.run_tables(other), "b")
+    b = pd.read_parquet(runs[1] / "test_member_predictions.parquet").set_index("essay_id")
+    assert np.allclose(merged["tiny_s2__mean"], b.loc[merged["essay_id"], "tiny_s2__mean"])
+    other["test"] = other["test"].iloc[1:]  # a run without one of the first run's test essays
+    with pytest.raises(ValueError, match="no test prediction for 1 test essays"):
+        qr.merge_members(table, preds, *qr.run_tables(other), "b")
+
+
 def test_runs_on_other_folds_are_refused(tmp_path):
     a = _write_run(tmp_path / "a", "tiny__mean", np.arange(N_OOF) % 3, 0.7, 0)
     b = _write_run(tmp_path / "b", "tiny_s2__mean", (np.arange(N_OOF) + 1) % 3, 0.7, 1)
