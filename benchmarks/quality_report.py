@@ -64,6 +64,12 @@ def run_tables(run: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame
     return table, preds
 
 
+def folded_by_id(run: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The run's folded essays indexed by essay id (as text, like the OOF table's)."""
+    return run["folded"].assign(essay_id=lambda d: d["essay_id"].astype(str)).set_index(
+        "essay_id")
+
+
 def merge_members(table: pd.DataFrame, preds: pd.DataFrame | None, other: pd.DataFrame,
                   other_preds: pd.DataFrame | None, name: str
                   ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -132,8 +138,8 @@ def report(storage: Path, cfg: AesConfig, plots: Path | None = None,
     calibration, member QWK) of the shipped configuration on OOF, written there."""
     run = load_run(storage)
     table, preds = run_tables(run)
-    folded = run["folded"].assign(essay_id=lambda d: d["essay_id"].astype(str))
-    texts = table["essay_id"].map(folded.set_index("essay_id")["full_text"]).tolist()
+    folded = folded_by_id(run)
+    texts = table["essay_id"].map(folded["full_text"]).tolist()
     test = run["test"].assign(essay_id=lambda d: d["essay_id"].astype(str))
     y_test = test["score"].astype(int).to_numpy()
     test_texts = test["full_text"].tolist()
@@ -174,8 +180,7 @@ def report(storage: Path, cfg: AesConfig, plots: Path | None = None,
     out["gain_over_gbdt"] = (shipped["test_qwk"] - gbdt["test_qwk"]
                              if preds is not None else None)
     out["nested_gain_over_gbdt"] = shipped["nested_cv_qwk"] - gbdt["nested_cv_qwk"]
-    long = truncated_subset(folded.set_index("essay_id").loc[table["essay_id"]].reset_index(),
-                            cfg)
+    long = truncated_subset(folded.loc[table["essay_id"]].reset_index(), cfg)
     out["truncated_subset"] = {
         "essays": int(long.sum()), "share": float(long.mean()),
         "oof_qwk_rounded": {m: qwk(table.loc[long, "score"],
@@ -198,8 +203,7 @@ def report_groups(storages: list[Path], cfg: AesConfig, groups: dict[str, dict[s
         table, preds = merge_members(table, preds, *run_tables(other), str(path))
     members = member_columns(table)
     meta = [c for c in table.columns if c not in members]
-    folded = run["folded"].assign(essay_id=lambda d: d["essay_id"].astype(str))
-    texts = table["essay_id"].map(folded.set_index("essay_id")["full_text"]).tolist()
+    texts = table["essay_id"].map(folded_by_id(run)["full_text"]).tolist()
     test = run["test"]
     y_test = test["score"].astype(int).to_numpy()
     out: dict[str, Any] = {"runs": [str(p) for p in storages], "members": members,

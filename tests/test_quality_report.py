@@ -133,3 +133,12 @@ def test_configurations_plot_uses_labelled_scored_rows(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="no ablation row"):
         plot.labelled_rows({"ablation": quality["ablation"][1:]})
+
+
+def test_standard_ablation_of_one_run(runs, tmp_path):
+    out = _qr().report(runs[0], _cfg(), methods=("auto",))
+    assert [a["lever"] for a in out["ablation"]] == [
+        "GBDT alone / nelder_mead", "transformers only / nelder_mead", "everything / auto"]
+    assert out["test_essays"] == N_TEST and out["oof_essays"] == N_OOF
+    assert 0 < out["test_qwk"]["ensemble"] <= 1 and set(out["test_qwk"]) >= {"tiny__mean", "gbdt"}
+    assert out["truncated_subset"]["essays"] == round(out["truncated_subset"]["share"] * N_OOF)
